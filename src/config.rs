@@ -1,0 +1,554 @@
+//! The TOML configuration: schema, defaults, validation and error locations.
+//!
+//! Every error names the file, the key and the line, so an operator can fix a typo without
+//! guessing; unknown keys are errors because a misspelt key silently ignored is a security hole
+//! in a proxy's access rules.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The configuration carousel runs on when no file is given: the same text as
+/// `conf/carousel.toml`, so the documented file and the built-in behaviour never drift apart.
+pub const DEFAULT_TOML: &str = include_str!("../conf/carousel.toml");
+
+/// Why a configuration was refused, with where in the file the problem is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The path that was asked for.
+        file: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The file was read but a key is wrong: syntax, type, unknown key or invalid value.
+    #[error("{file}:{line}: key `{key}`: {message}")]
+    Invalid {
+        /// The path of the file (or `<embedded>`).
+        file: String,
+        /// The dotted key path, for example `listener[1].address`.
+        key: String,
+        /// 1-based line of the key, or 0 if unknown.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Top-level configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Pingora server settings carousel controls.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// Client-facing listeners.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerSection>,
+    /// Name resolution.
+    #[serde(default)]
+    pub dns: DnsSection,
+    /// Upstream connect behaviour.
+    #[serde(default)]
+    pub dial: DialSection,
+    /// Established tunnels.
+    #[serde(default)]
+    pub tunnel: TunnelSection,
+    /// Who may use the proxy.
+    #[serde(default)]
+    pub access: AccessSection,
+}
+
+/// Pingora server settings; carousel sets them all so Pingora's own defaults (a 300 s grace
+/// period among them) never leak through.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Worker threads per listener service.
+    pub threads: usize,
+    /// Seconds of grace before shutdown / upgrade stops accepting.
+    pub grace_period_seconds: u64,
+    /// Seconds in-flight work gets after the grace period.
+    pub graceful_shutdown_timeout_seconds: u64,
+    /// Milliseconds a client has for its request head or SOCKS handshake.
+    pub handshake_timeout_ms: u64,
+    /// Pingora pid file.
+    pub pid_file: String,
+    /// Pingora upgrade socket, for graceful binary upgrades.
+    pub upgrade_sock: String,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            threads: 2,
+            grace_period_seconds: 5,
+            graceful_shutdown_timeout_seconds: 5,
+            handshake_timeout_ms: 10_000,
+            pid_file: "/tmp/carousel.pid".into(),
+            upgrade_sock: "/tmp/carousel_upgrade.sock".into(),
+        }
+    }
+}
+
+impl ServerSection {
+    /// The handshake timeout as a `Duration`.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+}
+
+/// A protocol family a listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP absolute-form forwarding and CONNECT tunnels.
+    Http,
+    /// SOCKS4, SOCKS4a and SOCKS5.
+    Socks,
+}
+
+/// One client-facing port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    /// Where to listen, `ip:port`.
+    pub address: SocketAddr,
+    /// Protocols accepted on this port.
+    pub protocols: Vec<Protocol>,
+}
+
+impl ListenerSection {
+    /// Whether this listener accepts `p`.
+    pub fn accepts(&self, p: Protocol) -> bool {
+        self.protocols.contains(&p)
+    }
+}
+
+/// Which address families to look up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IpStrategy {
+    /// A and AAAA, IPv4 first.
+    Ipv4AndIpv6,
+    /// A only.
+    Ipv4Only,
+    /// AAAA only.
+    Ipv6Only,
+}
+
+/// Name resolution settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSection {
+    /// Nameservers (`ip:port`); empty means the system's resolv.conf.
+    pub nameservers: Vec<SocketAddr>,
+    /// Milliseconds per query.
+    pub timeout_ms: u64,
+    /// Tries per nameserver.
+    pub attempts: usize,
+    /// Lower TTL clamp in seconds.
+    pub min_ttl_seconds: u64,
+    /// Upper TTL clamp in seconds.
+    pub max_ttl_seconds: u64,
+    /// Seconds a failed lookup is remembered.
+    pub negative_ttl_seconds: u64,
+    /// Seconds a last-known-good set keeps serving while refreshes fail.
+    pub stale_seconds: u64,
+    /// Seconds after which an unused name is forgotten.
+    pub idle_seconds: u64,
+    /// Address families.
+    pub ip_strategy: IpStrategy,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            timeout_ms: 2000,
+            attempts: 2,
+            min_ttl_seconds: 5,
+            max_ttl_seconds: 300,
+            negative_ttl_seconds: 5,
+            stale_seconds: 60,
+            idle_seconds: 600,
+            ip_strategy: IpStrategy::Ipv4AndIpv6,
+        }
+    }
+}
+
+/// Upstream connect settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialSection {
+    /// Milliseconds per connect attempt.
+    pub connect_timeout_ms: u64,
+    /// Milliseconds for all attempts of one request.
+    pub deadline_ms: u64,
+    /// Most addresses tried per request.
+    pub max_attempts: usize,
+    /// Seconds a failed address is tried last.
+    pub failure_memory_seconds: u64,
+}
+
+impl Default for DialSection {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 500,
+            deadline_ms: 5000,
+            max_attempts: 8,
+            failure_memory_seconds: 30,
+        }
+    }
+}
+
+/// Tunnel settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunnelSection {
+    /// Seconds without traffic before a tunnel is closed.
+    pub idle_timeout_seconds: u64,
+}
+
+impl Default for TunnelSection {
+    fn default() -> Self {
+        Self {
+            idle_timeout_seconds: 300,
+        }
+    }
+}
+
+/// Access control.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessSection {
+    /// Client networks allowed to use the proxy.
+    pub allow_clients: Vec<IpNet>,
+}
+
+impl Default for AccessSection {
+    fn default() -> Self {
+        Self {
+            allow_clients: vec![
+                "127.0.0.0/8".parse().expect("literal CIDR"),
+                "::1/128".parse().expect("literal CIDR"),
+            ],
+        }
+    }
+}
+
+impl Config {
+    /// Loads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded() -> Config {
+        Self::parse(DEFAULT_TOML, "<embedded>").expect("the embedded default config is valid")
+    }
+
+    /// Parses and validates `text`; `file` only labels errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let (key, line) = locate_span(text, span.start);
+            ConfigError::Invalid {
+                file: file.to_string(),
+                key,
+                line,
+                message: first_line(e.message()),
+            }
+        })?;
+        cfg.validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                file: file.to_string(),
+                line: line_of_key(text, &key),
+                key,
+                message,
+            })?;
+        Ok(cfg)
+    }
+
+    /// Semantic checks serde cannot express; returns the key path and the reason.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, m: &str| Err((k.to_string(), m.to_string()));
+        if self.server.threads == 0 || self.server.threads > 256 {
+            return err("server.threads", "must be between 1 and 256");
+        }
+        if self.server.handshake_timeout_ms == 0 {
+            return err("server.handshake_timeout_ms", "must be greater than 0");
+        }
+        if self.listeners.is_empty() {
+            return err("listener", "at least one [[listener]] is required");
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.protocols.is_empty() {
+                return err(
+                    &format!("listener[{i}].protocols"),
+                    "must name http, socks or both",
+                );
+            }
+            if self.listeners[..i].iter().any(|o| o.address == l.address) {
+                return err(
+                    &format!("listener[{i}].address"),
+                    "address used by another listener",
+                );
+            }
+        }
+        let d = &self.dns;
+        if d.timeout_ms == 0 {
+            return err("dns.timeout_ms", "must be greater than 0");
+        }
+        if d.attempts == 0 {
+            return err("dns.attempts", "must be at least 1");
+        }
+        if d.min_ttl_seconds == 0 {
+            return err("dns.min_ttl_seconds", "must be at least 1");
+        }
+        if d.max_ttl_seconds < d.min_ttl_seconds {
+            return err(
+                "dns.max_ttl_seconds",
+                "must not be below dns.min_ttl_seconds",
+            );
+        }
+        if self.dial.connect_timeout_ms == 0 {
+            return err("dial.connect_timeout_ms", "must be greater than 0");
+        }
+        if self.dial.deadline_ms < self.dial.connect_timeout_ms {
+            return err(
+                "dial.deadline_ms",
+                "must not be below dial.connect_timeout_ms",
+            );
+        }
+        if self.dial.max_attempts == 0 {
+            return err("dial.max_attempts", "must be at least 1");
+        }
+        if self.tunnel.idle_timeout_seconds == 0 {
+            return err("tunnel.idle_timeout_seconds", "must be greater than 0");
+        }
+        Ok(())
+    }
+
+    /// A one-line summary for `carousel check`.
+    pub fn summary(&self) -> String {
+        let listeners: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|l| {
+                let p: Vec<&str> = l
+                    .protocols
+                    .iter()
+                    .map(|p| match p {
+                        Protocol::Http => "http",
+                        Protocol::Socks => "socks",
+                    })
+                    .collect();
+                format!("{} ({})", l.address, p.join("+"))
+            })
+            .collect();
+        let dns = if self.dns.nameservers.is_empty() {
+            "system resolver".to_string()
+        } else {
+            format!("{} nameserver(s)", self.dns.nameservers.len())
+        };
+        format!(
+            "ok: {} listener(s): {}; dns: {}; {} client network(s) allowed",
+            self.listeners.len(),
+            listeners.join(", "),
+            dns,
+            self.access.allow_clients.len()
+        )
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim().to_string()
+}
+
+fn line_at(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// One step of a key path.
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn parse_path(key: &str) -> Vec<Seg<'_>> {
+    let mut out = Vec::new();
+    for part in key.split('.') {
+        let (name, rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !name.is_empty() {
+            out.push(Seg::Key(name));
+        }
+        for idx in rest.split('[').filter(|s| !s.is_empty()) {
+            if let Ok(n) = idx.trim_end_matches(']').parse() {
+                out.push(Seg::Index(n));
+            }
+        }
+    }
+    out
+}
+
+/// The line where a dotted key path (as produced by `validate`) is written, or 0.
+fn line_of_key(text: &str, key: &str) -> usize {
+    use toml::de::{DeTable, DeValue};
+    let Ok(root) = DeTable::parse(text) else {
+        return 0;
+    };
+    let mut span = 0..0;
+    let mut table: Option<&DeTable> = Some(root.get_ref());
+    let mut value: Option<&DeValue> = None;
+    for seg in parse_path(key) {
+        match seg {
+            Seg::Key(k) => {
+                let Some(t) = table.or(match value {
+                    Some(DeValue::Table(t)) => Some(t),
+                    _ => None,
+                }) else {
+                    break;
+                };
+                let Some((kk, v)) = t.iter().find(|(kk, _)| kk.get_ref().as_ref() == k) else {
+                    break;
+                };
+                span = kk.span();
+                value = Some(v.get_ref());
+                table = None;
+            }
+            Seg::Index(n) => {
+                let Some(DeValue::Array(a)) = value else {
+                    break;
+                };
+                let Some(v) = a.get(n) else { break };
+                span = v.span();
+                value = Some(v.get_ref());
+            }
+        }
+    }
+    if span == (0..0) {
+        0
+    } else {
+        line_at(text, span.start)
+    }
+}
+
+/// The dotted key path whose text contains byte `offset`, and the line of `offset`.
+fn locate_span(text: &str, offset: usize) -> (String, usize) {
+    use toml::de::{DeTable, DeValue};
+    fn walk(t: &DeTable, offset: usize, path: &mut String) {
+        for (k, v) in t.iter() {
+            let ks = k.span();
+            let vs = v.span();
+            let hit = (ks.start <= offset && offset < ks.end.max(ks.start + 1))
+                || (vs.start <= offset && offset < vs.end);
+            if !hit {
+                continue;
+            }
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(k.get_ref().as_ref());
+            match v.get_ref() {
+                DeValue::Table(inner) => walk(inner, offset, path),
+                DeValue::Array(a) => {
+                    for (i, item) in a.iter().enumerate() {
+                        let s = item.span();
+                        if s.start <= offset && offset < s.end {
+                            path.push_str(&format!("[{i}]"));
+                            if let DeValue::Table(inner) = item.get_ref() {
+                                walk(inner, offset, path);
+                            }
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            return;
+        }
+    }
+    let line = line_at(text, offset);
+    let mut path = String::new();
+    if let Ok(root) = DeTable::parse(text) {
+        walk(root.get_ref(), offset, &mut path);
+    }
+    if path.is_empty() {
+        path.push('-');
+    }
+    (path, line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_safe() {
+        let c = Config::embedded();
+        assert_eq!(c.listeners.len(), 2);
+        assert!(c.listeners.iter().all(|l| l.address.ip().is_loopback()));
+        assert!(c
+            .access
+            .allow_clients
+            .iter()
+            .all(|n| n.addr().is_loopback()));
+        assert_eq!(c.server.grace_period_seconds, 5);
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_key_and_line() {
+        let text = "[server]\nthreads = 2\n\n[dial]\nconect_timeout_ms = 5\n";
+        let e = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:5: key `dial"), "{e}");
+        assert!(e.contains("conect_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn semantic_error_points_at_the_key_line() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:1\"\nprotocols = [\"http\"]\n\n[[listener]]\naddress = \"127.0.0.1:2\"\nprotocols = []\n";
+        let e = Config::parse(text, "f").unwrap_err();
+        match e {
+            ConfigError::Invalid { key, line, .. } => {
+                assert_eq!(key, "listener[1].protocols");
+                assert_eq!(line, 7);
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn type_error_names_the_key() {
+        let text = "[dns]\ntimeout_ms = \"soon\"\n";
+        let e = Config::parse(text, "f").unwrap_err().to_string();
+        assert!(e.contains("f:2: key `dns.timeout_ms`"), "{e}");
+    }
+
+    #[test]
+    fn ttl_clamp_order_is_checked() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:1\"\nprotocols = [\"http\"]\n[dns]\nmin_ttl_seconds = 10\nmax_ttl_seconds = 5\n";
+        let e = Config::parse(text, "f").unwrap_err().to_string();
+        assert!(
+            e.contains("dns.max_ttl_seconds") && e.contains("f:6"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! carousel: an egress proxy (HTTP forward, CONNECT, SOCKS4/4a/5) on Pingora that resolves names
+//! itself, rotates every request across all of a name's addresses, and moves on to the next address
+//! when a connect fails, so clients behind it never notice a dead server.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod dial;
+pub mod forward;
+pub mod listener;
+pub mod policy;
+pub mod protocol;
+pub mod resolve;
+pub mod server;
+pub mod session;
+pub mod tunnel;

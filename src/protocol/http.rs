@@ -1,0 +1,431 @@
+//! HTTP/1.x request-head parsing (via `httparse`) for the CONNECT front-end,
+//! plus the few canned responses the proxy sends itself.
+
+use super::Target;
+
+/// Largest request head (request line + headers + blank line) we buffer.
+/// Bounds memory per connection and stops slow-loris style header floods.
+pub const MAX_HEAD: usize = 16 * 1024;
+
+/// Most headers accepted in one request head; more is treated as abuse.
+pub const MAX_HEADERS: usize = 100;
+
+/// Why an HTTP request head or CONNECT target was rejected.
+///
+/// Use [`Error::status`] for the status code of the error response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// No complete head within [`MAX_HEAD`] bytes.
+    #[error("HTTP request head larger than {MAX_HEAD} bytes")]
+    TooLarge,
+    /// More than [`MAX_HEADERS`] headers.
+    #[error("more than {MAX_HEADERS} HTTP headers")]
+    TooManyHeaders,
+    /// Syntactically invalid request head.
+    #[error("malformed HTTP request head: {0}")]
+    Malformed(httparse::Error),
+    /// CONNECT authority was not `host:port` with a valid host and port.
+    #[error("invalid CONNECT target")]
+    BadTarget,
+}
+
+impl Error {
+    /// The HTTP status to answer with: 431 for oversize heads or too many
+    /// headers, 400 for malformed heads and bad targets.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::TooLarge | Error::TooManyHeaders => 431,
+            Error::Malformed(_) | Error::BadTarget => 400,
+        }
+    }
+}
+
+/// A parsed HTTP/1.x request head, owned so it can outlive the read buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// Request method as sent (case preserved, e.g. `CONNECT`).
+    pub method: String,
+    /// Request target as sent (authority for CONNECT, path or URI otherwise).
+    pub target: String,
+    /// Minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    /// Headers in order; names as sent, values as raw bytes.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Head {
+    /// Value of the first header called `name` (ASCII case-insensitive), so
+    /// callers need not care how the client spelled it.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Parses a request head from the start of `buf`.
+///
+/// Returns `Ok(None)` while the head is incomplete and shorter than
+/// [`MAX_HEAD`]; the head and its length (including the final blank line)
+/// once complete; [`Error::TooLarge`] if no complete head fits in
+/// [`MAX_HEAD`] bytes. Bytes after the head (e.g. early tunnel data) are not
+/// consumed.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Error> {
+    let window = buf.get(..MAX_HEAD).unwrap_or(buf);
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(window) {
+        Ok(httparse::Status::Complete(len)) => {
+            let head = Head {
+                method: req.method.unwrap_or_default().to_owned(),
+                target: req.path.unwrap_or_default().to_owned(),
+                version: req.version.unwrap_or_default(),
+                headers: req
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_owned(), h.value.to_vec()))
+                    .collect(),
+            };
+            Ok(Some((head, len)))
+        }
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => Err(Error::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(Error::TooManyHeaders),
+        Err(e) => Err(Error::Malformed(e)),
+    }
+}
+
+/// Parses a CONNECT request target (`host:port`, `[v6]:port`,
+/// `1.2.3.4:port`) into a [`Target`].
+///
+/// The port is mandatory and must be 1..=65535 written as plain digits;
+/// the host goes through [`Target::from_host_port`]. Unbracketed IPv6,
+/// userinfo, paths and schemes are rejected.
+pub fn connect_target(authority: &str) -> Result<Target, Error> {
+    let (host, port) = authority.rsplit_once(':').ok_or(Error::BadTarget)?;
+    if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::BadTarget);
+    }
+    let port: u16 = port.parse().map_err(|_| Error::BadTarget)?;
+    if port == 0 {
+        return Err(Error::BadTarget);
+    }
+    // An unbracketed IPv6 literal would make the port ambiguous.
+    if host.contains(':') && !host.starts_with('[') {
+        return Err(Error::BadTarget);
+    }
+    Target::from_host_port(host, port).ok_or(Error::BadTarget)
+}
+
+/// Builds a complete, self-describing plain-text response that closes the
+/// connection; used for every error (and any other status) the proxy itself
+/// returns. CR/LF and other control characters in `reason` are replaced by
+/// spaces so it cannot inject headers.
+pub fn response(status: u16, reason: &str, body_line: &str) -> Vec<u8> {
+    let reason: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let body_len = body_line.len() + 1;
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    out.extend_from_slice(body_line.as_bytes());
+    out.push(b'\n');
+    out
+}
+
+/// The response that tells a CONNECT client its tunnel is open; bytes after
+/// it belong to the tunnelled stream.
+pub fn connect_established() -> &'static [u8] {
+    b"HTTP/1.1 200 Connection established\r\n\r\n"
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+
+    use super::*;
+    use crate::protocol::TargetHost;
+    use proptest::prelude::*;
+    use std::net::IpAddr;
+
+    const CONNECT: &[u8] =
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\n\r\n";
+
+    #[test]
+    fn complete_head() {
+        let (head, n) = parse_head(CONNECT).unwrap().unwrap();
+        assert_eq!(n, CONNECT.len());
+        assert_eq!(head.method, "CONNECT");
+        assert_eq!(head.target, "example.com:443");
+        assert_eq!(head.version, 1);
+        assert_eq!(head.headers.len(), 2);
+        assert_eq!(head.header("host"), Some(&b"example.com:443"[..]));
+        assert_eq!(
+            head.header("PROXY-AUTHORIZATION"),
+            Some(&b"Basic Zm9vOmJhcg=="[..])
+        );
+        assert_eq!(head.header("x-missing"), None);
+    }
+
+    #[test]
+    fn http10_and_trailing_data() {
+        let mut buf = b"CONNECT [::1]:22 HTTP/1.0\r\n\r\n".to_vec();
+        let len = buf.len();
+        buf.extend_from_slice(b"SSH-2.0-OpenSSH\r\n");
+        let (head, n) = parse_head(&buf).unwrap().unwrap();
+        assert_eq!(n, len);
+        assert_eq!(head.version, 0);
+        assert!(head.headers.is_empty());
+    }
+
+    #[test]
+    fn header_first_match_and_raw_bytes() {
+        let buf = b"GET / HTTP/1.1\r\nX-A: 1\r\nx-a: 2\r\nX-B: \xff\xfe\r\n\r\n";
+        let (head, _) = parse_head(buf).unwrap().unwrap();
+        assert_eq!(head.header("x-A"), Some(&b"1"[..]));
+        assert_eq!(head.header("x-b"), Some(&b"\xff\xfe"[..]));
+    }
+
+    #[test]
+    fn incremental() {
+        for i in 0..CONNECT.len() {
+            assert_eq!(parse_head(&CONNECT[..i]), Ok(None), "prefix {i}");
+        }
+    }
+
+    #[test]
+    fn too_large() {
+        let mut buf = b"CONNECT a:1 HTTP/1.1\r\nX: ".to_vec();
+        buf.resize(MAX_HEAD - 1, b'a');
+        assert_eq!(parse_head(&buf), Ok(None));
+        buf.push(b'a');
+        assert_eq!(parse_head(&buf), Err(Error::TooLarge));
+        buf.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(parse_head(&buf), Err(Error::TooLarge));
+        assert_eq!(Error::TooLarge.status(), 431);
+    }
+
+    #[test]
+    fn head_of_exactly_max_size_is_accepted() {
+        let mut buf = b"CONNECT a:1 HTTP/1.1\r\nX: ".to_vec();
+        buf.resize(MAX_HEAD - 4, b'a');
+        buf.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(buf.len(), MAX_HEAD);
+        let (_, n) = parse_head(&buf).unwrap().unwrap();
+        assert_eq!(n, MAX_HEAD);
+    }
+
+    fn with_headers(n: usize) -> Vec<u8> {
+        let mut buf = b"CONNECT a:1 HTTP/1.1\r\n".to_vec();
+        for i in 0..n {
+            buf.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        buf.extend_from_slice(b"\r\n");
+        buf
+    }
+
+    #[test]
+    fn header_count_limit() {
+        let (head, _) = parse_head(&with_headers(100)).unwrap().unwrap();
+        assert_eq!(head.headers.len(), 100);
+        let err = parse_head(&with_headers(101)).unwrap_err();
+        assert_eq!(err, Error::TooManyHeaders);
+        assert_eq!(err.status(), 431);
+    }
+
+    #[test]
+    fn malformed() {
+        for bad in [
+            &b"CONNECT\x01 a:1 HTTP/1.1\r\n\r\n"[..],
+            b"CONNECT a:1 HTTP/2.0\r\n\r\n",
+            b"CONNECT a:1 HTTP/1.1\r\nBad Header\r\n\r\n",
+            b"\x16\x03\x01\x02\x00",
+        ] {
+            let err = parse_head(bad).unwrap_err();
+            assert!(matches!(err, Error::Malformed(_)), "{bad:?}: {err:?}");
+            assert_eq!(err.status(), 400);
+        }
+    }
+
+    #[test]
+    fn connect_targets() {
+        assert_eq!(
+            connect_target("Example.com:443"),
+            Ok(Target {
+                host: TargetHost::Name("example.com".into()),
+                port: 443
+            })
+        );
+        assert_eq!(
+            connect_target("1.2.3.4:65535"),
+            Ok(Target {
+                host: TargetHost::Ip("1.2.3.4".parse().unwrap()),
+                port: 65535
+            })
+        );
+        let v6 = connect_target("[2001:db8::1]:8443").unwrap();
+        assert_eq!(
+            v6.host,
+            TargetHost::Ip("2001:db8::1".parse::<IpAddr>().unwrap())
+        );
+        assert_eq!(v6.to_string(), "[2001:db8::1]:8443");
+        assert_eq!(
+            connect_target("a.example.:1").unwrap().to_string(),
+            "a.example:1"
+        );
+    }
+
+    #[test]
+    fn bad_connect_targets() {
+        for bad in [
+            "",
+            "example.com",
+            "example.com:",
+            "example.com:0",
+            "example.com:65536",
+            "example.com:99999",
+            "example.com:+443",
+            "example.com:-1",
+            "example.com: 443",
+            "example.com:0443x",
+            ":443",
+            "::1:443",
+            "[::1]",
+            "[::1]:",
+            "[1.2.3.4]:80",
+            "[::1:80",
+            "user@example.com:443",
+            "http://example.com:443",
+            "example.com/x:443",
+            "a..b:1",
+            "127.1:80",
+        ] {
+            let err = connect_target(bad).unwrap_err();
+            assert_eq!(err, Error::BadTarget, "{bad}");
+            assert_eq!(err.status(), 400);
+        }
+        // Leading zeros are plain digits and allowed.
+        assert_eq!(connect_target("a.b:00443").unwrap().port, 443);
+    }
+
+    #[test]
+    fn responses() {
+        let r = response(403, "Forbidden", "denied by policy");
+        assert_eq!(
+            r,
+            b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: 17\r\nConnection: close\r\n\r\ndenied by policy\n"
+        );
+        let r = response(502, "Bad\r\nX-Evil: 1", "");
+        assert!(r.starts_with(b"HTTP/1.1 502 Bad  X-Evil: 1\r\n"));
+        assert!(r.ends_with(b"Content-Length: 1\r\nConnection: close\r\n\r\n\n"));
+        assert_eq!(
+            connect_established(),
+            b"HTTP/1.1 200 Connection established\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn responses_parse_back() {
+        let r = response(431, "Request Header Fields Too Large", "too big");
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut resp = httparse::Response::new(&mut headers);
+        let n = match resp.parse(&r).unwrap() {
+            httparse::Status::Complete(n) => n,
+            httparse::Status::Partial => panic!("partial"),
+        };
+        assert_eq!(resp.code, Some(431));
+        assert_eq!(&r[n..], b"too big\n");
+    }
+
+    /// Test-only encoder for request heads.
+    fn encode_head(h: &Head) -> Vec<u8> {
+        let mut v = format!("{} {} HTTP/1.{}\r\n", h.method, h.target, h.version).into_bytes();
+        for (name, value) in &h.headers {
+            v.extend_from_slice(name.as_bytes());
+            v.extend_from_slice(b": ");
+            v.extend_from_slice(value);
+            v.extend_from_slice(b"\r\n");
+        }
+        v.extend_from_slice(b"\r\n");
+        v
+    }
+
+    fn head() -> impl Strategy<Value = Head> {
+        (
+            "[A-Z]{1,10}",
+            "[a-z0-9.:/\\[\\]?=&%-]{1,60}",
+            0u8..=1,
+            proptest::collection::vec(
+                // Values: visible ASCII / obs-text, no leading/trailing space.
+                (
+                    "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,20}",
+                    "([!-~\\x80-\\xff]([ -~]{0,30}[!-~])?)?",
+                ),
+                0..=MAX_HEADERS,
+            ),
+        )
+            .prop_map(|(method, target, version, headers)| Head {
+                method,
+                target,
+                version,
+                headers: headers
+                    .into_iter()
+                    .map(|(n, v): (String, String)| {
+                        (n, v.chars().map(|c| c as u32 as u8).collect())
+                    })
+                    .collect(),
+            })
+    }
+
+    fn authority() -> impl Strategy<Value = (String, Target)> {
+        let host = prop_oneof![
+            any::<std::net::Ipv4Addr>().prop_map(|ip| (ip.to_string(), TargetHost::Ip(ip.into()))),
+            any::<std::net::Ipv6Addr>()
+                .prop_map(|ip| (format!("[{ip}]"), TargetHost::Ip(ip.into()))),
+            "([a-z0-9_-]{1,12}\\.){0,4}[a-z][a-z0-9-]{0,12}"
+                .prop_map(|n| (n.clone(), TargetHost::Name(n))),
+        ];
+        (host, 1u16..=65535)
+            .prop_map(|((s, host), port)| (format!("{s}:{port}"), Target { host, port }))
+    }
+
+    proptest! {
+        #[test]
+        fn roundtrip_head(h in head()) {
+            let bytes = encode_head(&h);
+            prop_assume!(bytes.len() <= MAX_HEAD);
+            let (parsed, n) = parse_head(&bytes).unwrap().unwrap();
+            prop_assert_eq!(n, bytes.len());
+            prop_assert_eq!(parsed, h);
+        }
+
+        #[test]
+        fn roundtrip_connect_target((s, t) in authority()) {
+            prop_assert_eq!(connect_target(&s), Ok(t.clone()));
+            prop_assert_eq!(t.to_string(), s);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            if let Ok(Some((_, n))) = parse_head(&bytes) {
+                prop_assert!(n <= bytes.len() && n <= MAX_HEAD);
+            }
+        }
+
+        #[test]
+        fn arbitrary_head_like_never_panic(s in "[A-Z]{1,8} [ -~]{0,40} HTTP/1\\.[01]\r\n([ -~]{0,40}\r\n){0,5}\r\n") {
+            let _ = parse_head(s.as_bytes());
+        }
+
+        #[test]
+        fn arbitrary_authority_never_panics(s in "\\PC{0,80}") {
+            if let Ok(t) = connect_target(&s) {
+                prop_assert!(t.port != 0);
+            }
+        }
+    }
+}

@@ -1,0 +1,351 @@
+//! Name resolution with per-name address sets, TTL clamping, background refresh and
+//! last-known-good answers.
+//!
+//! hickory-resolver answers one query; it neither rotates nor serves stale. carousel keeps every
+//! name it has seen with its whole address set, refreshes it in the background before the
+//! (clamped) TTL runs out, keeps serving the last good set for a bounded time while refreshes fail,
+//! and lets concurrent first requests for a new name share a single lookup. The request path for a
+//! known name therefore never waits on DNS.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use dashmap::DashMap;
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::TokioResolver;
+use tokio::time::Instant;
+
+use crate::config::{DnsSection, IpStrategy};
+
+/// Why a name has no usable addresses.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResolveError {
+    /// The nameserver said the name does not exist or has no addresses.
+    #[error("{0}: no such host")]
+    NotFound(String),
+    /// The lookup failed (timeout, SERVFAIL, network).
+    #[error("{name}: {reason}")]
+    Failed {
+        /// The name asked for.
+        name: String,
+        /// What went wrong, one line.
+        reason: String,
+    },
+    /// The resolver could not be built from the configuration.
+    #[error("resolver setup: {0}")]
+    Setup(String),
+}
+
+/// One answer for one request: the name's addresses and where this request starts in them.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Every address of the name, in the order the nameserver gave them.
+    pub addrs: Arc<[IpAddr]>,
+    /// Index to start the rotation at; successive requests get successive starts.
+    pub start: usize,
+    /// True when the set is past its TTL and served because refreshes fail.
+    pub stale: bool,
+}
+
+impl Resolved {
+    /// The addresses in this request's rotation order.
+    pub fn rotated(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        let n = self.addrs.len();
+        (0..n).map(move |i| self.addrs[(self.start + i) % n])
+    }
+}
+
+/// Timing knobs, taken from `[dns]`.
+#[derive(Debug, Clone)]
+struct Timing {
+    min_ttl: Duration,
+    max_ttl: Duration,
+    negative_ttl: Duration,
+    stale: Duration,
+    idle: Duration,
+}
+
+enum State {
+    Good {
+        addrs: Arc<[IpAddr]>,
+        fresh_until: Instant,
+        ttl: Duration,
+    },
+    Failed {
+        error: ResolveError,
+        until: Instant,
+    },
+}
+
+struct NameEntry {
+    state: ArcSwapOption<State>,
+    /// When the last good answer stops being fresh plus the stale window; for `Good` only.
+    stale_until: AtomicU64,
+    counter: AtomicUsize,
+    last_used_ms: AtomicU64,
+    refresher_running: AtomicBool,
+    lookup: tokio::sync::Mutex<()>,
+}
+
+/// The shared resolver: one per process, used by every listener.
+pub struct Resolver {
+    dns: TokioResolver,
+    names: DashMap<String, Arc<NameEntry>>,
+    timing: Timing,
+    epoch: Instant,
+    lookups: AtomicU64,
+}
+
+impl Resolver {
+    /// Builds the resolver from `[dns]`; nameservers empty means the system configuration.
+    pub fn new(cfg: &DnsSection) -> Result<Arc<Self>, ResolveError> {
+        let provider = TokioRuntimeProvider::default();
+        let (rc, mut opts) = if cfg.nameservers.is_empty() {
+            hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| ResolveError::Setup(e.to_string()))?
+        } else {
+            let servers = cfg
+                .nameservers
+                .iter()
+                .map(|sa| nameserver(*sa))
+                .collect::<Vec<_>>();
+            (
+                ResolverConfig::from_name_servers(servers),
+                ResolverOpts::default(),
+            )
+        };
+        opts.timeout = Duration::from_millis(cfg.timeout_ms);
+        opts.attempts = cfg.attempts;
+        // carousel keeps its own per-name sets; hickory's cache would hand refreshes an old answer.
+        opts.cache_size = 0;
+        opts.ip_strategy = match cfg.ip_strategy {
+            IpStrategy::Ipv4AndIpv6 => LookupIpStrategy::Ipv4AndIpv6,
+            IpStrategy::Ipv4Only => LookupIpStrategy::Ipv4Only,
+            IpStrategy::Ipv6Only => LookupIpStrategy::Ipv6Only,
+        };
+        let mut builder = hickory_resolver::Resolver::builder_with_config(rc, provider);
+        *builder.options_mut() = opts;
+        let dns = builder
+            .build()
+            .map_err(|e| ResolveError::Setup(e.to_string()))?;
+        Ok(Arc::new(Self {
+            dns,
+            names: DashMap::new(),
+            timing: Timing {
+                min_ttl: Duration::from_secs(cfg.min_ttl_seconds),
+                max_ttl: Duration::from_secs(cfg.max_ttl_seconds),
+                negative_ttl: Duration::from_secs(cfg.negative_ttl_seconds),
+                stale: Duration::from_secs(cfg.stale_seconds),
+                idle: Duration::from_secs(cfg.idle_seconds),
+            },
+            epoch: Instant::now(),
+            lookups: AtomicU64::new(0),
+        }))
+    }
+
+    /// How many DNS lookups carousel itself has started (first lookups and refreshes).
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+
+    /// How many names are currently kept.
+    pub fn names(&self) -> usize {
+        self.names.len()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The addresses of `name`, rotated one step further than the previous call.
+    ///
+    /// A known name answers from memory; only a new (or expired, failed) name waits for DNS, and
+    /// concurrent callers for the same new name share that one lookup.
+    pub async fn resolve(self: &Arc<Self>, name: &str) -> Result<Resolved, ResolveError> {
+        let entry = self
+            .names
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(NameEntry {
+                    state: ArcSwapOption::empty(),
+                    stale_until: AtomicU64::new(0),
+                    counter: AtomicUsize::new(0),
+                    last_used_ms: AtomicU64::new(0),
+                    refresher_running: AtomicBool::new(false),
+                    lookup: tokio::sync::Mutex::new(()),
+                })
+            })
+            .clone();
+        entry.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
+        if let Some(r) = self.answer_from(&entry) {
+            return r;
+        }
+        let _guard = entry.lookup.lock().await;
+        if let Some(r) = self.answer_from(&entry) {
+            return r;
+        }
+        self.lookup_into(name, &entry).await;
+        self.answer_from(&entry).unwrap_or_else(|| {
+            Err(ResolveError::Failed {
+                name: name.to_string(),
+                reason: "no answer".into(),
+            })
+        })
+    }
+
+    /// Answers from the stored state if it is usable now; `None` means "look it up".
+    fn answer_from(&self, entry: &NameEntry) -> Option<Result<Resolved, ResolveError>> {
+        let state = entry.state.load_full()?;
+        let now = Instant::now();
+        match &*state {
+            State::Good {
+                addrs, fresh_until, ..
+            } => {
+                let stale = now >= *fresh_until;
+                if stale && self.now_ms() >= entry.stale_until.load(Ordering::Relaxed) {
+                    return None;
+                }
+                let start = entry.counter.fetch_add(1, Ordering::Relaxed);
+                Some(Ok(Resolved {
+                    addrs: addrs.clone(),
+                    start: start % addrs.len(),
+                    stale,
+                }))
+            }
+            State::Failed { error, until } => (now < *until).then(|| Err(error.clone())),
+        }
+    }
+
+    async fn query(&self, name: &str) -> Result<(Vec<IpAddr>, Duration), ResolveError> {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        // A trailing dot makes the name absolute: no search-domain guessing for a proxy.
+        let fqdn = if name.ends_with('.') {
+            name.to_string()
+        } else {
+            format!("{name}.")
+        };
+        match self.dns.lookup_ip(fqdn.as_str()).await {
+            Ok(lookup) => {
+                let mut addrs: Vec<IpAddr> = Vec::new();
+                for ip in lookup.iter() {
+                    if !addrs.contains(&ip) {
+                        addrs.push(ip);
+                    }
+                }
+                if addrs.is_empty() {
+                    return Err(ResolveError::NotFound(name.to_string()));
+                }
+                let ttl = lookup
+                    .valid_until()
+                    .saturating_duration_since(std::time::Instant::now());
+                Ok((addrs, ttl))
+            }
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => {
+                Err(ResolveError::NotFound(name.to_string()))
+            }
+            Err(e) => Err(ResolveError::Failed {
+                name: name.to_string(),
+                reason: e
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or("lookup failed")
+                    .into(),
+            }),
+        }
+    }
+
+    fn clamp(&self, ttl: Duration) -> Duration {
+        ttl.clamp(self.timing.min_ttl, self.timing.max_ttl)
+    }
+
+    /// Performs a lookup and stores the outcome: a success replaces the set; a failure keeps a
+    /// still-servable good set (stale) and otherwise records the error for `negative_ttl`.
+    async fn lookup_into(self: &Arc<Self>, name: &str, entry: &Arc<NameEntry>) {
+        match self.query(name).await {
+            Ok((addrs, ttl)) => {
+                let ttl = self.clamp(ttl);
+                let now = Instant::now();
+                entry.stale_until.store(
+                    self.now_ms() + (ttl + self.timing.stale).as_millis() as u64,
+                    Ordering::Relaxed,
+                );
+                entry.state.store(Some(Arc::new(State::Good {
+                    addrs: addrs.into(),
+                    fresh_until: now + ttl,
+                    ttl,
+                })));
+                self.ensure_refresher(name, entry);
+            }
+            Err(error) => {
+                let keep = matches!(entry.state.load().as_deref(), Some(State::Good { .. }))
+                    && self.now_ms() < entry.stale_until.load(Ordering::Relaxed);
+                if !keep {
+                    tracing::debug!(%name, %error, "lookup failed");
+                    entry.state.store(Some(Arc::new(State::Failed {
+                        error,
+                        until: Instant::now() + self.timing.negative_ttl,
+                    })));
+                } else {
+                    tracing::debug!(%name, %error, "refresh failed; serving last good set");
+                }
+            }
+        }
+    }
+
+    /// Starts the background refresh loop for `name` unless one is running.
+    fn ensure_refresher(self: &Arc<Self>, name: &str, entry: &Arc<NameEntry>) {
+        if entry.refresher_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = Arc::clone(self);
+        let entry = Arc::clone(entry);
+        let name = name.to_string();
+        tokio::spawn(async move {
+            this.refresh_loop(&name, &entry).await;
+            entry.refresher_running.store(false, Ordering::Release);
+        });
+    }
+
+    async fn refresh_loop(self: &Arc<Self>, name: &str, entry: &Arc<NameEntry>) {
+        loop {
+            let Some(state) = entry.state.load_full() else {
+                return;
+            };
+            let State::Good {
+                fresh_until, ttl, ..
+            } = &*state
+            else {
+                return;
+            };
+            // Refresh at 80% of the TTL so the new set is in place before the old one expires;
+            // once expired (refreshes failing), retry at the negative TTL or sooner.
+            let now = Instant::now();
+            let wake = if now < *fresh_until {
+                (*fresh_until - ttl.mul_f32(0.2)).max(now)
+            } else {
+                now + self.timing.negative_ttl.min(Duration::from_secs(1))
+            };
+            tokio::time::sleep_until(wake).await;
+            let idle_ms = self.now_ms() - entry.last_used_ms.load(Ordering::Relaxed);
+            if Duration::from_millis(idle_ms) > self.timing.idle {
+                self.names.remove_if(name, |_, e| Arc::ptr_eq(e, entry));
+                return;
+            }
+            let _guard = entry.lookup.lock().await;
+            self.lookup_into(name, entry).await;
+        }
+    }
+}
+
+fn nameserver(sa: SocketAddr) -> NameServerConfig {
+    let mut ns = NameServerConfig::udp_and_tcp(sa.ip());
+    for c in &mut ns.connections {
+        c.port = sa.port();
+    }
+    ns
+}

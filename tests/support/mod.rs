@@ -1,0 +1,98 @@
+//! Integration-test support: an in-process DNS server (hickory-server),
+//! self-identifying loopback backends, payload checksums and a `curl` runner.
+//!
+//! Use from an integration test with `mod support;`. Only loopback addresses
+//! (127.0.0.0/8, ::1) are ever bound.
+#![allow(dead_code, unused_imports)]
+
+pub mod backend;
+pub mod dns;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+pub use backend::Backend;
+pub use dns::{DnsMode, DnsServer};
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// Byte `i` of the deterministic `/blob/<n>` payload.
+pub fn blob_byte(i: usize) -> u8 {
+    ((i as u64 * 31 + 7) % 251) as u8
+}
+
+/// The first `n` bytes of the deterministic blob payload.
+pub fn blob_bytes(n: usize) -> Vec<u8> {
+    (0..n).map(blob_byte).collect()
+}
+
+/// FNV-1a 64 of `bytes`.
+pub fn checksum(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(FNV_OFFSET, |h, &b| (h ^ b as u64).wrapping_mul(FNV_PRIME))
+}
+
+/// FNV-1a 64 of the `n`-byte blob served at `/blob/<n>` (no allocation).
+pub fn blob_checksum(n: usize) -> u64 {
+    (0..n).fold(FNV_OFFSET, |h, i| {
+        (h ^ blob_byte(i) as u64).wrapping_mul(FNV_PRIME)
+    })
+}
+
+/// Result of a `curl` run.
+#[derive(Debug, Clone)]
+pub struct CurlOutput {
+    /// Exit code (-1 if killed by a signal, failed to spawn or timed out).
+    pub status: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl CurlOutput {
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// Run the system `curl` with `-q -sS --max-time 20` prepended (`-q`: ignore
+/// `~/.curlrc`), proxy environment variables removed, bounded to 30 s.
+pub async fn curl(args: &[&str]) -> CurlOutput {
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args(["-q", "-sS", "--max-time", "20"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for var in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+        "no_proxy",
+        "NO_PROXY",
+    ] {
+        cmd.env_remove(var);
+    }
+    match tokio::time::timeout(Duration::from_secs(30), cmd.output()).await {
+        Ok(Ok(out)) => CurlOutput {
+            status: out.status.code().unwrap_or(-1),
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        },
+        Ok(Err(e)) => CurlOutput {
+            status: -1,
+            stdout: Vec::new(),
+            stderr: format!("failed to run curl: {e}"),
+        },
+        Err(_) => CurlOutput {
+            status: -1,
+            stdout: Vec::new(),
+            stderr: "curl timed out after 30 s (killed)".to_string(),
+        },
+    }
+}
