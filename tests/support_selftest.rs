@@ -259,6 +259,13 @@ async fn backend_set_identifies_and_restarts() {
     // Dropping closes the listener.
     let addr = backends[2].addr();
     drop(backends);
+    if let Ok(mut s) = TcpStream::connect(addr).await {
+        let l = s.local_addr().unwrap();
+        s.write_all(b"WHO\n").await.unwrap();
+        let mut out = String::new();
+        let r = timeout(Duration::from_secs(2), s.read_to_string(&mut out)).await;
+        panic!("DIAG connected {l} -> {addr}: {r:?} {out:?}");
+    }
     let err = TcpStream::connect(addr).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
 }

@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod dns;
+pub mod proxy;
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -1,0 +1,168 @@
+//! Runs the real `carousel` binary on ephemeral loopback ports with a generated configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A free loopback TCP port (bound then released; the kernel does not hand it out again at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running carousel process; killed on drop.
+pub struct Carousel {
+    child: Child,
+    /// HTTP (forward + CONNECT) listener.
+    pub http: SocketAddr,
+    /// SOCKS listener.
+    pub socks: SocketAddr,
+    /// Listener with both protocols, told apart by the first byte.
+    pub mixed: SocketAddr,
+    /// Scratch directory with the config file and Pingora's pid/upgrade files.
+    pub dir: PathBuf,
+    /// Captured log lines (stderr), collected in the background.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Carousel {
+    /// The configuration text the harness uses, with `extra` appended (extra sections/keys).
+    pub fn config_text(
+        dns: SocketAddr,
+        http: SocketAddr,
+        socks: SocketAddr,
+        mixed: SocketAddr,
+        dir: &std::path::Path,
+        extra: &str,
+    ) -> String {
+        format!(
+            r#"
+[server]
+threads = 2
+grace_period_seconds = 1
+graceful_shutdown_timeout_seconds = 1
+handshake_timeout_ms = 1000
+pid_file = "{dir}/carousel.pid"
+upgrade_sock = "{dir}/upgrade.sock"
+
+[[listener]]
+address = "{http}"
+protocols = ["http"]
+
+[[listener]]
+address = "{socks}"
+protocols = ["socks"]
+
+[[listener]]
+address = "{mixed}"
+protocols = ["http", "socks"]
+
+[dns]
+nameservers = ["{dns}"]
+timeout_ms = 500
+attempts = 1
+min_ttl_seconds = 1
+max_ttl_seconds = 60
+negative_ttl_seconds = 1
+stale_seconds = 5
+ip_strategy = "ipv4_and_ipv6"
+
+[dial]
+connect_timeout_ms = 300
+deadline_ms = 3000
+max_attempts = 8
+failure_memory_seconds = 30
+
+[tunnel]
+idle_timeout_seconds = 30
+
+{extra}
+"#,
+            dir = dir.display()
+        )
+    }
+
+    /// Starts carousel against the DNS server at `dns`, waiting until every listener accepts.
+    pub async fn start(dns: SocketAddr, extra: &str) -> Carousel {
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("carousel-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let socks: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mixed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let text = Self::config_text(dns, http, socks, mixed, &dir, extra);
+        let file = dir.join("carousel.toml");
+        std::fs::write(&file, text).expect("write config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_carousel"))
+            .args(["run", "-c"])
+            .arg(&file)
+            .env("RUST_LOG", "info,carousel=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn carousel");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let c = Carousel {
+            child,
+            http,
+            socks,
+            mixed,
+            dir,
+            log,
+        };
+        for addr in [http, socks, mixed] {
+            c.wait_listening(addr).await;
+        }
+        c
+    }
+
+    /// Waits (bounded: 10 s) until `addr` accepts connections: the readiness signal of a listener.
+    pub async fn wait_listening(&self, addr: SocketAddr) {
+        for _ in 0..400 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!(
+            "carousel did not listen on {addr}; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Everything carousel logged so far.
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+}
+
+impl Drop for Carousel {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
