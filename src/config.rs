@@ -62,6 +62,184 @@ pub struct Config {
     /// Who may use the proxy.
     #[serde(default)]
     pub access: AccessSection,
+    /// The admin HTTP listener (metrics, health, status, PAC).
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// What the generated PAC file (`/proxy.pac`, `/wpad.dat`) tells browsers and clients.
+    #[serde(default)]
+    pub pac: PacSection,
+    /// Configured clusters: names watched closely (health checks, ejection, serve-stale).
+    #[serde(default, rename = "cluster")]
+    pub clusters: Vec<ClusterSection>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Whether to run it.
+    pub enabled: bool,
+    /// Where it listens. Keep it on loopback or a management network: it is unauthenticated.
+    pub address: SocketAddr,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: "127.0.0.1:9090".parse().expect("literal address"),
+        }
+    }
+}
+
+/// Inputs of the generated PAC file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PacSection {
+    /// `host:port` clients use for the HTTP proxy (default: the first HTTP listener's address).
+    pub http_proxy: Option<String>,
+    /// `host:port` clients use for SOCKS (default: the first SOCKS listener's address).
+    pub socks_proxy: Option<String>,
+    /// Domain suffixes (`.example.com`) or host names sent through carousel besides the clusters.
+    pub domains: Vec<String>,
+    /// What everything else gets, for example `DIRECT` or `PROXY other:8080`.
+    pub default: Option<String>,
+}
+
+/// How a cluster picks the member for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// Each request starts at the next member (weighted).
+    #[default]
+    RoundRobin,
+    /// The member with the fewest active connections among the next few in rotation.
+    LeastConnections,
+    /// Power of two choices: two random members, the less loaded one wins.
+    RandomTwo,
+}
+
+/// What an active health check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthKind {
+    /// A TCP connect succeeds.
+    #[default]
+    Tcp,
+    /// Send `send`, expect the reply to start with `expect`.
+    SendExpect,
+    /// A TLS handshake completes.
+    Tls,
+}
+
+/// Active health checking of a cluster's members.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    /// Milliseconds between checks of one member.
+    pub interval_ms: u64,
+    /// Milliseconds one check may take.
+    pub timeout_ms: u64,
+    /// Consecutive passes that bring a down member up.
+    pub rise: u32,
+    /// Consecutive failures that take an up member down.
+    pub fall: u32,
+    /// Check kind.
+    pub kind: HealthKind,
+    /// Bytes sent by a `send_expect` check.
+    pub send: String,
+    /// Prefix the reply must start with for a `send_expect` check.
+    pub expect: String,
+    /// Server name sent in a `tls` check (default: the cluster name).
+    pub tls_server_name: String,
+    /// Spread of each interval, in percent, so members are not checked in lockstep.
+    pub jitter_percent: u32,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        Self {
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            rise: 2,
+            fall: 2,
+            kind: HealthKind::Tcp,
+            send: String::new(),
+            expect: String::new(),
+            tls_server_name: String::new(),
+            jitter_percent: 20,
+        }
+    }
+}
+
+/// Passive outlier detection on the request path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierSection {
+    /// Consecutive connect failures that eject a member.
+    pub consecutive_failures: u32,
+    /// First ejection length in milliseconds; doubles with each repeated ejection.
+    pub base_ejection_ms: u64,
+    /// Longest ejection in milliseconds.
+    pub max_ejection_ms: u64,
+    /// Most of a cluster (percent of members) that may be ejected at once.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierSection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 3,
+            base_ejection_ms: 5000,
+            max_ejection_ms: 300_000,
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+/// One configured cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The name clients ask for (for example `chat.example.com`).
+    pub name: String,
+    /// Ports clients use for this cluster; each member is health-checked on each.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// Discover members from this SRV record instead of the name's A/AAAA records.
+    #[serde(default)]
+    pub srv: Option<String>,
+    /// Extra members: `ip` (on every port) or `ip:port`.
+    #[serde(default)]
+    pub static_members: Vec<String>,
+    /// Member choice per request.
+    #[serde(default)]
+    pub selection: Selection,
+    /// Seconds the last good member set keeps serving while DNS fails (RFC 8767).
+    #[serde(default = "default_serve_stale")]
+    pub serve_stale_seconds: u64,
+    /// Whether NXDOMAIN also counts as a DNS failure for serve-stale.
+    #[serde(default)]
+    pub serve_stale_nxdomain: bool,
+    /// Send requests for a down member's IP address (on a cluster port) to a healthy member.
+    #[serde(default)]
+    pub rescue_member_ips: bool,
+    /// Lower TTL clamp for discovery, seconds (default: `dns.min_ttl_seconds`).
+    #[serde(default)]
+    pub min_ttl_seconds: Option<u64>,
+    /// Upper TTL clamp for discovery, seconds (default: `dns.max_ttl_seconds`).
+    #[serde(default)]
+    pub max_ttl_seconds: Option<u64>,
+    /// Active health checks.
+    #[serde(default)]
+    pub health: HealthSection,
+    /// Passive outlier detection.
+    #[serde(default)]
+    pub outlier: OutlierSection,
+}
+
+fn default_serve_stale() -> u64 {
+    300
 }
 
 /// Pingora server settings; carousel sets them all so Pingora's own defaults (a 300 s grace
@@ -336,6 +514,64 @@ impl Config {
         if self.tunnel.idle_timeout_seconds == 0 {
             return err("tunnel.idle_timeout_seconds", "must be greater than 0");
         }
+        for (i, c) in self.clusters.iter().enumerate() {
+            let k = |f: &str| format!("cluster[{i}].{f}");
+            let name = c.name.trim_end_matches('.');
+            if !crate::protocol::validate_hostname(name) {
+                return err(&k("name"), "must be a valid DNS name");
+            }
+            if self.clusters[..i]
+                .iter()
+                .any(|o| o.name.trim_end_matches('.').eq_ignore_ascii_case(name))
+            {
+                return err(&k("name"), "another cluster has this name");
+            }
+            if c.ports.is_empty() && c.srv.is_none() {
+                return err(&k("ports"), "name at least one port (or use srv)");
+            }
+            if c.ports.contains(&0) {
+                return err(&k("ports"), "port 0 is not a port");
+            }
+            if let Some(srv) = &c.srv {
+                if !crate::protocol::validate_hostname(srv.trim_end_matches('.')) {
+                    return err(&k("srv"), "must be a valid DNS name");
+                }
+            }
+            for (j, m) in c.static_members.iter().enumerate() {
+                if parse_member(m).is_none() {
+                    return err(
+                        &format!("cluster[{i}].static_members[{j}]"),
+                        "must be `ip` or `ip:port`",
+                    );
+                }
+            }
+            let h = &c.health;
+            if h.interval_ms == 0 || h.timeout_ms == 0 {
+                return err(
+                    &k("health"),
+                    "interval_ms and timeout_ms must be greater than 0",
+                );
+            }
+            if h.rise == 0 || h.fall == 0 {
+                return err(&k("health"), "rise and fall must be at least 1");
+            }
+            if h.kind == HealthKind::SendExpect && h.expect.is_empty() {
+                return err(&k("health.expect"), "a send_expect check needs `expect`");
+            }
+            if h.jitter_percent > 100 {
+                return err(&k("health.jitter_percent"), "must be at most 100");
+            }
+            let o = &c.outlier;
+            if o.base_ejection_ms == 0 || o.max_ejection_ms < o.base_ejection_ms {
+                return err(
+                    &k("outlier.max_ejection_ms"),
+                    "must be at least base_ejection_ms (> 0)",
+                );
+            }
+            if o.max_ejection_percent > 100 {
+                return err(&k("outlier.max_ejection_percent"), "must be at most 100");
+            }
+        }
         Ok(())
     }
 
@@ -362,13 +598,23 @@ impl Config {
             format!("{} nameserver(s)", self.dns.nameservers.len())
         };
         format!(
-            "ok: {} listener(s): {}; dns: {}; {} client network(s) allowed",
+            "ok: {} listener(s): {}; dns: {}; {} cluster(s); {} client network(s) allowed",
             self.listeners.len(),
             listeners.join(", "),
             dns,
+            self.clusters.len(),
             self.access.allow_clients.len()
         )
     }
+}
+
+/// Parses a static member: `ip` (port `None`: every cluster port) or `ip:port` / `[v6]:port`.
+pub fn parse_member(s: &str) -> Option<(std::net::IpAddr, Option<u16>)> {
+    if let Ok(ip) = s.parse() {
+        return Some((ip, None));
+    }
+    let sa: SocketAddr = s.parse().ok()?;
+    (sa.port() != 0).then_some((sa.ip(), Some(sa.port())))
 }
 
 fn first_line(s: &str) -> String {
@@ -454,47 +700,60 @@ fn line_of_key(text: &str, key: &str) -> usize {
 /// The dotted key path whose text contains byte `offset`, and the line of `offset`.
 fn locate_span(text: &str, offset: usize) -> (String, usize) {
     use toml::de::{DeTable, DeValue};
-    fn walk(t: &DeTable, offset: usize, path: &mut String) {
+    fn within(span: std::ops::Range<usize>, offset: usize) -> bool {
+        span.start <= offset && offset < span.end.max(span.start + 1)
+    }
+    // Table values' spans may cover only their header, so every table is searched.
+    fn walk(t: &DeTable, offset: usize, path: &mut Vec<String>) -> bool {
         for (k, v) in t.iter() {
-            let ks = k.span();
-            let vs = v.span();
-            let hit = (ks.start <= offset && offset < ks.end.max(ks.start + 1))
-                || (vs.start <= offset && offset < vs.end);
-            if !hit {
-                continue;
-            }
-            if !path.is_empty() {
-                path.push('.');
-            }
-            path.push_str(k.get_ref().as_ref());
+            let key = k.get_ref().to_string();
+            let on_key = within(k.span(), offset);
             match v.get_ref() {
-                DeValue::Table(inner) => walk(inner, offset, path),
+                DeValue::Table(inner) => {
+                    path.push(key);
+                    if walk(inner, offset, path) || on_key {
+                        return true;
+                    }
+                    path.pop();
+                }
                 DeValue::Array(a) => {
                     for (i, item) in a.iter().enumerate() {
-                        let s = item.span();
-                        if s.start <= offset && offset < s.end {
-                            path.push_str(&format!("[{i}]"));
-                            if let DeValue::Table(inner) = item.get_ref() {
-                                walk(inner, offset, path);
-                            }
-                            break;
+                        path.push(format!("{key}[{i}]"));
+                        let found = match item.get_ref() {
+                            DeValue::Table(inner) => walk(inner, offset, path),
+                            _ => false,
+                        };
+                        if found || within(item.span(), offset) {
+                            return true;
                         }
+                        path.pop();
+                    }
+                    if on_key || within(v.span(), offset) {
+                        path.push(key);
+                        return true;
                     }
                 }
-                _ => {}
+                _ => {
+                    if on_key || within(v.span(), offset) {
+                        path.push(key);
+                        return true;
+                    }
+                }
             }
-            return;
         }
+        false
     }
     let line = line_at(text, offset);
-    let mut path = String::new();
+    let mut path = Vec::new();
     if let Ok(root) = DeTable::parse(text) {
         walk(root.get_ref(), offset, &mut path);
     }
-    if path.is_empty() {
-        path.push('-');
-    }
-    (path, line)
+    let key = if path.is_empty() {
+        "-".to_string()
+    } else {
+        path.join(".")
+    };
+    (key, line)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::DialSection;
+use crate::session::{Plan, Proxy};
 
 /// How a request's attempts are bounded.
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +77,6 @@ pub struct DialFailure {
 }
 
 /// A connected upstream.
-#[derive(Debug)]
 pub struct Connected {
     /// The open connection.
     pub stream: TcpStream,
@@ -84,6 +84,10 @@ pub struct Connected {
     pub addr: SocketAddr,
     /// Attempts it took (1 = the first candidate).
     pub attempts: u32,
+    /// The cluster member it belongs to, if any.
+    pub member: Option<std::sync::Arc<crate::cluster::Member>>,
+    /// The cluster name ("" outside clusters).
+    pub cluster: String,
 }
 
 /// Addresses that recently failed to connect, shared by every request: they are tried last until
@@ -139,13 +143,11 @@ impl FailureMemory {
     }
 }
 
-/// Connects to the first candidate that answers, in order, within the settings' bounds; every
-/// failure and success is written to `memory`.
-pub async fn dial(
-    candidates: &[SocketAddr],
-    settings: DialSettings,
-    memory: &FailureMemory,
-) -> Result<Connected, DialFailure> {
+/// Connects to the first candidate of `plan` that answers, in order, within the proxy's dial
+/// bounds; every failure and success is reported to the plan (failure memory, member health,
+/// metrics).
+pub async fn dial(plan: &mut Plan, proxy: &Proxy) -> Result<Connected, DialFailure> {
+    let settings = proxy.dial;
     let deadline = Instant::now() + settings.deadline;
     let mut attempts = 0u32;
     let mut last = DialFailure {
@@ -153,39 +155,44 @@ pub async fn dial(
         attempts: 0,
         detail: "no addresses to try".into(),
     };
-    for addr in candidates.iter().take(settings.max_attempts) {
+    while (attempts as usize) < settings.max_attempts {
         let now = Instant::now();
         if now >= deadline {
             last.kind = FailKind::Timeout;
             last.detail = format!("deadline of {:?} reached", settings.deadline);
             break;
         }
+        let Some(candidate) = plan.next_candidate() else {
+            break;
+        };
+        let addr = candidate.addr;
         attempts += 1;
         let budget = settings.per_attempt.min(deadline - now);
         let outcome = tokio::time::timeout(budget, TcpStream::connect(addr)).await;
         match outcome {
             Ok(Ok(stream)) => {
-                memory.mark_ok(*addr);
+                plan.report_success(proxy, &candidate, now.elapsed());
                 let _ = stream.set_nodelay(true);
                 return Ok(Connected {
                     stream,
-                    addr: *addr,
+                    addr,
                     attempts,
+                    member: candidate.member,
+                    cluster: plan.cluster_name().to_string(),
                 });
             }
             Ok(Err(e)) => {
-                memory.mark_failed(*addr);
-                tracing::debug!(%addr, error = %e, "connect failed; trying next");
                 last.kind = FailKind::of(&e);
                 last.detail = format!("connect to {addr}: {e}");
+                tracing::debug!(%addr, error = %e, "connect failed; trying next");
             }
             Err(_) => {
-                memory.mark_failed(*addr);
-                tracing::debug!(%addr, "connect timed out; trying next");
                 last.kind = FailKind::Timeout;
                 last.detail = format!("connect to {addr}: timed out after {budget:?}");
+                tracing::debug!(%addr, "connect timed out; trying next");
             }
         }
+        plan.report_failure(proxy, &candidate, last.kind, &last.detail);
     }
     last.attempts = attempts;
     Err(last)
@@ -209,28 +216,5 @@ mod tests {
         let mut c = a.clone();
         m.order(&mut c);
         assert_eq!(c, a);
-    }
-
-    #[tokio::test]
-    async fn dial_moves_past_a_refused_address() {
-        let good = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let good_addr = good.local_addr().unwrap();
-        // A port that was just free: nothing listens there, so connect is refused.
-        let dead = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
-        let m = FailureMemory::new(Duration::from_secs(30));
-        let s = DialSettings {
-            per_attempt: Duration::from_millis(500),
-            deadline: Duration::from_secs(5),
-            max_attempts: 8,
-        };
-        let c = dial(&[dead, good_addr], s, &m).await.unwrap();
-        assert_eq!(c.addr, good_addr);
-        assert_eq!(c.attempts, 2);
-        assert!(m.is_failed(&dead));
-        let e = dial(&[dead], s, &m).await.unwrap_err();
-        assert_eq!(e.kind, FailKind::Refused);
     }
 }

@@ -4,7 +4,6 @@
 //! header handling; carousel supplies the target (from the absolute-form request line), the
 //! rotated candidate list, and try-next through `fail_to_connect` + retry.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -15,10 +14,11 @@ use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tokio::time::Instant;
 
+use crate::cluster::member::ActiveGuard;
 use crate::dial::FailKind;
-use crate::listener::{http_status, reason};
+use crate::listener::http_status;
 use crate::protocol::Target;
-use crate::session::{OpenError, Proxy};
+use crate::session::{Candidate, OpenError, Plan, Proxy};
 
 /// The pingora-proxy application for plain HTTP.
 pub struct Forwarder {
@@ -38,10 +38,14 @@ pub struct Ctx {
     target: Option<Target>,
     /// Origin-form path to send upstream.
     path: Vec<u8>,
-    candidates: Vec<SocketAddr>,
-    next: usize,
+    plan: Option<Plan>,
+    current: Option<Candidate>,
+    attempt_started: Option<Instant>,
+    attempts: u32,
     deadline: Option<Instant>,
     failure: Option<(FailKind, String)>,
+    outcome: Option<&'static str>,
+    _active: Option<ActiveGuard>,
 }
 
 async fn reply(session: &mut Session, status: u16, line: &str) {
@@ -72,6 +76,7 @@ impl ProxyHttp for Forwarder {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         if let Err(e) = self.proxy.check_client(client) {
+            ctx.outcome = Some("denied");
             reply(session, 403, &e.to_string()).await;
             return Ok(true);
         }
@@ -97,6 +102,7 @@ impl ProxyHttp for Forwarder {
             }
         };
         if scheme != b"http" {
+            ctx.outcome = Some("bad_request");
             reply(
                 session,
                 400,
@@ -122,10 +128,11 @@ impl ProxyHttp for Forwarder {
         };
         ctx.path = if path.is_empty() { b"/".to_vec() } else { path };
         ctx.deadline = Some(Instant::now() + self.proxy.dial.deadline);
-        match self.proxy.candidates(&target).await {
-            Ok(c) => ctx.candidates = c,
+        match self.proxy.plan(&target).await {
+            Ok(p) => ctx.plan = Some(p),
             Err(e) => {
                 let status = http_status(&e);
+                ctx.outcome = Some(e.outcome());
                 tracing::info!(%target, error = %e, "forward failed");
                 reply(session, status, &e.to_string()).await;
                 return Ok(true);
@@ -138,23 +145,29 @@ impl ProxyHttp for Forwarder {
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let now = Instant::now();
         let deadline = ctx.deadline.unwrap_or(now);
-        let limit = ctx.candidates.len().min(self.proxy.dial.max_attempts);
-        if ctx.next >= limit || now >= deadline {
-            if now >= deadline {
-                ctx.failure = Some((
-                    FailKind::Timeout,
-                    format!("deadline of {:?} reached", self.proxy.dial.deadline),
-                ));
-            }
+        if now >= deadline {
+            ctx.failure = Some((
+                FailKind::Timeout,
+                format!("deadline of {:?} reached", self.proxy.dial.deadline),
+            ));
+            return Err(Error::explain(ErrorType::ConnectError, "deadline reached"));
+        }
+        let next = if (ctx.attempts as usize) < self.proxy.dial.max_attempts {
+            ctx.plan.as_mut().and_then(Plan::next_candidate)
+        } else {
+            None
+        };
+        let Some(candidate) = next else {
             return Err(Error::explain(
                 ErrorType::ConnectError,
                 "no candidates left",
             ));
-        }
-        let addr = ctx.candidates[ctx.next];
-        ctx.next += 1;
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        };
+        ctx.attempts += 1;
+        let mut peer = HttpPeer::new(candidate.addr, false, String::new());
         peer.options.connection_timeout = Some(self.proxy.dial.per_attempt.min(deadline - now));
+        ctx.current = Some(candidate);
+        ctx.attempt_started = Some(now);
         Ok(Box::new(peer))
     }
 
@@ -165,20 +178,18 @@ impl ProxyHttp for Forwarder {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(addr) = peer._address.as_inet() {
-            self.proxy.failures.mark_failed(*addr);
-        }
         let kind = match e.etype() {
             ErrorType::ConnectTimedout => FailKind::Timeout,
             ErrorType::ConnectRefused => FailKind::Refused,
             ErrorType::ConnectNoRoute => FailKind::Unreachable,
             _ => FailKind::Other,
         };
-        ctx.failure = Some((
-            kind,
-            format!("connect to {}: {}", peer._address, e.etype().as_str()),
-        ));
-        let more = ctx.next < ctx.candidates.len().min(self.proxy.dial.max_attempts);
+        let detail = format!("connect to {}: {}", peer._address, e.etype().as_str());
+        if let (Some(plan), Some(c)) = (&ctx.plan, ctx.current.take()) {
+            plan.report_failure(&self.proxy, &c, kind, &detail);
+        }
+        ctx.failure = Some((kind, detail));
+        let more = (ctx.attempts as usize) < self.proxy.dial.max_attempts;
         let in_time = ctx.deadline.is_some_and(|d| Instant::now() < d);
         e.set_retry(more && in_time);
         e
@@ -187,16 +198,23 @@ impl ProxyHttp for Forwarder {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
-        peer: &HttpPeer,
+        reused: bool,
+        _peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora::protocols::Digest>,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(addr) = peer._address.as_inet() {
-            self.proxy.failures.mark_ok(*addr);
+        if let (Some(plan), Some(c)) = (&ctx.plan, ctx.current.take()) {
+            let took = ctx.attempt_started.map(|t| t.elapsed()).unwrap_or_default();
+            if reused {
+                self.proxy.failures.mark_ok(c.addr);
+            } else {
+                plan.report_success(&self.proxy, &c, took);
+            }
+            ctx._active = c.member.as_ref().map(|m| m.open_connection());
         }
+        ctx.outcome = Some("ok");
         Ok(())
     }
 
@@ -237,14 +255,19 @@ impl ProxyHttp for Forwarder {
         Ok(())
     }
 
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        crate::metrics::request("http", ctx.outcome.unwrap_or("error"));
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let (status, line) = match (&ctx.failure, e.esource()) {
             (Some((kind, detail)), _) => {
                 let err = OpenError::Dial(crate::dial::DialFailure {
                     kind: *kind,
-                    attempts: ctx.next as u32,
+                    attempts: ctx.attempts,
                     detail: detail.clone(),
                 });
+                ctx.outcome = Some(err.outcome());
                 (http_status(&err), err.to_string())
             }
             (None, ErrorSource::Downstream) => {
@@ -263,7 +286,13 @@ impl ProxyHttp for Forwarder {
             };
         }
         tracing::info!(target = ?ctx.target.as_ref().map(|t| t.to_string()), status, error = %line, "forward failed");
-        let _ = reason(status);
+        if ctx.outcome.is_none() {
+            ctx.outcome = Some(if status == 400 {
+                "bad_request"
+            } else {
+                "connect_error"
+            });
+        }
         reply(session, status, &line).await;
         FailToProxy {
             error_code: status,

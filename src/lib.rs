@@ -3,10 +3,13 @@
 //! when a connect fails, so clients behind it never notice a dead server.
 #![warn(missing_docs)]
 
+pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod dial;
 pub mod forward;
 pub mod listener;
+pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod resolve;

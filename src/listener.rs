@@ -2,7 +2,7 @@
 //! HTTP codec, and hand the request to the session. Absolute-form HTTP requests go to the wrapped
 //! pingora-proxy forwarder; CONNECT and SOCKS become tunnels here.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::config::{ListenerSection, Protocol};
-use crate::dial::FailKind;
+use crate::dial::{Connected, FailKind};
 use crate::forward::Forwarder;
+use crate::metrics;
 use crate::protocol::{http, socks4, socks5, Target};
 use crate::session::{OpenError, Proxy};
 use crate::tunnel;
@@ -47,24 +48,33 @@ impl Listener {
     }
 }
 
-/// What a handshake read produced.
-enum ReadError {
-    /// The client closed, timed out or the socket failed: nothing can be answered.
-    Gone,
-}
+/// The client closed, timed out or the socket failed: nothing can be answered.
+struct Gone;
 
 /// Reads more bytes into `buf` before `deadline`.
-async fn read_more(
-    stream: &mut Stream,
-    buf: &mut BytesMut,
-    deadline: Instant,
-) -> Result<(), ReadError> {
+async fn read_more(stream: &mut Stream, buf: &mut BytesMut, deadline: Instant) -> Result<(), Gone> {
     let mut chunk = [0u8; 4096];
     match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => Err(ReadError::Gone),
+        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => Err(Gone),
         Ok(Ok(n)) => {
             buf.extend_from_slice(&chunk[..n]);
             Ok(())
+        }
+    }
+}
+
+/// Feeds `parse` more bytes until it yields a value, an error, or the client goes away.
+async fn read_until<T, E>(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    deadline: Instant,
+    parse: impl Fn(&[u8]) -> Result<Option<(T, usize)>, E>,
+) -> Result<Result<(T, usize), E>, Gone> {
+    loop {
+        match parse(buf) {
+            Ok(Some(done)) => return Ok(Ok(done)),
+            Ok(None) => read_more(stream, buf, deadline).await?,
+            Err(e) => return Ok(Err(e)),
         }
     }
 }
@@ -110,11 +120,8 @@ impl ServerApp for Listener {
                 }
                 0x04 | 0x05 => return None,
                 _ if !self.http => {
-                    write_reply(
-                        &mut stream,
-                        &http::response(400, "Bad Request", "this port speaks SOCKS only"),
-                    )
-                    .await;
+                    let body = "this port speaks SOCKS only";
+                    write_reply(&mut stream, &http::response(400, "Bad Request", body)).await;
                     return None;
                 }
                 _ => {}
@@ -147,29 +154,27 @@ impl ServerApp for Listener {
 impl Listener {
     async fn connect(&self, mut stream: Stream, client: Option<IpAddr>, deadline: Instant) {
         let mut buf = BytesMut::with_capacity(1024);
-        let (head, used) = loop {
-            match http::parse_head(&buf) {
-                Ok(Some(done)) => break done,
-                Ok(None) => {
-                    if read_more(&mut stream, &mut buf, deadline).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let status = e.status();
-                    write_reply(
-                        &mut stream,
-                        &http::response(status, reason(status), &e.to_string()),
-                    )
-                    .await;
-                    return;
-                }
+        let Ok(parsed) = read_until(&mut stream, &mut buf, deadline, http::parse_head).await else {
+            return;
+        };
+        let (head, used) = match parsed {
+            Ok(done) => done,
+            Err(e) => {
+                metrics::request("connect", "bad_request");
+                let status = e.status();
+                write_reply(
+                    &mut stream,
+                    &http::response(status, reason(status), &e.to_string()),
+                )
+                .await;
+                return;
             }
         };
         let early = buf.split_off(used);
         let target = match http::connect_target(&head.target) {
             Ok(t) => t,
             Err(e) => {
+                metrics::request("connect", "bad_request");
                 write_reply(
                     &mut stream,
                     &http::response(400, "Bad Request", &e.to_string()),
@@ -179,6 +184,7 @@ impl Listener {
             }
         };
         if let Err(e) = self.proxy.check_client(client) {
+            metrics::request("connect", "denied");
             write_reply(
                 &mut stream,
                 &http::response(403, "Forbidden", &e.to_string()),
@@ -187,12 +193,14 @@ impl Listener {
             return;
         }
         match self.proxy.open(&target).await {
-            Ok(mut up) => {
+            Ok(up) => {
+                metrics::request("connect", "ok");
                 write_reply(&mut stream, http::connect_established()).await;
-                self.tunnel(&mut stream, &mut up.stream, &early, &target, up.addr)
+                self.tunnel("connect", &mut stream, up, &early, &target)
                     .await;
             }
             Err(e) => {
+                metrics::request("connect", e.outcome());
                 let status = http_status(&e);
                 tracing::info!(%target, error = %e, "CONNECT failed");
                 write_reply(
@@ -204,85 +212,86 @@ impl Listener {
         }
     }
 
-    async fn socks(
-        &self,
-        mut stream: Stream,
-        client: Option<IpAddr>,
-        version: u8,
-        deadline: Instant,
-    ) {
-        let mut buf = BytesMut::with_capacity(512);
+    async fn socks(&self, stream: Stream, client: Option<IpAddr>, version: u8, deadline: Instant) {
         if version == 4 {
-            let (req, used) = loop {
-                match socks4::parse_request(&buf) {
-                    Ok(Some(done)) => break done,
-                    Ok(None) => {
-                        if read_more(&mut stream, &mut buf, deadline).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "bad SOCKS4 request");
-                        write_reply(&mut stream, &socks4::reply(false)).await;
-                        return;
-                    }
-                }
-            };
-            let early = buf.split_off(used);
-            if req.command != 1 || self.proxy.check_client(client).is_err() {
+            self.socks4(stream, client, deadline).await;
+        } else {
+            self.socks5(stream, client, deadline).await;
+        }
+    }
+
+    async fn socks4(&self, mut stream: Stream, client: Option<IpAddr>, deadline: Instant) {
+        let mut buf = BytesMut::with_capacity(512);
+        let Ok(parsed) = read_until(&mut stream, &mut buf, deadline, socks4::parse_request).await
+        else {
+            return;
+        };
+        let (req, used) = match parsed {
+            Ok(done) => done,
+            Err(e) => {
+                metrics::request("socks4", "bad_request");
+                tracing::debug!(error = %e, "bad SOCKS4 request");
                 write_reply(&mut stream, &socks4::reply(false)).await;
                 return;
             }
-            match self.proxy.open(&req.target).await {
-                Ok(mut up) => {
-                    write_reply(&mut stream, &socks4::reply(true)).await;
-                    self.tunnel(&mut stream, &mut up.stream, &early, &req.target, up.addr)
-                        .await;
-                }
-                Err(e) => {
-                    tracing::info!(target = %req.target, error = %e, "SOCKS4 connect failed");
-                    write_reply(&mut stream, &socks4::reply(false)).await;
-                }
-            }
+        };
+        let early = buf.split_off(used);
+        if req.command != socks4::CONNECT {
+            metrics::request("socks4", "bad_request");
+            write_reply(&mut stream, &socks4::reply(false)).await;
             return;
         }
-
-        // SOCKS5: greeting, method choice, request.
-        let (methods, used) = loop {
-            match socks5::parse_greeting(&buf) {
-                Ok(Some(done)) => break done,
-                Ok(None) => {
-                    if read_more(&mut stream, &mut buf, deadline).await.is_err() {
-                        return;
-                    }
-                }
-                Err(_) => return,
+        if self.proxy.check_client(client).is_err() {
+            metrics::request("socks4", "denied");
+            write_reply(&mut stream, &socks4::reply(false)).await;
+            return;
+        }
+        match self.proxy.open(&req.target).await {
+            Ok(up) => {
+                metrics::request("socks4", "ok");
+                write_reply(&mut stream, &socks4::reply(true)).await;
+                self.tunnel("socks4", &mut stream, up, &early, &req.target)
+                    .await;
             }
+            Err(e) => {
+                metrics::request("socks4", e.outcome());
+                tracing::info!(target = %req.target, error = %e, "SOCKS4 connect failed");
+                write_reply(&mut stream, &socks4::reply(false)).await;
+            }
+        }
+    }
+
+    async fn socks5(&self, mut stream: Stream, client: Option<IpAddr>, deadline: Instant) {
+        let mut buf = BytesMut::with_capacity(512);
+        let Ok(Ok((methods, used))) =
+            read_until(&mut stream, &mut buf, deadline, socks5::parse_greeting).await
+        else {
+            return;
         };
         let _ = buf.split_to(used);
         if !methods.contains(&socks5::NO_AUTH) {
+            metrics::request("socks5", "bad_request");
             write_reply(&mut stream, &socks5::method_reply(socks5::NO_ACCEPTABLE)).await;
             return;
         }
         write_reply(&mut stream, &socks5::method_reply(socks5::NO_AUTH)).await;
-        let (req, used) = loop {
-            match socks5::parse_request(&buf) {
-                Ok(Some(done)) => break done,
-                Ok(None) => {
-                    if read_more(&mut stream, &mut buf, deadline).await.is_err() {
-                        return;
-                    }
+        let Ok(parsed) = read_until(&mut stream, &mut buf, deadline, socks5::parse_request).await
+        else {
+            return;
+        };
+        let (req, used) = match parsed {
+            Ok(done) => done,
+            Err(e) => {
+                metrics::request("socks5", "bad_request");
+                if let Some(code) = e.reply() {
+                    write_reply(&mut stream, &socks5::reply(code, None)).await;
                 }
-                Err(e) => {
-                    if let Some(code) = e.reply() {
-                        write_reply(&mut stream, &socks5::reply(code, None)).await;
-                    }
-                    return;
-                }
+                return;
             }
         };
         let early = buf.split_off(used);
         if req.command != socks5::Command::Connect {
+            metrics::request("socks5", "bad_request");
             write_reply(
                 &mut stream,
                 &socks5::reply(socks5::Reply::CommandNotSupported, None),
@@ -291,17 +300,20 @@ impl Listener {
             return;
         }
         if self.proxy.check_client(client).is_err() {
+            metrics::request("socks5", "denied");
             write_reply(&mut stream, &socks5::reply(socks5::Reply::NotAllowed, None)).await;
             return;
         }
         match self.proxy.open(&req.target).await {
-            Ok(mut up) => {
+            Ok(up) => {
+                metrics::request("socks5", "ok");
                 let bound = up.stream.local_addr().ok();
                 write_reply(&mut stream, &socks5::reply(socks5::Reply::Succeeded, bound)).await;
-                self.tunnel(&mut stream, &mut up.stream, &early, &req.target, up.addr)
+                self.tunnel("socks5", &mut stream, up, &early, &req.target)
                     .await;
             }
             Err(e) => {
+                metrics::request("socks5", e.outcome());
                 tracing::info!(target = %req.target, error = %e, "SOCKS5 connect failed");
                 write_reply(&mut stream, &socks5::reply(socks5_reply(&e), None)).await;
             }
@@ -310,14 +322,24 @@ impl Listener {
 
     async fn tunnel(
         &self,
+        protocol: &str,
         client: &mut Stream,
-        upstream: &mut tokio::net::TcpStream,
+        mut up: Connected,
         early: &[u8],
         target: &Target,
-        member: SocketAddr,
     ) {
-        let stats = tunnel::run(client, upstream, early, self.proxy.tunnel_idle()).await;
-        tracing::debug!(%target, %member, up = stats.up, down = stats.down, idled_out = stats.idled_out, "tunnel closed");
+        let m = metrics::metrics();
+        let _member = up.member.as_ref().map(|mb| mb.open_connection());
+        let active = m.active_tunnels.with_label_values(&[protocol]);
+        active.inc();
+        let stats = tunnel::run(client, &mut up.stream, early, self.proxy.tunnel_idle()).await;
+        active.dec();
+        m.tunnel_bytes.with_label_values(&["up"]).inc_by(stats.up);
+        m.tunnel_bytes
+            .with_label_values(&["down"])
+            .inc_by(stats.down);
+        tracing::debug!(%target, member = %up.addr, cluster = %up.cluster, attempts = up.attempts,
+            up = stats.up, down = stats.down, idled_out = stats.idled_out, "tunnel closed");
     }
 }
 
@@ -325,7 +347,7 @@ impl Listener {
 pub fn http_status(e: &OpenError) -> u16 {
     match e {
         OpenError::Denied(_) => 403,
-        OpenError::Dns(_) => 502,
+        OpenError::Dns(_) | OpenError::NoMembers(_) => 502,
         OpenError::Dial(d) if d.kind == FailKind::Timeout => 504,
         OpenError::Dial(_) => 502,
     }
@@ -350,7 +372,7 @@ pub fn socks5_reply(e: &OpenError) -> socks5::Reply {
     use socks5::Reply;
     match e {
         OpenError::Denied(_) => Reply::NotAllowed,
-        OpenError::Dns(_) => Reply::HostUnreachable,
+        OpenError::Dns(_) | OpenError::NoMembers(_) => Reply::HostUnreachable,
         OpenError::Dial(d) => match d.kind {
             FailKind::Refused => Reply::ConnectionRefused,
             FailKind::Unreachable => Reply::HostUnreachable,

@@ -206,8 +206,14 @@ impl Resolver {
                 addrs, fresh_until, ..
             } => {
                 let stale = now >= *fresh_until;
-                if stale && self.now_ms() >= entry.stale_until.load(Ordering::Relaxed) {
-                    return None;
+                if stale {
+                    if self.now_ms() >= entry.stale_until.load(Ordering::Relaxed) {
+                        return None;
+                    }
+                    crate::metrics::metrics()
+                        .dns_stale
+                        .with_label_values(&["name"])
+                        .inc();
                 }
                 let start = entry.counter.fetch_add(1, Ordering::Relaxed);
                 Some(Ok(Resolved {
@@ -220,15 +226,74 @@ impl Resolver {
         }
     }
 
+    /// One A/AAAA lookup, bypassing the per-name sets: cluster discovery keeps its own state.
+    /// Returns the addresses and their TTL (unclamped).
+    pub async fn lookup_ips(&self, name: &str) -> Result<(Vec<IpAddr>, Duration), ResolveError> {
+        self.query_kind(name, "cluster").await
+    }
+
+    /// One SRV lookup: targets with priority, weight and port, and the TTL (unclamped).
+    /// Targets' addresses come from the additional section when present, else a lookup each.
+    pub async fn lookup_srv(&self, name: &str) -> Result<(Vec<SrvTarget>, Duration), ResolveError> {
+        use hickory_resolver::proto::rr::RData;
+        let started = std::time::Instant::now();
+        let fqdn = absolute(name);
+        let result = self.dns.srv_lookup(fqdn.as_str()).await;
+        observe("cluster", started, &result);
+        let lookup = result.map_err(|e| classify(name, e))?;
+        let ttl = lookup
+            .valid_until()
+            .saturating_duration_since(std::time::Instant::now());
+        let mut out = Vec::new();
+        for rec in lookup.answers() {
+            if let RData::SRV(srv) = &rec.data {
+                let target = srv.target.to_ascii();
+                let mut addrs: Vec<IpAddr> = lookup
+                    .additionals()
+                    .iter()
+                    .filter(|r| r.name.to_ascii().eq_ignore_ascii_case(&target))
+                    .filter_map(|r| match &r.data {
+                        RData::A(a) => Some(IpAddr::V4(a.0)),
+                        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                        _ => None,
+                    })
+                    .collect();
+                if addrs.is_empty() {
+                    addrs = self
+                        .lookup_ips(&target)
+                        .await
+                        .map(|(a, _)| a)
+                        .unwrap_or_default();
+                }
+                out.push(SrvTarget {
+                    priority: srv.priority,
+                    weight: srv.weight,
+                    port: srv.port,
+                    addrs,
+                });
+            }
+        }
+        if out.is_empty() {
+            return Err(ResolveError::NotFound(name.to_string()));
+        }
+        Ok((out, ttl))
+    }
+
     async fn query(&self, name: &str) -> Result<(Vec<IpAddr>, Duration), ResolveError> {
+        self.query_kind(name, "name").await
+    }
+
+    async fn query_kind(
+        &self,
+        name: &str,
+        kind: &str,
+    ) -> Result<(Vec<IpAddr>, Duration), ResolveError> {
         self.lookups.fetch_add(1, Ordering::Relaxed);
-        // A trailing dot makes the name absolute: no search-domain guessing for a proxy.
-        let fqdn = if name.ends_with('.') {
-            name.to_string()
-        } else {
-            format!("{name}.")
-        };
-        match self.dns.lookup_ip(fqdn.as_str()).await {
+        let started = std::time::Instant::now();
+        let fqdn = absolute(name);
+        let result = self.dns.lookup_ip(fqdn.as_str()).await;
+        observe(kind, started, &result);
+        match result {
             Ok(lookup) => {
                 let mut addrs: Vec<IpAddr> = Vec::new();
                 for ip in lookup.iter() {
@@ -339,6 +404,68 @@ impl Resolver {
             let _guard = entry.lookup.lock().await;
             self.lookup_into(name, entry).await;
         }
+    }
+}
+
+/// One SRV target with its addresses.
+#[derive(Debug, Clone)]
+pub struct SrvTarget {
+    /// Lower is preferred.
+    pub priority: u16,
+    /// Relative share within a priority.
+    pub weight: u16,
+    /// The port to connect to.
+    pub port: u16,
+    /// The target's addresses.
+    pub addrs: Vec<IpAddr>,
+}
+
+/// A trailing dot makes the name absolute: no search-domain guessing for a proxy.
+fn absolute(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    }
+}
+
+fn classify(name: &str, e: hickory_resolver::net::NetError) -> ResolveError {
+    if e.is_nx_domain() || e.is_no_records_found() {
+        ResolveError::NotFound(name.to_string())
+    } else {
+        ResolveError::Failed {
+            name: name.to_string(),
+            reason: e
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("lookup failed")
+                .into(),
+        }
+    }
+}
+
+fn observe<T>(
+    kind: &str,
+    started: std::time::Instant,
+    r: &Result<T, hickory_resolver::net::NetError>,
+) {
+    let m = crate::metrics::metrics();
+    m.dns_duration
+        .with_label_values(&[kind])
+        .observe(started.elapsed().as_secs_f64());
+    let result = match r {
+        Ok(_) => "ok",
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => "nxdomain",
+        Err(_) => "error",
+    };
+    m.dns_lookups.with_label_values(&[kind, result]).inc();
+}
+
+impl ResolveError {
+    /// Whether the name positively does not exist (as opposed to DNS failing).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ResolveError::NotFound(_))
     }
 }
 

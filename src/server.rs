@@ -1,12 +1,17 @@
 //! Builds the Pingora `Server` from carousel's configuration: one listening service per
-//! configured port, all sharing one proxy state and one HTTP forwarder.
+//! configured port, all sharing one proxy state and one HTTP forwarder; a background service for
+//! cluster discovery and health checks; the admin listener.
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
+use crate::admin::Admin;
+use crate::cluster::discovery;
 use crate::config::Config;
 use crate::forward::Forwarder;
 use crate::listener::Listener;
@@ -24,6 +29,25 @@ pub fn server_conf(config: &Config) -> ServerConf {
         pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
         ..ServerConf::default()
+    }
+}
+
+/// Runs cluster discovery (which starts health checks) for every configured cluster.
+struct ClusterWatcher {
+    proxy: Arc<Proxy>,
+}
+
+#[async_trait]
+impl BackgroundService for ClusterWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        for cluster in self.proxy.clusters.load().iter() {
+            tokio::spawn(discovery::run(
+                cluster.clone(),
+                self.proxy.resolver.clone(),
+                self.proxy.config.dns.clone(),
+            ));
+        }
+        let _ = shutdown.changed().await;
     }
 }
 
@@ -47,6 +71,17 @@ pub fn build(config: Arc<Config>, upgrade: bool) -> Result<Server, ResolveError>
         let mut service = Service::new(format!("carousel {}", section.address), app);
         service.add_tcp(&section.address.to_string());
         server.add_service(service);
+    }
+    server.add_service(background_service(
+        "carousel clusters",
+        ClusterWatcher {
+            proxy: proxy.clone(),
+        },
+    ));
+    if config.admin.enabled {
+        let mut admin = Service::new("carousel admin".to_string(), Admin::new(proxy.clone()));
+        admin.add_tcp(&config.admin.address.to_string());
+        server.add_service(admin);
     }
     Ok(server)
 }

@@ -7,7 +7,7 @@
 
 use std::future::poll_fn;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -136,7 +136,14 @@ impl Backend {
     /// Close the listener: when this returns, new connects are refused.
     /// Established connections are left alone.
     pub fn stop(&self) {
-        drop(self.inner.listener.lock().unwrap().take());
+        if let Some(listener) = self.inner.listener.lock().unwrap().take() {
+            // A concurrently forked, not yet exec'd child (any test spawning
+            // `curl`) holds a copy of every fd, which would keep the listener
+            // alive past `close`. shutdown() acts on the socket itself: on
+            // Linux SHUT_RD takes a listener out of LISTEN state at once.
+            let _ = socket2::SockRef::from(&listener).shutdown(Shutdown::Read);
+            drop(listener);
+        }
         if let Some(task) = self.inner.accept_task.lock().unwrap().take() {
             task.abort();
         }
@@ -196,8 +203,8 @@ fn spawn_accept(inner: &Arc<Inner>) {
                         }
                     });
                 }
-                // e.g. EMFILE or an aborted handshake: keep serving.
-                Some(Err(_)) => tokio::task::yield_now().await,
+                // e.g. EMFILE or an aborted handshake: back off, keep serving.
+                Some(Err(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         }
     });

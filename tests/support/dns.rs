@@ -214,6 +214,7 @@ pub struct DnsServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     server: Mutex<Option<Server<Handler>>>,
+    tcp_ctl: Mutex<Option<socket2::Socket>>,
 }
 
 impl DnsServer {
@@ -247,6 +248,15 @@ impl DnsServer {
                     continue;
                 }
             };
+            // Duplicate of the TCP listener fd, used by `stop()` to shut the
+            // socket down even while hickory's task still owns it.
+            let tcp_ctl = match socket2::SockRef::from(&tcp).try_clone() {
+                Ok(s) => s,
+                Err(e) => {
+                    last_err = Some(e);
+                    continue;
+                }
+            };
             let mut server = Server::new(Handler {
                 shared: shared.clone(),
             });
@@ -256,6 +266,7 @@ impl DnsServer {
                 addr,
                 shared,
                 server: Mutex::new(Some(server)),
+                tcp_ctl: Mutex::new(Some(tcp_ctl)),
             };
         }
         panic!("DnsServer: could not bind UDP+TCP on one port: {last_err:?}");
@@ -335,13 +346,18 @@ impl DnsServer {
         st.per_name.get(&key(name)).copied().unwrap_or(0)
     }
 
-    /// Stop serving: no answer is sent after this returns; the sockets are
-    /// closed as soon as the runtime drops the aborted server tasks.
+    /// Stop serving: when this returns no answer is sent any more and TCP
+    /// connects are refused; the UDP socket is closed as soon as the runtime
+    /// drops the aborted server task.
     pub fn stop(&self) {
         self.shared.stopped.store(true, Ordering::SeqCst);
         if let Some(server) = self.server.lock().unwrap().take() {
             server.shutdown_token().cancel();
             drop(server); // JoinSet drop aborts the UDP/TCP tasks
+        }
+        if let Some(tcp) = self.tcp_ctl.lock().unwrap().take() {
+            // Stop listening now, even if a forked child still holds the fd.
+            let _ = tcp.shutdown(std::net::Shutdown::Read);
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct Carousel {
     pub socks: SocketAddr,
     /// Listener with both protocols, told apart by the first byte.
     pub mixed: SocketAddr,
+    /// Admin listener (metrics, status, PAC).
+    pub admin: SocketAddr,
     /// Scratch directory with the config file and Pingora's pid/upgrade files.
     pub dir: PathBuf,
     /// Captured log lines (stderr), collected in the background.
@@ -41,6 +43,7 @@ impl Carousel {
         http: SocketAddr,
         socks: SocketAddr,
         mixed: SocketAddr,
+        admin: SocketAddr,
         dir: &std::path::Path,
         extra: &str,
     ) -> String {
@@ -85,6 +88,9 @@ failure_memory_seconds = 30
 [tunnel]
 idle_timeout_seconds = 30
 
+[admin]
+address = "{admin}"
+
 {extra}
 "#,
             dir = dir.display()
@@ -99,7 +105,8 @@ idle_timeout_seconds = 30
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let socks: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mixed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let text = Self::config_text(dns, http, socks, mixed, &dir, extra);
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let text = Self::config_text(dns, http, socks, mixed, admin, &dir, extra);
         let file = dir.join("carousel.toml");
         std::fs::write(&file, text).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_carousel"))
@@ -126,10 +133,11 @@ idle_timeout_seconds = 30
             http,
             socks,
             mixed,
+            admin,
             dir,
             log,
         };
-        for addr in [http, socks, mixed] {
+        for addr in [http, socks, mixed, admin] {
             c.wait_listening(addr).await;
         }
         c
@@ -152,6 +160,41 @@ idle_timeout_seconds = 30
     /// Everything carousel logged so far.
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// GET `path` on the admin listener; returns (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.admin)
+            .await
+            .expect("admin connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("admin write");
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("admin timeout")
+            .expect("admin read");
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of the metric series `series` (exact text before the value), or 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics").await;
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
     }
 
     /// The process id.

@@ -1,0 +1,246 @@
+//! The two servers the benchmark needs besides the proxies: an authoritative DNS server for the
+//! bench zone (hickory-server, UDP and TCP) and the loopback backends (sink, source, echo).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_server::net::runtime::Time;
+use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, ResponseCode};
+use hickory_server::proto::rr::rdata::{A, SOA};
+use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::Server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+/// Largest chunk the source writes and the sink reads at once.
+const CHUNK: usize = 256 * 1024;
+
+fn key(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+struct Zone {
+    records: HashMap<String, Vec<Ipv4Addr>>,
+    ttl: u32,
+    queries: AtomicU64,
+}
+
+struct Handler(Arc<Zone>);
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let zone = &self.0;
+        zone.queries.fetch_add(1, Ordering::Relaxed);
+        let failed = || {
+            ResponseInfo::from(Header {
+                metadata: Metadata::response_from_request(&request.metadata),
+                counts: HeaderCounts::default(),
+            })
+        };
+        let edns = request.edns.as_ref().map(|req| {
+            let mut e = Edns::new();
+            e.set_max_payload(req.max_payload().max(512));
+            e.set_version(0);
+            e
+        });
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(e) = edns.as_ref() {
+            builder.edns(e);
+        }
+        let Some(query) = request.queries.queries().first() else {
+            let resp = builder.error_msg(&request.metadata, ResponseCode::FormErr);
+            return response_handle.send_response(resp).await.unwrap_or_else(|_| failed());
+        };
+        let owner: Name = query.original().name().clone();
+        let entry = zone.records.get(&key(&owner.to_string()));
+        let mut answers = Vec::new();
+        if let Some(ips) = entry {
+            if matches!(query.query_type(), RecordType::A | RecordType::ANY) {
+                for ip in ips {
+                    answers.push(Record::from_rdata(owner.clone(), zone.ttl, RData::A(A(*ip))));
+                }
+            }
+        }
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.authoritative = true;
+        metadata.recursion_available = true;
+        let mut soa = Vec::new();
+        if answers.is_empty() {
+            // NODATA for a known name (AAAA), NXDOMAIN otherwise; both with an SOA for the
+            // negative TTL so every resolver may cache the answer.
+            metadata.response_code = if entry.is_some() {
+                ResponseCode::NoError
+            } else {
+                ResponseCode::NXDomain
+            };
+            let mut mname = Name::from_ascii("ns.bench.test.").unwrap_or_else(|_| Name::root());
+            mname.set_fqdn(true);
+            let mut rname = Name::from_ascii("hostmaster.bench.test.").unwrap_or_else(|_| Name::root());
+            rname.set_fqdn(true);
+            let apex = if owner.num_labels() > 1 {
+                owner.base_name()
+            } else {
+                Name::root()
+            };
+            soa.push(Record::from_rdata(
+                apex,
+                zone.ttl,
+                RData::SOA(SOA::new(mname, rname, 1, 3600, 600, 86400, zone.ttl)),
+            ));
+        }
+        let resp = builder.build(metadata, answers.iter(), [].iter(), soa.iter(), [].iter());
+        response_handle.send_response(resp).await.unwrap_or_else(|_| failed())
+    }
+}
+
+/// Serves `records` (name → IPv4 addresses) on `listen` (UDP and TCP) until `limit` passes or
+/// SIGTERM/SIGINT arrives; then prints the number of queries answered as one JSON line.
+pub async fn dns(
+    listen: SocketAddr,
+    records: HashMap<String, Vec<Ipv4Addr>>,
+    ttl: u32,
+    limit: Duration,
+) -> io::Result<()> {
+    let zone = Arc::new(Zone {
+        records: records.into_iter().map(|(k, v)| (key(&k), v)).collect(),
+        ttl,
+        queries: AtomicU64::new(0),
+    });
+    let udp = UdpSocket::bind(listen).await?;
+    let tcp = TcpListener::bind(listen).await?;
+    let mut server = Server::new(Handler(zone.clone()));
+    server.register_socket(udp);
+    server.register_listener(tcp, Duration::from_secs(10), 64);
+    println!(r#"{{"event":"dns_ready","listen":"{listen}"}}"#);
+    wait_for_stop(limit).await;
+    server.shutdown_token().cancel();
+    println!(
+        r#"{{"event":"dns_stopped","queries":{}}}"#,
+        zone.queries.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// Waits for SIGTERM, SIGINT or the time limit, whichever comes first.
+pub async fn wait_for_stop(limit: Duration) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    tokio::select! {
+        _ = tokio::time::sleep(limit) => {}
+        _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+        _ = async { match int.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// What a backend port does with a connection.
+#[derive(Clone, Copy, Debug)]
+pub enum Role {
+    /// Reads everything until EOF, then answers with the byte count (u64, big-endian).
+    Sink,
+    /// Reads a u64 length (big-endian), writes that many bytes, closes its side.
+    Source,
+    /// Echoes every byte back until EOF.
+    Echo,
+}
+
+fn listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    // Many tunnels are opened at once in the idle test; keep the accept queue deep.
+    sock.listen(4096)?;
+    TcpListener::from_std(sock.into())
+}
+
+async fn serve_conn(mut s: TcpStream, role: Role) -> io::Result<()> {
+    let _ = s.set_nodelay(true);
+    match role {
+        Role::Echo => {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = s.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                s.write_all(&buf[..n]).await?;
+            }
+        }
+        Role::Sink => {
+            let mut buf = vec![0u8; CHUNK];
+            let mut total = 0u64;
+            loop {
+                let n = s.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+            }
+            s.write_all(&total.to_be_bytes()).await?;
+            s.shutdown().await
+        }
+        Role::Source => {
+            let mut len = [0u8; 8];
+            s.read_exact(&mut len).await?;
+            let mut left = u64::from_be_bytes(len);
+            let buf = vec![0x5au8; CHUNK];
+            while left > 0 {
+                let n = left.min(CHUNK as u64) as usize;
+                s.write_all(&buf[..n]).await?;
+                left -= n as u64;
+            }
+            s.shutdown().await?;
+            // Wait (bounded) for the client to close so the client, not the backend, ends up in
+            // TIME_WAIT.
+            let mut scratch = [0u8; 64];
+            let _ = tokio::time::timeout(Duration::from_secs(30), async {
+                while s.read(&mut scratch).await.unwrap_or(0) > 0 {}
+            })
+            .await;
+            Ok(())
+        }
+    }
+}
+
+/// Runs one listener per (address, role) until the time limit or a signal.
+pub async fn backend(binds: Vec<(SocketAddr, Role)>, limit: Duration) -> io::Result<()> {
+    let mut tasks = Vec::new();
+    for (addr, role) in binds {
+        let l = listener(addr)?;
+        tasks.push(tokio::spawn(async move {
+            loop {
+                match l.accept().await {
+                    Ok((s, _)) => {
+                        tokio::spawn(async move {
+                            let _ = serve_conn(s, role).await;
+                        });
+                    }
+                    // Out of file descriptors and the like: back off briefly, keep serving.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        }));
+    }
+    println!(r#"{{"event":"backend_ready","listeners":{}}}"#, tasks.len());
+    wait_for_stop(limit).await;
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! Active health checks: one loop per member, spread with jitter, checked at once when the member
+//! is discovered. Kinds: TCP connect, send/expect, TLS handshake.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{now_ms, Cluster, Member};
+use crate::config::{HealthKind, HealthSection};
+
+/// Starts the check loop of `member`; it ends when the member or the cluster is retired.
+pub fn spawn(cluster: Arc<Cluster>, member: Arc<Member>) {
+    tokio::spawn(async move {
+        let h = cluster.cfg.health.clone();
+        let interval = Duration::from_millis(h.interval_ms);
+        let server_name = if h.tls_server_name.is_empty() {
+            cluster.name.clone()
+        } else {
+            h.tls_server_name.clone()
+        };
+        loop {
+            if member.is_retired() || cluster.is_retired() {
+                return;
+            }
+            let result = check(&h, member.addr, &server_name).await;
+            let (ok, err) = match &result {
+                Ok(()) => (true, String::new()),
+                Err(e) => (false, e.clone()),
+            };
+            member.report_check(ok, &err, h.rise, h.fall, now_ms());
+            cluster.update_state_gauges();
+            let spread = f64::from(h.jitter_percent) / 100.0;
+            let factor = 1.0 - spread + fastrand::f64() * 2.0 * spread;
+            tokio::time::sleep(interval.mul_f64(factor.max(0.05))).await;
+        }
+    });
+}
+
+/// One check of `addr`; `Err` carries a one-line reason.
+pub async fn check(h: &HealthSection, addr: SocketAddr, server_name: &str) -> Result<(), String> {
+    let timeout = Duration::from_millis(h.timeout_ms);
+    let work = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        match h.kind {
+            HealthKind::Tcp => Ok(()),
+            HealthKind::SendExpect => {
+                if !h.send.is_empty() {
+                    stream
+                        .write_all(h.send.as_bytes())
+                        .await
+                        .map_err(|e| format!("send: {e}"))?;
+                }
+                let want = h.expect.as_bytes();
+                let mut got = vec![0u8; want.len()];
+                stream
+                    .read_exact(&mut got)
+                    .await
+                    .map_err(|e| format!("read: {e}"))?;
+                if got == want {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "unexpected reply {:?}",
+                        String::from_utf8_lossy(&got)
+                    ))
+                }
+            }
+            HealthKind::Tls => tls_handshake(stream, server_name).await,
+        }
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timed out after {timeout:?}")),
+    }
+}
+
+async fn tls_handshake(stream: TcpStream, server_name: &str) -> Result<(), String> {
+    use rustls::pki_types::ServerName;
+    let config = tls_client_config();
+    let name =
+        ServerName::try_from(server_name.to_string()).map_err(|e| format!("server name: {e}"))?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    connector
+        .connect(name, stream)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("tls: {e}"))
+}
+
+/// A TLS client for health checks: the handshake is what is checked, not the certificate chain
+/// (members often present certificates for the cluster name or self-signed ones).
+fn tls_client_config() -> Arc<rustls::ClientConfig> {
+    use std::sync::LazyLock;
+    static CONFIG: LazyLock<Arc<rustls::ClientConfig>> = LazyLock::new(|| {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("default TLS versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+            .with_no_client_auth();
+        Arc::new(cfg)
+    });
+    CONFIG.clone()
+}
+
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

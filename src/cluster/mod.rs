@@ -1,0 +1,331 @@
+//! Configured clusters: names carousel watches closely. Members come from DNS (A/AAAA or SRV) plus
+//! static entries, are health-checked actively and ejected passively, and every request is steered
+//! to a healthy one. The request path reads an immutable snapshot (`arc-swap`) and atomics only.
+
+pub mod discovery;
+pub mod health;
+pub mod member;
+pub mod select;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::time::Instant;
+
+use crate::config::ClusterSection;
+use crate::metrics::metrics;
+pub use member::{Availability, Member};
+pub use select::{Pool, Selection};
+
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Milliseconds on the clock every member's ejection times are written in.
+pub fn now_ms() -> u64 {
+    EPOCH.elapsed().as_millis() as u64
+}
+
+/// One discovered member before it becomes a `Member`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MemberSpec {
+    /// Address and port.
+    pub addr: SocketAddr,
+    /// Weight (SRV weight, at least 1).
+    pub weight: u32,
+    /// SRV priority.
+    pub priority: u16,
+}
+
+/// The member set in force, swapped whole on every discovery change.
+#[derive(Default)]
+pub struct Snapshot {
+    /// Pools by client port; an SRV cluster has one pool under port 0 used for every port.
+    pub pools: HashMap<u16, Arc<Pool>>,
+    /// Every member once.
+    pub members: Vec<Arc<Member>>,
+    /// Members removed from DNS that still carry connections: no new requests.
+    pub draining: Vec<Arc<Member>>,
+    /// Why the set is empty or stale, if it is.
+    pub dns_error: Option<String>,
+}
+
+/// A configured cluster at run time.
+pub struct Cluster {
+    /// The name clients ask for, lowercase, without a trailing dot.
+    pub name: String,
+    /// Its configuration.
+    pub cfg: ClusterSection,
+    snapshot: ArcSwap<Snapshot>,
+    ready: tokio::sync::watch::Sender<bool>,
+    stale: AtomicBool,
+    retired: AtomicBool,
+}
+
+impl Cluster {
+    /// A cluster with no members yet; discovery fills it.
+    pub fn new(cfg: ClusterSection) -> Arc<Self> {
+        let name = cfg.name.trim_end_matches('.').to_ascii_lowercase();
+        metrics()
+            .cluster_dns_stale
+            .with_label_values(&[&name])
+            .set(0);
+        metrics().panic_requests.with_label_values(&[&name]);
+        metrics().failovers.with_label_values(&[&name]);
+        Arc::new(Self {
+            name,
+            cfg,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            ready: tokio::sync::watch::channel(false).0,
+            stale: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
+        })
+    }
+
+    /// The member set in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Whether discovery has run at least once.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Waits (at most `limit`) for the first discovery; requests arriving during start-up use it.
+    pub async fn wait_ready(&self, limit: Duration) {
+        let mut rx = self.ready.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|r| *r)).await;
+    }
+
+    /// Whether the member set is served past its DNS lifetime.
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    /// Stops background work for a cluster removed by a reload.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        for m in &self.snapshot().members {
+            m.retire();
+        }
+    }
+
+    /// Whether a reload removed this cluster.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Whether `port` is one this cluster serves.
+    pub fn serves_port(&self, port: u16) -> bool {
+        self.cfg.ports.is_empty() || self.cfg.ports.contains(&port)
+    }
+
+    /// This request's candidates for client port `port`, or `None` when the cluster has no
+    /// members for it.
+    pub fn select(&self, port: u16) -> Option<Selection> {
+        let snap = self.snapshot.load();
+        let pool = snap.pools.get(&port).or_else(|| snap.pools.get(&0))?;
+        if pool.is_empty() {
+            return None;
+        }
+        Some(pool.select(self.cfg.selection, now_ms()))
+    }
+
+    /// The member at `addr`, if it is one of this cluster's.
+    pub fn member_at(&self, addr: SocketAddr) -> Option<Arc<Member>> {
+        self.snapshot
+            .load()
+            .members
+            .iter()
+            .find(|m| m.addr == addr)
+            .cloned()
+    }
+
+    /// Whether the ejection budget (`max_ejection_percent`) allows one more ejection.
+    pub fn may_eject(&self) -> bool {
+        let snap = self.snapshot.load();
+        let total = snap.members.len();
+        if total == 0 {
+            return false;
+        }
+        let now = now_ms();
+        let ejected = snap
+            .members
+            .iter()
+            .filter(|m| m.availability(now) == Availability::Ejected)
+            .count();
+        (ejected + 1) * 100 <= total * self.cfg.outlier.max_ejection_percent as usize
+    }
+
+    /// Reports a failed connect to `member` (passive outlier detection).
+    pub fn report_failure(&self, member: &Member, result: &str, error: &str) {
+        member.report_failure(result, error, &self.cfg.outlier, now_ms(), || {
+            self.may_eject()
+        });
+        self.update_state_gauges();
+    }
+
+    /// Installs a new member set from discovery, keeping the state of members that stay; returns
+    /// the members that are new (to be health-checked at once).
+    pub fn apply(&self, specs: &[MemberSpec], dns_error: Option<String>) -> Vec<Arc<Member>> {
+        let old = self.snapshot.load_full();
+        let mut by_addr: HashMap<SocketAddr, Arc<Member>> =
+            old.members.iter().map(|m| (m.addr, m.clone())).collect();
+        let mut members = Vec::with_capacity(specs.len());
+        let mut fresh = Vec::new();
+        for spec in specs {
+            if members.iter().any(|m: &Arc<Member>| m.addr == spec.addr) {
+                continue;
+            }
+            let m = match by_addr.remove(&spec.addr) {
+                Some(m) if m.weight == spec.weight.max(1) && m.priority == spec.priority => m,
+                Some(old_m) => {
+                    // Weight or priority changed: a new member, but it inherits nothing stale.
+                    old_m.retire();
+                    let m = Arc::new(Member::new(
+                        &self.name,
+                        spec.addr,
+                        spec.weight,
+                        spec.priority,
+                    ));
+                    fresh.push(m.clone());
+                    m
+                }
+                None => {
+                    let m = Arc::new(Member::new(
+                        &self.name,
+                        spec.addr,
+                        spec.weight,
+                        spec.priority,
+                    ));
+                    fresh.push(m.clone());
+                    m
+                }
+            };
+            members.push(m);
+        }
+        // Whatever is left in `by_addr` was removed from DNS: retire it, drain its connections.
+        let mut draining: Vec<Arc<Member>> = old
+            .draining
+            .iter()
+            .filter(|m| m.active() > 0)
+            .cloned()
+            .collect();
+        for (_, m) in by_addr {
+            m.retire();
+            if m.active() > 0 {
+                draining.push(m);
+            } else {
+                m.forget_metrics();
+            }
+        }
+        let unchanged = fresh.is_empty()
+            && members.len() == old.members.len()
+            && draining.len() == old.draining.len();
+        if !unchanged || old.dns_error != dns_error {
+            let pools = self.build_pools(&members);
+            self.snapshot.store(Arc::new(Snapshot {
+                pools,
+                members,
+                draining,
+                dns_error,
+            }));
+        }
+        self.ready.send_replace(true);
+        self.update_state_gauges();
+        fresh
+    }
+
+    fn build_pools(&self, members: &[Arc<Member>]) -> HashMap<u16, Arc<Pool>> {
+        let mut pools = HashMap::new();
+        if self.cfg.srv.is_some() {
+            pools.insert(0, Arc::new(Pool::new(members.to_vec())));
+        } else {
+            for &port in &self.cfg.ports {
+                let ms = members
+                    .iter()
+                    .filter(|m| m.addr.port() == port)
+                    .cloned()
+                    .collect();
+                pools.insert(port, Arc::new(Pool::new(ms)));
+            }
+        }
+        pools
+    }
+
+    /// Marks the set as served past its DNS lifetime (or not).
+    pub fn set_stale(&self, stale: bool) {
+        self.stale.store(stale, Ordering::Relaxed);
+        metrics()
+            .cluster_dns_stale
+            .with_label_values(&[&self.name])
+            .set(stale as i64);
+    }
+
+    /// Refreshes `carousel_cluster_members{state}`.
+    pub fn update_state_gauges(&self) {
+        let snap = self.snapshot.load();
+        let now = now_ms();
+        let (mut healthy, mut unhealthy, mut ejected) = (0, 0, 0);
+        for m in &snap.members {
+            match m.availability(now) {
+                Availability::Healthy | Availability::HalfOpen => healthy += 1,
+                Availability::Down => unhealthy += 1,
+                Availability::Ejected => ejected += 1,
+            }
+        }
+        let g = &metrics().cluster_members;
+        g.with_label_values(&[&self.name, "healthy"]).set(healthy);
+        g.with_label_values(&[&self.name, "unhealthy"])
+            .set(unhealthy);
+        g.with_label_values(&[&self.name, "ejected"]).set(ejected);
+        g.with_label_values(&[&self.name, "draining"])
+            .set(snap.draining.len() as i64);
+    }
+}
+
+/// Every configured cluster, by name and by member address (for `rescue_member_ips`).
+#[derive(Default)]
+pub struct ClusterTable {
+    by_name: HashMap<String, Arc<Cluster>>,
+}
+
+impl ClusterTable {
+    /// A table of the given clusters.
+    pub fn new(clusters: Vec<Arc<Cluster>>) -> Self {
+        Self {
+            by_name: clusters.into_iter().map(|c| (c.name.clone(), c)).collect(),
+        }
+    }
+
+    /// The cluster called `name` (lowercase, no trailing dot), if configured.
+    pub fn get(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.by_name.get(name)
+    }
+
+    /// Every cluster.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Cluster>> {
+        self.by_name.values()
+    }
+
+    /// For a literal-address target: the cluster that should serve it instead, when the address
+    /// is a member that is down or ejected and its cluster opted into `rescue_member_ips`.
+    pub fn rescue(&self, ip: IpAddr, port: u16) -> Option<&Arc<Cluster>> {
+        let now = now_ms();
+        self.by_name.values().find(|c| {
+            c.cfg.rescue_member_ips
+                && c.serves_port(port)
+                && c.snapshot().members.iter().any(|m| {
+                    m.addr.ip() == ip
+                        && (c.cfg.srv.is_some() || m.addr.port() == port)
+                        && matches!(
+                            m.availability(now),
+                            Availability::Down | Availability::Ejected
+                        )
+                })
+        })
+    }
+}

@@ -1,0 +1,157 @@
+//! Every Prometheus metric carousel exports, in one place, so names, units and label sets stay
+//! consistent and bounded: cluster and member labels only for configured clusters, never client
+//! addresses or arbitrary hostnames.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The process-wide metric set.
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Requests by protocol (`http`, `connect`, `socks4`, `socks5`) and outcome.
+    pub requests: IntCounterVec,
+    /// Upstream connect attempts by cluster, member and result.
+    pub connect_attempts: IntCounterVec,
+    /// Connect duration by cluster.
+    pub connect_duration: HistogramVec,
+    /// Requests that moved on to another address after a failed connect.
+    pub failovers: IntCounterVec,
+    /// Active-health state per member (1 up, 0 down).
+    pub member_up: IntGaugeVec,
+    /// Passive ejection state per member (1 ejected).
+    pub member_ejected: IntGaugeVec,
+    /// Ejections per member.
+    pub member_ejections: IntCounterVec,
+    /// Open connections per member.
+    pub member_active: IntGaugeVec,
+    /// Members per cluster and state.
+    pub cluster_members: IntGaugeVec,
+    /// Requests served while every member of a cluster was down.
+    pub panic_requests: IntCounterVec,
+    /// Active health check results.
+    pub health_checks: IntCounterVec,
+    /// DNS lookups by kind (`name`, `cluster`) and result.
+    pub dns_lookups: IntCounterVec,
+    /// DNS lookup duration by kind.
+    pub dns_duration: HistogramVec,
+    /// Answers served from a set past its TTL because DNS failed.
+    pub dns_stale: IntCounterVec,
+    /// 1 while a cluster serves its last good member set because DNS fails.
+    pub cluster_dns_stale: IntGaugeVec,
+    /// Open tunnels by protocol.
+    pub active_tunnels: IntGaugeVec,
+    /// Tunnel bytes by direction (`up` client→server, `down`).
+    pub tunnel_bytes: IntCounterVec,
+    /// Configuration reloads by result.
+    pub reloads: IntCounterVec,
+    /// Time of the last successful (re)load.
+    pub last_reload_success: IntGauge,
+    /// Failed authentications.
+    pub auth_failures: IntCounter,
+    /// Requests refused by a limit.
+    pub overload: IntCounterVec,
+    /// Build information.
+    pub build_info: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let buckets = vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ];
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        let m = Metrics {
+            requests: counter(&r, "carousel_requests_total", "Client requests by protocol and outcome.", &["protocol", "outcome"]),
+            connect_attempts: counter(&r, "carousel_connect_attempts_total", "Upstream connect attempts by cluster, member and result (cluster and member empty outside clusters).", &["cluster", "member", "result"]),
+            connect_duration: histogram(&r, "carousel_connect_duration_seconds", "Time to establish an upstream connection.", &["cluster"]),
+            failovers: counter(&r, "carousel_failovers_total", "Requests that moved on to the next address after a failed connect.", &["cluster"]),
+            member_up: gauge(&r, "carousel_member_up", "Active health state of a cluster member (1 up, 0 down).", &["cluster", "member"]),
+            member_ejected: gauge(&r, "carousel_member_ejected", "Passive outlier ejection of a cluster member (1 ejected).", &["cluster", "member"]),
+            member_ejections: counter(&r, "carousel_member_ejections_total", "Passive ejections of a cluster member.", &["cluster", "member"]),
+            member_active: gauge(&r, "carousel_member_active_connections", "Open connections to a cluster member.", &["cluster", "member"]),
+            cluster_members: gauge(&r, "carousel_cluster_members", "Members of a cluster by state.", &["cluster", "state"]),
+            panic_requests: counter(&r, "carousel_panic_requests_total", "Requests made while every member of the cluster was down (all were tried).", &["cluster"]),
+            health_checks: counter(&r, "carousel_health_checks_total", "Active health checks by result.", &["cluster", "member", "result"]),
+            dns_lookups: counter(&r, "carousel_dns_lookups_total", "DNS lookups carousel made, by kind and result.", &["kind", "result"]),
+            dns_duration: histogram(&r, "carousel_dns_lookup_duration_seconds", "DNS lookup duration.", &["kind"]),
+            dns_stale: counter(&r, "carousel_dns_stale_answers_total", "Requests answered from an address set past its TTL because DNS failed.", &["kind"]),
+            cluster_dns_stale: gauge(&r, "carousel_cluster_dns_stale", "1 while a cluster serves its last good member set because DNS fails.", &["cluster"]),
+            active_tunnels: gauge(&r, "carousel_active_tunnels", "Open tunnels by protocol.", &["protocol"]),
+            tunnel_bytes: counter(&r, "carousel_tunnel_bytes_total", "Bytes carried by tunnels, by direction (up: client to server).", &["direction"]),
+            reloads: counter(&r, "carousel_config_reloads_total", "Configuration reloads by result.", &["result"]),
+            last_reload_success: {
+                let g = IntGauge::new("carousel_config_last_reload_success_timestamp_seconds", "Unix time of the last successful configuration load.").expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            auth_failures: {
+                let c = IntCounter::new("carousel_auth_failures_total", "Failed proxy authentications.").expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            overload: counter(&r, "carousel_overload_rejections_total", "Requests refused by a limit.", &["limit"]),
+            build_info: gauge(&r, "carousel_build_info", "Build information.", &["version"]),
+            registry: r,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for d in ["up", "down"] {
+            m.tunnel_bytes.with_label_values(&[d]);
+        }
+        for r in ["ok", "error"] {
+            m.reloads.with_label_values(&[r]);
+        }
+        m
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The metrics of this process.
+pub fn metrics() -> &'static Metrics {
+    static M: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &M
+}
+
+/// Records the outcome of one client request.
+pub fn request(protocol: &str, outcome: &str) {
+    metrics()
+        .requests
+        .with_label_values(&[protocol, outcome])
+        .inc();
+}
+
+/// A histogram handle for observing a duration, resolved once.
+pub fn connect_timer(cluster: &str) -> Histogram {
+    metrics().connect_duration.with_label_values(&[cluster])
+}
