@@ -1,0 +1,545 @@
+//! Configured clusters end to end: health checks, passive ejection, blackholes, serve-stale,
+//! panic mode, membership changes, rescue of dead member IPs and SRV weights. Real DNS server,
+//! real backends on 127.0.0.x, the real binary; clients through CONNECT and SOCKS5 (remote names).
+
+mod support;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use support::proxy::Carousel;
+use support::{Backend, DnsMode, DnsServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+
+const NAME: &str = "chat.cluster.test";
+
+fn ip4(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, last)
+}
+
+struct Fixture {
+    dns: DnsServer,
+    port: u16,
+    backends: Vec<Backend>,
+    proxy: Carousel,
+}
+
+impl Fixture {
+    /// `chat.cluster.test` → .11/.12/.13 (TTL `ttl`), backends b11..b14 on one port, and carousel
+    /// with the cluster configured by `cluster_extra` (keys added to the [[cluster]] table) and
+    /// `health` (keys of [cluster.health]).
+    async fn new(ttl: u32, cluster_extra: &str, health: &str, outlier: &str) -> Fixture {
+        let dns = DnsServer::start().await;
+        dns.set_a(NAME, &[ip4(11), ip4(12), ip4(13)], ttl);
+        let ips: Vec<IpAddr> = [11, 12, 13, 14]
+            .iter()
+            .map(|&i| IpAddr::V4(ip4(i)))
+            .collect();
+        let (port, backends) = Backend::start_set(&ips, &["b11", "b12", "b13", "b14"]).await;
+        let extra = format!(
+            "[[cluster]]\nname = \"{NAME}\"\nports = [{port}]\n{cluster_extra}\n[cluster.health]\n{health}\n[cluster.outlier]\n{outlier}\n"
+        );
+        let proxy = Carousel::start(dns.addr(), &extra).await;
+        let f = Fixture {
+            dns,
+            port,
+            backends,
+            proxy,
+        };
+        f.wait_until("cluster discovered", Duration::from_secs(5), || async {
+            f.proxy.admin_get("/readyz").await.0 == 200
+        })
+        .await;
+        f
+    }
+
+    fn member(&self, last: u8) -> String {
+        format!(
+            "{{cluster=\"{NAME}\",member=\"127.0.0.{last}:{}\"}}",
+            self.port
+        )
+    }
+
+    async fn metric(&self, name: &str, last: u8) -> f64 {
+        self.proxy
+            .metric(&format!("{name}{}", self.member(last)))
+            .await
+    }
+
+    async fn attempts(&self, last: u8, result: &str) -> f64 {
+        let series = format!(
+            "carousel_connect_attempts_total{{cluster=\"{NAME}\",member=\"127.0.0.{last}:{}\",result=\"{result}\"}}",
+            self.port
+        );
+        self.proxy.metric(&series).await
+    }
+
+    /// The `/status` JSON object of member 127.0.0.`last`.
+    async fn status_of(&self, last: u8) -> serde_json::Value {
+        let (_, body) = self.proxy.admin_get("/status").await;
+        let v: serde_json::Value = serde_json::from_str(&body).expect("status is JSON");
+        let want = format!("127.0.0.{last}");
+        v["clusters"][0]["members"]
+            .as_array()
+            .and_then(|ms| {
+                ms.iter()
+                    .find(|m| m["address"] == want.as_str() && m["port"] == self.port)
+                    .cloned()
+            })
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Polls `cond` every 50 ms until it holds or `limit` passes (then panics with `what`).
+    async fn wait_until<F, Fut>(&self, what: &str, limit: Duration, cond: F) -> Duration
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let start = Instant::now();
+        for _ in 0..2000 {
+            if cond().await {
+                return start.elapsed();
+            }
+            if start.elapsed() > limit {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what}: not within {limit:?}\n{}", self.proxy.log_text());
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Via {
+    Connect,
+    Socks5,
+}
+
+const BOTH: [Via; 2] = [Via::Connect, Via::Socks5];
+
+/// One request for `host:port` through carousel: the backend's name, or the error the client saw.
+async fn who(via: Via, proxy: &Carousel, host: &str, port: u16) -> Result<String, String> {
+    let work = async {
+        let mut s = match via {
+            Via::Socks5 => {
+                let mut s = TcpStream::connect(proxy.socks)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                s.write_all(&[5, 1, 0]).await.map_err(|e| e.to_string())?;
+                let mut m = [0u8; 2];
+                s.read_exact(&mut m).await.map_err(|e| e.to_string())?;
+                let mut req = vec![5, 1, 0];
+                match host.parse::<Ipv4Addr>() {
+                    Ok(ip) => {
+                        req.push(1);
+                        req.extend_from_slice(&ip.octets());
+                    }
+                    Err(_) => {
+                        req.extend_from_slice(&[3, host.len() as u8]);
+                        req.extend_from_slice(host.as_bytes());
+                    }
+                }
+                req.extend_from_slice(&port.to_be_bytes());
+                s.write_all(&req).await.map_err(|e| e.to_string())?;
+                let mut r = [0u8; 10];
+                s.read_exact(&mut r).await.map_err(|e| e.to_string())?;
+                if r[1] != 0 {
+                    return Err(format!("socks5 reply {:#04x}", r[1]));
+                }
+                s
+            }
+            Via::Connect => {
+                let mut s = TcpStream::connect(proxy.http)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let head = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
+                s.write_all(head.as_bytes())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut buf = Vec::new();
+                let mut byte = [0u8; 1];
+                while !buf.ends_with(b"\r\n\r\n") && buf.len() < 4096 {
+                    if s.read(&mut byte).await.map_err(|e| e.to_string())? == 0 {
+                        break;
+                    }
+                    buf.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if !text.starts_with("HTTP/1.1 200") {
+                    let mut rest = String::new();
+                    let _ = s.read_to_string(&mut rest).await;
+                    return Err(format!(
+                        "{}{}",
+                        text.lines().next().unwrap_or(""),
+                        rest.trim_end()
+                    ));
+                }
+                s
+            }
+        };
+        s.write_all(b"WHO\n").await.map_err(|e| e.to_string())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(out.trim().to_string())
+    };
+    timeout(Duration::from_secs(10), work)
+        .await
+        .unwrap_or_else(|_| Err("client timeout".into()))
+}
+
+/// `n` requests alternating CONNECT and SOCKS5; returns (names served, errors).
+async fn run(f: &Fixture, n: usize) -> (Vec<String>, Vec<String>) {
+    let (mut ok, mut err) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        match who(BOTH[i % 2], &f.proxy, NAME, f.port).await {
+            Ok(name) => ok.push(name),
+            Err(e) => err.push(e),
+        }
+    }
+    (ok, err)
+}
+
+const FAST_HEALTH: &str = "interval_ms = 200\ntimeout_ms = 200\nrise = 2\nfall = 2\n";
+const NO_EJECT: &str = "consecutive_failures = 1000\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_failure_costs_nothing_and_is_marked_down() {
+    let f = Fixture::new(30, "", FAST_HEALTH, NO_EJECT).await;
+    f.backends[1].stop();
+    let (served, errors) = run(&f, 60).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(!served.contains(&"b12".to_string()));
+    // Marked down within fall × interval (2 × 200 ms; the first failed check already decides).
+    let took = f
+        .wait_until(
+            "b12 marked down",
+            Duration::from_millis(2 * 200 + 1000),
+            || async { f.metric("carousel_member_up", 12).await == 0.0 },
+        )
+        .await;
+    assert!(took <= Duration::from_millis(1400));
+    // From now on it gets no requests at all: its attempt counters stand still.
+    let before = f.attempts(12, "refused").await;
+    let (served, errors) = run(&f, 60).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(served.len(), 60);
+    assert_eq!(
+        f.attempts(12, "refused").await,
+        before,
+        "a down member was tried"
+    );
+    assert_eq!(f.status_of(12).await["health"], "down");
+}
+
+/// A socket on `addr` that completes no handshakes: its accept queue is full and never drained,
+/// so further SYNs are dropped (a blackhole on loopback).
+fn blackhole(addr: SocketAddr) -> (socket2::Socket, Vec<std::net::TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.bind(&addr.into()).unwrap();
+    s.listen(0).unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..64 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(c) => fillers.push(c),
+            Err(_) => return (s, fillers),
+        }
+    }
+    panic!("could not fill the accept queue of {addr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackholed_member_costs_at_most_the_first_request_a_timeout() {
+    let dns = DnsServer::start().await;
+    let ips: Vec<IpAddr> = [11, 12].iter().map(|&i| IpAddr::V4(ip4(i))).collect();
+    let (port, _backends) = Backend::start_set(&ips, &["b11", "b12"]).await;
+    let hole = SocketAddr::new(IpAddr::V4(ip4(13)), port);
+    let _hole = blackhole(hole);
+    dns.set_a(NAME, &[ip4(11), ip4(12), ip4(13)], 30);
+    let extra = format!(
+        "[[cluster]]\nname = \"{NAME}\"\nports = [{port}]\n[cluster.health]\ninterval_ms = 300\ntimeout_ms = 250\nfall = 2\n[cluster.outlier]\nconsecutive_failures = 1\n"
+    );
+    let proxy = Carousel::start(dns.addr(), &extra).await;
+    let f = Fixture {
+        dns,
+        port,
+        backends: Vec::new(),
+        proxy,
+    };
+    f.wait_until("ready", Duration::from_secs(5), || async {
+        f.proxy.admin_get("/readyz").await.0 == 200
+    })
+    .await;
+    let (served, errors) = run(&f, 90).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(served.len(), 90);
+    // The per-attempt timeout was paid at most once: after that the member was ejected or
+    // marked down by its (timing-out) health check and never tried again.
+    let timeouts = f.attempts(13, "timeout").await;
+    assert!(timeouts <= 1.0, "blackholed member tried {timeouts} times");
+    assert_eq!(f.metric("carousel_member_up", 13).await, 0.0);
+    // It really is a blackhole: the health check timed out rather than being refused.
+    let err = f.status_of(13).await["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(err.contains("timed out"), "{err}");
+    let before = f.attempts(13, "timeout").await + f.attempts(13, "ok").await;
+    let (_, errors) = run(&f, 30).await;
+    assert!(errors.is_empty());
+    assert_eq!(
+        f.attempts(13, "timeout").await + f.attempts(13, "ok").await,
+        before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_member_backs_off_and_recovers_through_a_trial() {
+    // Only passive detection acts here: the active check runs once at discovery, then rarely.
+    let f = Fixture::new(
+        30,
+        "",
+        "interval_ms = 600000\ntimeout_ms = 200\n",
+        "consecutive_failures = 2\nbase_ejection_ms = 800\nmax_ejection_ms = 10000\nmax_ejection_percent = 50\n",
+    )
+    .await;
+    f.wait_until("first checks done", Duration::from_secs(3), || async {
+        f.status_of(12).await["checked"] == true
+    })
+    .await;
+    f.backends[1].stop();
+    // Requests fail over; two connect failures eject b12 for the base time.
+    let mut ejected_at = None;
+    for _ in 0..30 {
+        assert!(run(&f, 1).await.1.is_empty());
+        if f.metric("carousel_member_ejections_total", 12).await == 1.0 {
+            ejected_at = Some(Instant::now());
+            break;
+        }
+    }
+    assert!(ejected_at.is_some(), "b12 was not ejected");
+    assert_eq!(f.status_of(12).await["health"], "ejected");
+    // Ejection over → half-open: the one trial fails, and the next ejection is twice as long.
+    f.wait_until("half-open", Duration::from_secs(3), || async {
+        f.status_of(12).await["health"] == "halfopen"
+    })
+    .await;
+    for _ in 0..10 {
+        assert!(run(&f, 1).await.1.is_empty());
+        if f.metric("carousel_member_ejections_total", 12).await == 2.0 {
+            break;
+        }
+    }
+    assert_eq!(f.metric("carousel_member_ejections_total", 12).await, 2.0);
+    let second_ejected = Instant::now();
+    // The member stays out longer than the base ejection this time (back-off doubled to 1600 ms).
+    f.wait_until("half-open again", Duration::from_secs(4), || async {
+        f.status_of(12).await["health"] == "halfopen"
+    })
+    .await;
+    assert!(
+        second_ejected.elapsed() > Duration::from_millis(1200),
+        "second ejection too short: {:?}",
+        second_ejected.elapsed()
+    );
+    // It comes back: the next trial succeeds and b12 serves requests again.
+    f.backends[1].restart().unwrap();
+    let (served, errors) = run(&f, 9).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(served.contains(&"b12".to_string()), "{served:?}");
+    assert_eq!(f.status_of(12).await["health"], "healthy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_outage_serves_stale_then_says_so() {
+    let f = Fixture::new(1, "serve_stale_seconds = 3", FAST_HEALTH, NO_EJECT).await;
+    assert!(run(&f, 4).await.1.is_empty());
+    f.dns.set_mode(DnsMode::ServFail);
+    let down = Instant::now();
+    f.wait_until("serving stale", Duration::from_secs(4), || async {
+        f.proxy
+            .metric(&format!("carousel_cluster_dns_stale{{cluster=\"{NAME}\"}}"))
+            .await
+            == 1.0
+    })
+    .await;
+    // Traffic goes on from the stale set.
+    let (served, errors) = run(&f, 10).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(served.len(), 10);
+    // After TTL + serve_stale a clear error: SOCKS5 host unreachable, HTTP 502 naming DNS.
+    f.wait_until("stale window over", Duration::from_secs(8), || async {
+        who(Via::Socks5, &f.proxy, NAME, f.port).await == Err("socks5 reply 0x04".to_string())
+    })
+    .await;
+    assert!(
+        down.elapsed() >= Duration::from_secs(3),
+        "stale set dropped too early"
+    );
+    let err = who(Via::Connect, &f.proxy, NAME, f.port).await.unwrap_err();
+    assert!(
+        err.starts_with("HTTP/1.1 502") && err.contains("no members") && err.contains("DNS"),
+        "{err}"
+    );
+    // DNS back: traffic resumes.
+    f.dns.set_mode(DnsMode::Normal);
+    f.wait_until("DNS back", Duration::from_secs(5), || async {
+        who(Via::Socks5, &f.proxy, NAME, f.port).await.is_ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_down_then_one_back() {
+    let f = Fixture::new(30, "", FAST_HEALTH, NO_EJECT).await;
+    for b in &f.backends {
+        b.stop();
+    }
+    f.wait_until("all down", Duration::from_secs(3), || async {
+        f.proxy
+            .metric(&format!(
+                "carousel_cluster_members{{cluster=\"{NAME}\",state=\"healthy\"}}"
+            ))
+            .await
+            == 0.0
+    })
+    .await;
+    assert_eq!(
+        who(Via::Socks5, &f.proxy, NAME, f.port).await,
+        Err("socks5 reply 0x05".into())
+    );
+    let err = who(Via::Connect, &f.proxy, NAME, f.port).await.unwrap_err();
+    assert!(err.starts_with("HTTP/1.1 502"), "{err}");
+    assert!(
+        err.contains("3 attempt(s)"),
+        "panic mode tries every member: {err}"
+    );
+    assert!(
+        f.proxy
+            .metric(&format!(
+                "carousel_panic_requests_total{{cluster=\"{NAME}\"}}"
+            ))
+            .await
+            >= 2.0
+    );
+    f.backends[0].restart().unwrap();
+    let back = Instant::now();
+    f.wait_until("traffic resumes", Duration::from_secs(3), || async {
+        who(Via::Connect, &f.proxy, NAME, f.port).await.is_ok()
+    })
+    .await;
+    assert!(back.elapsed() <= Duration::from_millis(2 * 200 + 1000));
+    // And the member is up again within rise × interval.
+    f.wait_until("b11 up", Duration::from_millis(2 * 200 + 1000), || async {
+        f.metric("carousel_member_up", 11).await == 1.0
+    })
+    .await;
+    let (served, errors) = run(&f, 10).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(served.iter().all(|s| s == "b11"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_keep_the_health_of_the_rest() {
+    let f = Fixture::new(2, "", FAST_HEALTH, NO_EJECT).await;
+    f.backends[2].stop();
+    f.wait_until("b13 down", Duration::from_secs(3), || async {
+        f.metric("carousel_member_up", 13).await == 0.0
+    })
+    .await;
+    assert!(run(&f, 6).await.1.is_empty());
+    let b11_requests = f.status_of(11).await["requests"].as_u64().unwrap();
+    assert!(b11_requests > 0);
+    f.dns.set_a(NAME, &[ip4(11), ip4(13), ip4(14)], 2);
+    let changed = Instant::now();
+    f.wait_until("b14 added", Duration::from_secs(4), || async {
+        !f.status_of(14).await.is_null()
+    })
+    .await;
+    assert!(
+        changed.elapsed() <= Duration::from_millis(2000 + 700),
+        "change took {:?}",
+        changed.elapsed()
+    );
+    assert!(
+        f.status_of(12).await.is_null(),
+        "removed member still listed as active"
+    );
+    // The members that stayed kept their state: b13 is still down, b11's totals were not reset.
+    assert_eq!(f.status_of(13).await["health"], "down");
+    assert!(f.status_of(11).await["requests"].as_u64().unwrap() >= b11_requests);
+    let (served, errors) = run(&f, 30).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(served.contains(&"b14".to_string()));
+    assert!(
+        served.iter().all(|s| s == "b11" || s == "b14"),
+        "{served:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_a_dead_members_ip_are_rescued() {
+    let f = Fixture::new(30, "rescue_member_ips = true", FAST_HEALTH, NO_EJECT).await;
+    f.backends[1].stop();
+    f.wait_until("b12 down", Duration::from_secs(3), || async {
+        f.metric("carousel_member_up", 12).await == 0.0
+    })
+    .await;
+    for via in BOTH {
+        for _ in 0..6 {
+            let name = who(via, &f.proxy, "127.0.0.12", f.port)
+                .await
+                .expect("rescued");
+            assert!(name == "b11" || name == "b13", "{name}");
+        }
+    }
+    // A healthy member's IP is served as asked.
+    assert_eq!(
+        who(Via::Socks5, &f.proxy, "127.0.0.13", f.port)
+            .await
+            .unwrap(),
+        "b13"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_weights_are_honoured() {
+    let dns = DnsServer::start().await;
+    let ips: Vec<IpAddr> = [11, 12].iter().map(|&i| IpAddr::V4(ip4(i))).collect();
+    let (port, backends) = Backend::start_set(&ips, &["b11", "b12"]).await;
+    dns.set_a("a.cluster.test", &[ip4(11)], 30);
+    dns.set_a("b.cluster.test", &[ip4(12)], 30);
+    dns.set_srv(
+        "_chat._tcp.cluster.test",
+        &[
+            (0, 30, port, "a.cluster.test"),
+            (0, 10, port, "b.cluster.test"),
+        ],
+        30,
+    );
+    let extra = format!(
+        "[[cluster]]\nname = \"{NAME}\"\nports = [{port}]\nsrv = \"_chat._tcp.cluster.test\"\n"
+    );
+    let proxy = Carousel::start(dns.addr(), &extra).await;
+    let f = Fixture {
+        dns,
+        port,
+        backends,
+        proxy,
+    };
+    f.wait_until("ready", Duration::from_secs(5), || async {
+        f.proxy.admin_get("/readyz").await.0 == 200
+    })
+    .await;
+    let (served, errors) = run(&f, 200).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let a = served.iter().filter(|s| *s == "b11").count() as f64;
+    let b = served.iter().filter(|s| *s == "b12").count() as f64;
+    let ratio = a / b;
+    assert!((2.7..=3.3).contains(&ratio), "3:1 expected, got {a}:{b}");
+}
