@@ -105,7 +105,7 @@ alive() {
 in_unit() {
     local old=$1 pid_file=$2 bin=$3
     local config=${CAROUSEL_CONFIG:-/etc/carousel/carousel.toml}
-    local sock before new i have
+    local sock before new have=0
     sock=$(toml_string upgrade_sock "$config")
     sock=${sock:-/tmp/carousel_upgrade.sock} # carousel's default (private /tmp of the unit)
 
@@ -121,7 +121,7 @@ in_unit() {
     new=$!
 
     # Pingora's new process binds the upgrade socket, then waits about 6 s for the sockets.
-    for i in $(seq 1 50); do
+    for _ in $(seq 1 50); do
         [ -S "$sock" ] && break
         alive "$new" || die "new process exited before it opened $sock (see the journal); the old process keeps serving"
         sleep 0.1
@@ -134,7 +134,7 @@ in_unit() {
     log "sending SIGQUIT to $old (hand over the listening sockets)"
     kill -QUIT "$old"
 
-    for i in $(seq 1 150); do
+    for _ in $(seq 1 150); do
         alive "$new" || die "new process $new died during the handover; the old process drains and exits, then systemd restarts the unit"
         have=$(count_listeners "$new")
         if [ "$have" -ge "$before" ]; then

@@ -1,0 +1,574 @@
+#!/usr/bin/env bash
+# carousel benchmark: carousel against Squid, Dante, tinyproxy and microsocks and a direct
+# connection, on this machine, over loopback only.
+#
+#   bench/run.sh            full run (a few minutes after the builds); writes docs/BENCHMARKS.md
+#   bench/run.sh --quick    short smoke run; writes bench/out/<run>/BENCHMARKS.md only
+#   bench/run.sh --doc FILE write the report to FILE instead
+#
+# Needs root (apt-get, DNS on port 53, a private mount namespace per libc-resolver peer).
+# Installs the missing peers with apt-get, builds carousel (cargo build --release) and the load
+# generator (bench/loadgen), starts a test DNS server on 127.0.0.153:53 and backends on
+# 127.0.0.21-24, then measures every proxy one at a time. Every process it starts is stopped on
+# exit (trap EXIT). Nothing but loopback addresses is ever a target.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+QUICK=0
+DOC=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --doc) DOC="${2:?--doc needs a file}"; shift ;;
+        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+# ---------------------------------------------------------------------------------------------
+# Parameters. Ports are fixed (outside the ephemeral range) so configs and docs are stable.
+DNS_IP=127.0.0.153                 # Squid's dns_nameservers takes no port: DNS must be on :53
+BACKEND_IPS=(127.0.0.21 127.0.0.22 127.0.0.23 127.0.0.24)
+NAME=backend.bench.test            # A records: every backend IP
+SINK_PORT=18001; SOURCE_PORT=18002; ECHO_PORT=18003
+CAROUSEL_HTTP=17001; CAROUSEL_SOCKS=17002
+SQUID_PORT=17003; TINYPROXY_PORT=17004; DANTE_PORT=17005; MICROSOCKS_PORT=17006
+
+if [ "$QUICK" = 1 ]; then
+    THR_BYTES=$((32 << 20)); THR_REPEAT=1
+    RATE_COUNT=300; LAT_C=8; LAT_COUNT=25; IDLE_WANT=500
+else
+    THR_BYTES=$((256 << 20)); THR_REPEAT=5
+    RATE_COUNT=5000; LAT_C=32; LAT_COUNT=100; IDLE_WANT=10000
+fi
+STEP_LIMIT=300                     # seconds any one measurement may take
+
+STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
+OUT="$ROOT/bench/out/$STAMP$([ "$QUICK" = 1 ] && echo -quick)"
+RES="$OUT/results.jsonl"
+CMDS="$OUT/commands.txt"
+if [ -z "$DOC" ]; then
+    if [ "$QUICK" = 1 ]; then DOC="$OUT/BENCHMARKS.md"; else DOC="$ROOT/docs/BENCHMARKS.md"; fi
+fi
+mkdir -p "$OUT"
+: > "$RES"; : > "$CMDS"
+START_EPOCH=$(date +%s)
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (apt-get, DNS on port 53, mount namespaces)"
+
+# ---------------------------------------------------------------------------------------------
+# Process bookkeeping: every background process is started with setsid (its own process group)
+# and stopped by its id; the EXIT trap stops whatever is still running.
+PIDS=()
+POLICY_RC_CREATED=0
+
+stop_pid() { # pid [signal]
+    local pid=$1 sig=${2:-TERM} i
+    [ -n "$pid" ] || return 0
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    kill -"$sig" -- "-$pid" 2>/dev/null || kill -"$sig" "$pid" 2>/dev/null || true
+    for i in $(seq 1 100); do           # up to 10 s
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "pid $pid ignored SIG$sig; killing"
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
+    # Children of a multi-process proxy share its process group: make sure none is left.
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$? p
+    trap - EXIT INT TERM
+    for ((i=${#PIDS[@]}-1; i>=0; i--)); do
+        p=${PIDS[$i]}
+        stop_pid "$p" TERM
+    done
+    if [ "$POLICY_RC_CREATED" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+    [ "$rc" = 0 ] || log "exited with status $rc; logs in $OUT"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+start_bg() { # logfile cmd... ; sets STARTED_PID
+    local logf=$1; shift
+    setsid "$@" > "$logf" 2>&1 < /dev/null &
+    STARTED_PID=$!
+    PIDS+=("$STARTED_PID")
+}
+
+forget_pid() { # drop a stopped pid from PIDS
+    local p=$1 keep=() q
+    for q in "${PIDS[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done
+    PIDS=("${keep[@]}")
+}
+
+# ---------------------------------------------------------------------------------------------
+# 1. Peers: install what is missing (apt-get), skip what Debian does not have.
+declare -A PKG_OF=([squid]=squid [dante]=dante-server [tinyproxy]=tinyproxy [microsocks]=microsocks)
+declare -A BIN_OF=([squid]=squid [dante]=danted [tinyproxy]=tinyproxy [microsocks]=microsocks)
+PEERS=()
+SKIPPED=()
+need=()
+for peer in squid dante tinyproxy microsocks; do
+    command -v "${BIN_OF[$peer]}" >/dev/null 2>&1 || need+=("${PKG_OF[$peer]}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing with apt-get: ${need[*]}"
+    apt-get update -qq >"$OUT/apt.log" 2>&1 || log "apt-get update failed (see $OUT/apt.log)"
+    inst=()
+    for pkg in "${need[@]}"; do
+        cand=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2}')
+        if [ -z "$cand" ] || [ "$cand" = "(none)" ]; then
+            log "package $pkg is not available from apt here: skipping that peer"
+        else
+            inst+=("$pkg")
+        fi
+    done
+    if [ ${#inst[@]} -gt 0 ]; then
+        # Keep the packages' own services from starting (we run our own instances).
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+            chmod +x /usr/sbin/policy-rc.d
+            POLICY_RC_CREATED=1
+        fi
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${inst[@]}" >>"$OUT/apt.log" 2>&1 \
+            || log "apt-get install failed (see $OUT/apt.log)"
+        if [ "$POLICY_RC_CREATED" = 1 ]; then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
+    fi
+fi
+for peer in squid dante tinyproxy microsocks; do
+    if command -v "${BIN_OF[$peer]}" >/dev/null 2>&1; then
+        PEERS+=("$peer")
+    else
+        SKIPPED+=("$peer (package ${PKG_OF[$peer]} not installable)")
+    fi
+done
+NS_OK=1
+if ! unshare -m --propagation private true 2>/dev/null; then
+    NS_OK=0
+    log "no private mount namespaces here: Dante, tinyproxy and microsocks cannot be pointed at the test DNS server; skipping them"
+fi
+log "peers: ${PEERS[*]:-none}"
+
+# ---------------------------------------------------------------------------------------------
+# 2. Builds.
+log "building carousel (cargo build --release)"
+(cd "$ROOT" && cargo build --release --bin carousel) >"$OUT/build-carousel.log" 2>&1 \
+    || { tail -30 "$OUT/build-carousel.log" >&2; die "carousel build failed"; }
+CAROUSEL="$ROOT/target/release/carousel"
+log "building the load generator (bench/loadgen)"
+(cd "$ROOT/bench/loadgen" && CARGO_TARGET_DIR="$ROOT/target/loadgen" cargo build --release --locked) \
+    >"$OUT/build-loadgen.log" 2>&1 || { tail -30 "$OUT/build-loadgen.log" >&2; die "loadgen build failed"; }
+LG="$ROOT/target/loadgen/release/carousel-loadgen"
+
+# ---------------------------------------------------------------------------------------------
+# 3. Limits: tunnels need two descriptors in the proxy; raise the soft limit as far as allowed.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+IDLE_COUNT=$(( (NOFILE - 1000) / 2 ))
+IDLE_COUNT=$(( IDLE_COUNT / 500 * 500 ))
+[ "$IDLE_COUNT" -gt "$IDLE_WANT" ] && IDLE_COUNT=$IDLE_WANT
+[ "$IDLE_COUNT" -ge 100 ] || die "open-file limit $NOFILE is too low for the idle test"
+if [ "$IDLE_COUNT" -lt "$IDLE_WANT" ]; then
+    log "open-file limit is $NOFILE (hard $(ulimit -Hn)): idle test scaled to $IDLE_COUNT tunnels"
+fi
+
+# Ports must be free.
+busy=""
+for p in $SINK_PORT $SOURCE_PORT $ECHO_PORT $CAROUSEL_HTTP $CAROUSEL_SOCKS $SQUID_PORT \
+         $TINYPROXY_PORT $DANTE_PORT $MICROSOCKS_PORT; do
+    if ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then busy="$busy $p"; fi
+done
+if ss -Hlun "src $DNS_IP:53" 2>/dev/null | grep -q . || ss -Hltn "src $DNS_IP:53" 2>/dev/null | grep -q .; then
+    busy="$busy $DNS_IP:53"
+fi
+[ -z "$busy" ] || die "ports in use:$busy (another bench running?)"
+
+# ---------------------------------------------------------------------------------------------
+# 4. Test DNS server and backends.
+backend_csv=$(IFS=,; echo "${BACKEND_IPS[*]}")
+start_bg "$OUT/dns.log" "$LG" --threads 1 dns --listen "$DNS_IP:53" --record "$NAME=$backend_csv" \
+    --ttl 300 --time-limit 7200
+DNS_PID=$STARTED_PID
+start_bg "$OUT/backend.log" "$LG" --threads 1 backend --addrs "$backend_csv" --sink $SINK_PORT \
+    --source $SOURCE_PORT --echo $ECHO_PORT --time-limit 7200
+BACKEND_PID=$STARTED_PID
+for i in $(seq 1 50); do
+    grep -q dns_ready "$OUT/dns.log" 2>/dev/null && grep -q backend_ready "$OUT/backend.log" 2>/dev/null && break
+    kill -0 "$DNS_PID" 2>/dev/null || die "DNS server did not start: $(cat "$OUT/dns.log")"
+    kill -0 "$BACKEND_PID" 2>/dev/null || die "backends did not start: $(cat "$OUT/backend.log")"
+    sleep 0.1
+done
+printf 'nameserver %s\noptions timeout:1 attempts:2\n' "$DNS_IP" > "$OUT/resolv.conf"
+
+# ---------------------------------------------------------------------------------------------
+# 5. Peer configurations (each with its recommended speed settings) and start functions.
+# Each start_* function sets PROXY_PID.
+CONF="$OUT/conf"; mkdir -p "$CONF"
+
+cat > "$CONF/carousel.toml" <<EOF
+# carousel: two listeners (HTTP/CONNECT and SOCKS), the test DNS server, IPv4 only (the bench
+# zone has no AAAA records), loopback clients.
+[server]
+threads = $(nproc)
+grace_period_seconds = 0
+graceful_shutdown_timeout_seconds = 1
+pid_file = "$OUT/carousel.pid"
+upgrade_sock = "$OUT/carousel_upgrade.sock"
+
+[[listener]]
+address = "127.0.0.1:$CAROUSEL_HTTP"
+protocols = ["http"]
+
+[[listener]]
+address = "127.0.0.1:$CAROUSEL_SOCKS"
+protocols = ["socks"]
+
+[dns]
+nameservers = ["$DNS_IP:53"]
+ip_strategy = "ipv4_only"
+
+[tunnel]
+idle_timeout_seconds = 600
+
+[access]
+allow_clients = ["127.0.0.0/8"]
+EOF
+"$CAROUSEL" check -c "$CONF/carousel.toml" >"$OUT/carousel-check.log" 2>&1 \
+    || die "carousel check failed: $(cat "$OUT/carousel-check.log")"
+
+mkdir -p "$OUT/squid"; chown proxy: "$OUT/squid" 2>/dev/null || chmod 0777 "$OUT/squid"
+cat > "$CONF/squid.conf" <<EOF
+# Squid as a pure forwarding proxy: no caching, no logging per request, internal DNS pointed at
+# the test server (dns_nameservers takes IP addresses only, so the server listens on port 53).
+http_port 127.0.0.1:$SQUID_PORT
+acl localnet src 127.0.0.0/8
+acl bench_ports port $SINK_PORT-$ECHO_PORT
+acl CONNECT method CONNECT
+http_access deny !bench_ports
+http_access allow localnet
+http_access deny all
+cache deny all
+cache_mem 0 MB
+dns_nameservers $DNS_IP
+hosts_file none
+access_log none
+cache_store_log none
+cache_log $OUT/squid/cache.log
+pid_filename $OUT/squid/squid.pid
+coredump_dir $OUT/squid
+max_filedescriptors $NOFILE
+pinger_enable off
+netdb_filename none
+shutdown_lifetime 1 seconds
+visible_hostname bench.test
+EOF
+
+mkdir -p "$OUT/tinyproxy"; chown nobody: "$OUT/tinyproxy" 2>/dev/null || chmod 0777 "$OUT/tinyproxy"
+cat > "$CONF/tinyproxy.conf" <<EOF
+# tinyproxy: CONNECT to the bench ports only, errors-only logging, enough client slots for the
+# idle test.
+User nobody
+Group nogroup
+Port $TINYPROXY_PORT
+Listen 127.0.0.1
+Timeout 600
+LogFile "$OUT/tinyproxy/tinyproxy.log"
+LogLevel Error
+PidFile "$OUT/tinyproxy/tinyproxy.pid"
+MaxClients $NOFILE
+Allow 127.0.0.0/8
+ConnectPort $SINK_PORT
+ConnectPort $SOURCE_PORT
+ConnectPort $ECHO_PORT
+DisableViaHeader Yes
+EOF
+
+mkdir -p "$OUT/dante"
+cat > "$CONF/danted.conf" <<EOF
+# Dante: SOCKS on loopback, no authentication, no per-connection logging, no I/O timeout.
+logoutput: $OUT/dante/danted.log
+internal: 127.0.0.1 port = $DANTE_PORT
+external: 127.0.0.1
+clientmethod: none
+socksmethod: none
+user.privileged: root
+user.unprivileged: nobody
+timeout.negotiate: 30
+timeout.io: 0
+client pass {
+        from: 127.0.0.0/8 to: 127.0.0.0/8
+}
+socks pass {
+        from: 127.0.0.0/8 to: 127.0.0.0/8
+        command: connect
+}
+EOF
+
+# Dante, tinyproxy and microsocks resolve through libc (/etc/resolv.conf, port 53): each runs in
+# a private mount namespace where /etc/resolv.conf is the bench one. The machine's file is
+# untouched.
+with_bench_resolv() {
+    unshare -m --propagation private sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' \
+        "$OUT/resolv.conf" "$@"
+}
+
+start_carousel() {
+    start_bg "$OUT/carousel.log" "$CAROUSEL" run -c "$CONF/carousel.toml"; PROXY_PID=$STARTED_PID
+}
+start_squid() {
+    start_bg "$OUT/squid/stdout.log" squid -N -f "$CONF/squid.conf"; PROXY_PID=$STARTED_PID
+}
+start_tinyproxy() {
+    start_bg "$OUT/tinyproxy/stdout.log" with_bench_resolv tinyproxy -d -c "$CONF/tinyproxy.conf"
+    PROXY_PID=$STARTED_PID
+}
+start_dante() {
+    start_bg "$OUT/dante/stdout.log" with_bench_resolv danted -f "$CONF/danted.conf" \
+        -p "$OUT/dante/danted.pid"
+    PROXY_PID=$STARTED_PID
+}
+start_microsocks() {
+    # microsocks prints a line per connection and has no quiet flag: discard it.
+    start_bg /dev/null with_bench_resolv microsocks -i 127.0.0.1 -p "$MICROSOCKS_PORT"
+    PROXY_PID=$STARTED_PID
+}
+
+# ---------------------------------------------------------------------------------------------
+# 6. Measurements.
+lg() { # run one bounded loadgen step, keep its command line and JSON output
+    echo "carousel-loadgen $*" >> "$CMDS"
+    timeout --kill-after=10 $((STEP_LIMIT + 60)) "$LG" --threads 1 "$@" | tee -a "$RES"
+}
+
+skip() { # label reason
+    log "SKIP $1: $2"
+    printf '{"test":"skipped","label":"%s","reason":"%s"}\n' "$1" "$2" >> "$RES"
+}
+
+ECHO_T="$NAME:$ECHO_PORT"
+direct_targets() { # port -> ip:port,ip:port,...
+    local out="" ip
+    for ip in "${BACKEND_IPS[@]}"; do out="$out${out:+,}$ip:$1"; done
+    echo "$out"
+}
+
+measure() { # label mode proxy-addr start-fn
+    local label=$1 mode=$2 proxy=$3 start=$4 pid common
+    common=(--mode "$mode" --proxy "$proxy" --label "$label")
+
+    log "$label: throughput, connection rate, latency"
+    "$start"; pid=$PROXY_PID
+    if ! lg probe "${common[@]}" --target "$ECHO_T" --time-limit 20 >/dev/null; then
+        skip "$label" "proxy did not carry a tunnel within 20 s"
+        stop_pid "$pid" TERM; forget_pid "$pid"; return 0
+    fi
+    lg throughput "${common[@]}" --target "$NAME:$SOURCE_PORT" --target-up "$NAME:$SINK_PORT" \
+        --bytes "$THR_BYTES" --repeat "$THR_REPEAT" --pid "$pid" --time-limit $STEP_LIMIT >/dev/null || true
+    lg rate "${common[@]}" --target "$ECHO_T" --count "$RATE_COUNT" --time-limit $STEP_LIMIT >/dev/null || true
+    lg latency "${common[@]}" --target "$ECHO_T" --concurrency "$LAT_C" --count "$LAT_COUNT" \
+        --time-limit $STEP_LIMIT >/dev/null || true
+    stop_pid "$pid" TERM; forget_pid "$pid"
+
+    log "$label: $IDLE_COUNT idle tunnels (fresh process)"
+    "$start"; pid=$PROXY_PID
+    if lg probe "${common[@]}" --target "$ECHO_T" --time-limit 20 >/dev/null; then
+        lg idle "${common[@]}" --target "$ECHO_T" --pid "$pid" --count "$IDLE_COUNT" \
+            --parallel 32 --settle 2 --time-limit $STEP_LIMIT >/dev/null || true
+    fi
+    stop_pid "$pid" TERM; forget_pid "$pid"
+    # Let closed tunnels' TIME_WAIT sockets and the proxy's exit settle before the next peer.
+    sleep 2
+}
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+log "direct: throughput, connection rate, latency"
+DIRECT_ECHO=$(direct_targets $ECHO_PORT)
+lg probe --mode direct --label direct --target "$DIRECT_ECHO" --time-limit 20 >/dev/null \
+    || die "backends do not answer directly"
+lg throughput --mode direct --label direct --target "$(direct_targets $SOURCE_PORT)" \
+    --target-up "$(direct_targets $SINK_PORT)" --bytes "$THR_BYTES" --repeat "$THR_REPEAT" \
+    --time-limit $STEP_LIMIT >/dev/null || true
+lg rate --mode direct --label direct --target "$DIRECT_ECHO" --count "$RATE_COUNT" \
+    --time-limit $STEP_LIMIT >/dev/null || true
+lg latency --mode direct --label direct --target "$DIRECT_ECHO" --concurrency "$LAT_C" \
+    --count "$LAT_COUNT" --time-limit $STEP_LIMIT >/dev/null || true
+
+measure carousel-connect connect "127.0.0.1:$CAROUSEL_HTTP" start_carousel
+measure carousel-socks5 socks5 "127.0.0.1:$CAROUSEL_SOCKS" start_carousel
+for peer in "${PEERS[@]}"; do
+    case $peer in
+        squid) measure squid-connect connect "127.0.0.1:$SQUID_PORT" start_squid ;;
+        tinyproxy)
+            if [ "$NS_OK" = 1 ]; then measure tinyproxy-connect connect "127.0.0.1:$TINYPROXY_PORT" start_tinyproxy
+            else skip tinyproxy-connect "no mount namespace for its resolver"; fi ;;
+        dante)
+            if [ "$NS_OK" = 1 ]; then measure dante-socks5 socks5 "127.0.0.1:$DANTE_PORT" start_dante
+            else skip dante-socks5 "no mount namespace for its resolver"; fi ;;
+        microsocks)
+            if [ "$NS_OK" = 1 ]; then measure microsocks-socks5 socks5 "127.0.0.1:$MICROSOCKS_PORT" start_microsocks
+            else skip microsocks-socks5 "no mount namespace for its resolver"; fi ;;
+    esac
+done
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+stop_pid "$BACKEND_PID" TERM; forget_pid "$BACKEND_PID"
+stop_pid "$DNS_PID" TERM; forget_pid "$DNS_PID"
+grep -h dns_stopped "$OUT/dns.log" >> "$RES" 2>/dev/null || true
+
+# ---------------------------------------------------------------------------------------------
+# 7. Report.
+"$LG" report "$RES" --idle-count "$IDLE_COUNT" > "$OUT/tables.md"
+echo
+cat "$OUT/tables.md"
+echo
+
+ver() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null || echo "not installed"; }
+ELAPSED=$(( $(date +%s) - START_EPOCH ))
+NOTES_BEGIN='<!-- notes:begin -->'
+NOTES_END='<!-- notes:end -->'
+OLD_NOTES=""
+if [ -f "$DOC" ] && grep -q "$NOTES_BEGIN" "$DOC"; then
+    OLD_NOTES=$(awk -v b="$NOTES_BEGIN" -v e="$NOTES_END" '$0==b{on=1;next} $0==e{on=0} on' "$DOC")
+fi
+[ -n "$OLD_NOTES" ] || OLD_NOTES="(No analysis written for this run yet.)"
+
+mkdir -p "$(dirname "$DOC")"
+{
+    echo "# Benchmarks"
+    echo
+    echo "carousel against Squid, Dante, tinyproxy and microsocks, and against a direct"
+    echo "connection, on one machine over loopback. Produced by \`bench/run.sh$([ "$QUICK" = 1 ] && echo ' --quick')\`"
+    echo "(run $STAMP, $ELAPSED s including builds). Numbers on a shared 2-core machine are noisy:"
+    echo "compare ratios from the same run, not absolute numbers across runs."
+    echo
+    echo "## Goal and targets"
+    echo
+    echo "From the issue: *carousel must be measurably ahead of Squid, Dante, tinyproxy and microsocks"
+    echo "on the same machine, and close to a direct connection.* Targets: tunnel throughput ≥ 0.9×"
+    echo "direct; connection rate ≥ 2× Squid's and ≥ 0.8× direct; 10,000 idle tunnels at ≤ 32 KiB of"
+    echo "proxy memory each; added latency p50 ≤ 100 µs over direct."
+    echo
+    cat "$OUT/tables.md"
+    echo
+    echo "## What limits the unmet targets"
+    echo
+    echo "$NOTES_BEGIN"
+    echo "$OLD_NOTES"
+    echo "$NOTES_END"
+    echo
+    echo "## Machine"
+    echo
+    echo "| | |"
+    echo "|---|---|"
+    echo "| cores (nproc) | $(nproc) |"
+    echo "| CPU | $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo) |"
+    echo "| kernel | $(uname -srm) |"
+    echo "| memory | $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo) |"
+    echo "| OS | Debian $(cat /etc/debian_version 2>/dev/null || echo '?') |"
+    echo "| rustc | $(rustc --version 2>/dev/null) |"
+    echo "| load average (1/5/15 min) at start / end | $LOAD_START / $LOAD_END |"
+    echo "| open-file limit (soft/hard) | $NOFILE / $(ulimit -Hn) |"
+    echo
+    echo "## Contestants"
+    echo
+    echo "| proxy | version | port | protocols measured |"
+    echo "|---|---|---|---|"
+    echo "| carousel | $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?') (release build) | $CAROUSEL_HTTP (HTTP), $CAROUSEL_SOCKS (SOCKS) | CONNECT, SOCKS5 |"
+    echo "| Squid | $(ver squid) | $SQUID_PORT | CONNECT |"
+    echo "| tinyproxy | $(ver tinyproxy) | $TINYPROXY_PORT | CONNECT |"
+    echo "| Dante (danted) | $(ver dante-server) | $DANTE_PORT | SOCKS5 |"
+    echo "| microsocks | $(ver microsocks) | $MICROSOCKS_PORT | SOCKS5 |"
+    if [ ${#SKIPPED[@]} -gt 0 ]; then echo; echo "Skipped: ${SKIPPED[*]}."; fi
+    echo
+    echo "## How it is measured"
+    echo
+    echo "- **Topology.** Everything is on loopback: the load generator (\`bench/loadgen\`, one"
+    echo "  tokio thread), a test DNS server (hickory-server) on $DNS_IP:53 serving \`$NAME\`"
+    echo "  with A records ${BACKEND_IPS[*]} (TTL 300 s, AAAA → NODATA), and backends on each of"
+    echo "  those addresses (one tokio thread): sink :$SINK_PORT, source :$SOURCE_PORT, echo :$ECHO_PORT."
+    echo "  Clients always ask for the *name* (CONNECT \`$NAME:port\`; SOCKS5 with a domain-name"
+    echo "  address), so every proxy resolves it itself; the direct baseline dials the IP addresses"
+    echo "  (rotated). One proxy runs at a time; client, proxy and backends share the $(nproc) cores."
+    echo "- **DNS for the peers.** Squid's \`dns_nameservers\` takes IP addresses only (Squid 5.7 logs"
+    echo "  \`WARNING: rejecting '127.0.0.153:5353' as a name server, because it is not a numeric IP"
+    echo "  address\` for \`ip:port\`), so the test DNS server listens on port 53 of its own loopback"
+    echo "  address $DNS_IP. Dante, tinyproxy and microsocks use the libc resolver, which reads"
+    echo "  /etc/resolv.conf: each is started in a private mount namespace (\`unshare -m\`) in which"
+    echo "  /etc/resolv.conf is bind-mounted to \`nameserver $DNS_IP\`. The machine's own"
+    echo "  /etc/resolv.conf and /etc/hosts are never changed. carousel is given \`$DNS_IP:53\`."
+    echo "  Squid and carousel cache answers (TTL); the libc-resolver peers query DNS for every"
+    echo "  tunnel (no nscd), which is how they run by default."
+    echo "- **Throughput.** $(numfmt --to=iec-i --suffix=B "$THR_BYTES" 2>/dev/null || echo "$THR_BYTES bytes") per transfer through a fresh tunnel,"
+    echo "  $THR_REPEAT times each way (down: source → client; up: client → sink, finished when the sink"
+    echo "  reports the byte count); the median MiB/s is reported."
+    echo "- **CPU per GiB.** utime+stime (+ waited-for children) of the proxy's whole process tree"
+    echo "  from /proc/PID/stat, before and after the throughput step, divided by the GiB moved."
+    echo "- **Connection rate.** $RATE_COUNT sequential cycles of: open tunnel, send 32 bytes, read"
+    echo "  the 32-byte echo, close. conn/s = cycles / wall time; its per-cycle p50 is the unloaded"
+    echo "  (C=1) latency."
+    echo "- **Latency.** C=$LAT_C concurrent clients, $LAT_COUNT cycles each (same cycle as above, each"
+    echo "  on a fresh tunnel); p50/p99 of the whole cycle. With one client thread, one backend thread"
+    echo "  and the proxy on $(nproc) cores this includes queueing; compare against direct's."
+    echo "- **Memory per idle tunnel.** On a freshly started proxy: 64 warm-up tunnels, 2 s, read the"
+    echo "  tree's memory; open $IDLE_COUNT tunnels (32 at a time, each checked with a 1-byte echo),"
+    echo "  2 s, read again; (after − before) / tunnels. RSS is the sum of VmRSS over the process"
+    echo "  tree (as asked; it counts shared pages once per process, which penalises multi-process"
+    echo "  Dante); PSS (smaps_rollup) splits shared pages and is the fairer number for Dante."
+    if [ "$IDLE_COUNT" -lt 10000 ]; then
+        echo "  **Scaled down:** the idle test opened $IDLE_COUNT instead of 10,000 tunnels because the"
+        echo "  open-file hard limit here is $(ulimit -Hn) and cannot be raised (no CAP_SYS_RESOURCE in"
+        echo "  this container); a single-process proxy needs two descriptors per tunnel. The"
+        echo "  per-tunnel figure is what the target is about."
+    fi
+    echo "- **Bounds.** Every step has a count and a time limit (${STEP_LIMIT} s), every connect and"
+    echo "  exchange a 10 s timeout; every process the script starts is stopped when it exits."
+    echo
+    echo "## Commands"
+    echo
+    echo '```sh'
+    echo "bench/run.sh$([ "$QUICK" = 1 ] && echo ' --quick')"
+    echo "# which ran, with the DNS server and backends:"
+    echo "carousel-loadgen dns --listen $DNS_IP:53 --record $NAME=$backend_csv --ttl 300 --time-limit 7200"
+    echo "carousel-loadgen backend --addrs $backend_csv --sink $SINK_PORT --source $SOURCE_PORT --echo $ECHO_PORT --time-limit 7200"
+    echo "carousel run -c carousel.toml"
+    echo "squid -N -f squid.conf"
+    echo "unshare -m sh -c 'mount --bind resolv.conf /etc/resolv.conf && exec tinyproxy -d -c tinyproxy.conf'"
+    echo "unshare -m sh -c 'mount --bind resolv.conf /etc/resolv.conf && exec danted -f danted.conf'"
+    echo "unshare -m sh -c 'mount --bind resolv.conf /etc/resolv.conf && exec microsocks -i 127.0.0.1 -p $MICROSOCKS_PORT'"
+    echo "# measurements, in order (each proxy is restarted before its idle test):"
+    sed "s#$OUT#\$OUT#g" "$CMDS"
+    echo '```'
+    echo
+    echo "## Configurations"
+    for f in carousel.toml squid.conf tinyproxy.conf danted.conf; do
+        echo
+        echo "\`$f\`:"
+        echo
+        echo '```'
+        sed "s#$OUT#\$OUT#g" "$CONF/$f"
+        echo '```'
+    done
+    echo
+    echo "microsocks: \`microsocks -i 127.0.0.1 -p $MICROSOCKS_PORT\` (it has no configuration file)."
+    echo
+    echo "## Raw results (JSON lines)"
+    echo
+    echo '```json'
+    cat "$RES"
+    echo '```'
+} > "$DOC"
+log "report written to ${DOC#$ROOT/} (run directory ${OUT#$ROOT/})"

@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# deploy/check.sh: checks every deployment file under deploy/ without a cluster, a Docker
+# engine or a running systemd. Run it from the repository root:
+#
+#   deploy/check.sh
+#
+# Works on a fresh Debian 12 machine as root: it installs what it lacks (Debian packages
+# systemd, python3, python3-yaml, python3-venv, shellcheck; promtool from Debian's `prometheus`
+# package; kubernetes-validate from PyPI into a private venv). It runs every check, prints
+# each one's result, and exits 1 if any failed, naming them at the end.
+#
+# Optional: CAROUSEL_BIN=path/to/carousel also validates the three example configs with
+# `carousel check` (needs a binary that knows every key they use, e.g. [admin]).
+set -euo pipefail
+
+if [ ! -f deploy/check.sh ] || [ ! -d deploy/kubernetes ]; then
+    echo "deploy/check.sh: run me from the repository root" >&2
+    exit 2
+fi
+
+# Tools installed by this script are cached here (promtool, the kubernetes-validate venv).
+if [ "$(id -u)" -eq 0 ]; then
+    CACHE=/var/cache/carousel-deploy-check
+else
+    CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/carousel-deploy-check
+fi
+KUBERNETES_VALIDATE_VERSION=1.37.0
+# Oldest and newest Kubernetes minor versions the manifests are validated against.
+KUBERNETES_VERSIONS="1.28.0 1.37.0"
+PY=/usr/bin/python3 # Debian's python: python3-yaml belongs to it, not to a pyenv or venv one
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+# ------------------------------------------------------------------ installing what is missing
+
+apt_updated=0
+apt_install() {
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    if [ "$apt_updated" -eq 0 ]; then
+        $sudo apt-get update -qq
+        apt_updated=1
+    fi
+    echo "-- installing Debian packages: $*"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+ensure_tools() {
+    local need=()
+    [ -x "$PY" ] || need+=(python3)
+    { [ -x "$PY" ] && "$PY" -c 'import yaml' 2>/dev/null; } || need+=(python3-yaml)
+    { [ -x "$PY" ] && "$PY" -c 'import ensurepip, venv' 2>/dev/null; } || need+=(python3-venv)
+    command -v systemd-analyze >/dev/null || need+=(systemd)
+    command -v shellcheck >/dev/null || need+=(shellcheck)
+    if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
+
+    # promtool: from PATH, else extracted from Debian's `prometheus` package. Only the promtool
+    # binary is unpacked (it needs libc alone): installing the package would also create,
+    # enable and, where systemd runs, start a Prometheus server on :9090, the very port of
+    # carousel's admin listener.
+    if command -v promtool >/dev/null; then
+        PROMTOOL=$(command -v promtool)
+    else
+        PROMTOOL=$CACHE/prometheus/usr/bin/promtool
+        if [ ! -x "$PROMTOOL" ]; then
+            echo "-- fetching promtool from Debian's prometheus package"
+            if [ "$apt_updated" -eq 0 ]; then
+                if [ "$(id -u)" -eq 0 ]; then apt-get update -qq; else sudo apt-get update -qq; fi
+                apt_updated=1
+            fi
+            mkdir -p "$CACHE/deb"
+            (cd "$CACHE/deb" && rm -f prometheus_*.deb && apt-get download prometheus >/dev/null)
+            dpkg-deb -x "$CACHE"/deb/prometheus_*.deb "$CACHE/prometheus"
+            rm -f "$CACHE"/deb/prometheus_*.deb
+        fi
+    fi
+
+    # kubernetes-validate: the Kubernetes OpenAPI schemas, offline, in a private venv.
+    KUBERNETES_VALIDATE=$CACHE/venv/bin/kubernetes-validate
+    if ! [ -x "$KUBERNETES_VALIDATE" ] ||
+        [ "$("$CACHE/venv/bin/python" -c 'import importlib.metadata as m; print(m.version("kubernetes-validate"))' 2>/dev/null)" != "$KUBERNETES_VALIDATE_VERSION" ]; then
+        echo "-- installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $CACHE/venv"
+        rm -rf "$CACHE/venv"
+        mkdir -p "$CACHE"
+        "$PY" -m venv "$CACHE/venv"
+        "$CACHE/venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+    fi
+}
+
+# ------------------------------------------------------------------ the checks
+# Each check runs in a subshell with `set -e` in force (it is not called from an `if`, where
+# bash would ignore -e), so the first failing command fails that check and only that check.
+
+check_shell_scripts() {
+    bash -n deploy/check.sh
+    bash -n deploy/systemd/carousel-upgrade.sh
+    shellcheck deploy/check.sh deploy/systemd/carousel-upgrade.sh
+}
+
+check_prometheus_rules() {
+    "$PROMTOOL" check rules deploy/prometheus/carousel-alerts.yml
+}
+
+check_prometheus_rule_tests() {
+    "$PROMTOOL" test rules deploy/prometheus/carousel-alerts.test.yml
+}
+
+check_prometheus_config() {
+    # rule_files are resolved relative to prometheus.yml, so this also loads the alerts.
+    "$PROMTOOL" check config deploy/prometheus/prometheus.yml
+}
+
+check_metric_names() {
+    "$PY" deploy/tools/check_manifests.py metrics
+}
+
+check_grafana_dashboard() {
+    # JSON, variables, panels; then every panel query goes through promtool's PromQL parser.
+    "$PY" deploy/tools/check_manifests.py dashboard "$WORK/dashboard-rules.yml"
+    "$PROMTOOL" check rules "$WORK/dashboard-rules.yml" >/dev/null
+    echo "  dashboard queries: valid PromQL"
+}
+
+# systemd-analyze verify checks the unit the way systemd loads it, but also insists that every
+# ExecStart=/ExecStartPre=/ExecReload= binary exists, and /usr/local/bin/carousel does not exist
+# on a CI machine. Rather than filtering its messages, the unit is verified inside a scratch
+# root (--root): a copy of the system's units (for the targets it depends on), the unit in
+# /etc/systemd/system, the graceful-upgrade runtime drop-in in /run/systemd/system, and a stub
+# executable at every absolute Exec path that is either carousel's binary or exists on this
+# machine. A typo in a path, a key or a value is still reported. systemd-analyze exits 0 on
+# warnings such as "Unknown key" or unparsable values, so any line that names the unit counts
+# as a failure too.
+check_systemd_unit() {
+    local root=$WORK/systemd-root unit=deploy/systemd/carousel.service out path missing=0
+    mkdir -p "$root/etc/systemd/system" "$root/run/systemd/system/carousel.service.d" "$root/usr/lib/systemd"
+    cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
+    cp "$unit" "$root/etc/systemd/system/carousel.service"
+    bash deploy/systemd/carousel-upgrade.sh --print-dropin >"$root/run/systemd/system/carousel.service.d/zz-carousel-upgrade.conf"
+    # Absolute paths of the Exec*= commands (after systemd's prefixes @-:+!) in unit and drop-in.
+    while read -r path; do
+        if [ "$path" != /usr/local/bin/carousel ] && ! [ -x "$path" ]; then
+            # systemd-analyze only looks at the first command of each Exec list: check all here.
+            echo "  $path (an Exec*= command) is not an executable on this machine"
+            missing=1
+            continue
+        fi
+        mkdir -p "$root$(dirname "$path")"
+        printf '#!/bin/sh\nexit 0\n' >"$root$path"
+        chmod 0755 "$root$path"
+    done < <(sed -n -E 's/^Exec[A-Za-z]*=[-@:+!]*(\/[^ ]+).*/\1/p' \
+        "$root/etc/systemd/system/carousel.service" \
+        "$root/run/systemd/system/carousel.service.d/zz-carousel-upgrade.conf" | sort -u)
+    [ "$missing" -eq 0 ] || return 1
+
+    out=$(systemd-analyze verify --man=no --generators=no --recursive-errors=no --root="$root" \
+        "$root/etc/systemd/system/carousel.service" 2>&1) || {
+        echo "$out"
+        return 1
+    }
+    if grep -i 'carousel' <<<"$out"; then
+        echo "  systemd-analyze verify reported the problems above"
+        return 1
+    fi
+    # Hardening must not regress: exposure score (0-100 internally; the 0-10 display x 10).
+    systemd-analyze security --offline=yes --man=no --root="$root" --threshold=25 \
+        "$root/etc/systemd/system/carousel.service" >"$WORK/security.txt" 2>&1 || {
+        grep -E 'Overall exposure|✗' "$WORK/security.txt"
+        echo "  exposure level above 2.5"
+        return 1
+    }
+    grep 'Overall exposure' "$WORK/security.txt"
+}
+
+check_configs() {
+    "$PY" deploy/tools/check_manifests.py configs
+}
+
+check_kubernetes_manifests() {
+    # Every document: YAML (duplicate keys rejected), apiVersion/kind/metadata.name, and the
+    # cross-references (selectors, ports, probes, volumes, checksum, shutdown budget).
+    "$PY" deploy/tools/check_manifests.py kubernetes
+    # Schemas of the core kinds (strict: unknown fields are errors). ServiceMonitor (a CRD) and
+    # Kustomization have no schema there and are only warned about.
+    local version
+    for version in $KUBERNETES_VERSIONS; do
+        "$KUBERNETES_VALIDATE" --strict --quiet --no-warn -k "$version" deploy/kubernetes/*.yaml
+        echo "  schemas of Kubernetes $version: ok"
+    done
+}
+
+check_dockerfile() {
+    # No Docker engine here: the image is not built. Checked instead: COPY sources exist and
+    # survive the ignore file, --locked, EXPOSE, numeric USER, and the HEALTHCHECK command run
+    # for real against a local HTTP server.
+    "$PY" deploy/tools/check_manifests.py docker
+}
+
+check_configs_with_carousel() {
+    "$PY" deploy/tools/check_manifests.py configmap-toml "$WORK/configmap.toml"
+    local f
+    for f in deploy/systemd/carousel.toml deploy/docker/carousel.toml "$WORK/configmap.toml"; do
+        echo "  $f: $("$CAROUSEL_BIN" check -c "$f")"
+    done
+}
+
+# ------------------------------------------------------------------ running them
+
+failed=()
+passed=0
+run_check() {
+    local name=$1 rc
+    echo "== $name"
+    set +e
+    (
+        set -e
+        "$name"
+    )
+    rc=$?
+    set -e
+    if [ "$rc" -eq 0 ]; then
+        passed=$((passed + 1))
+    else
+        echo "!! FAILED: $name (exit $rc)"
+        failed+=("$name")
+    fi
+}
+
+ensure_tools
+run_check check_shell_scripts
+run_check check_prometheus_rules
+run_check check_prometheus_rule_tests
+run_check check_prometheus_config
+run_check check_metric_names
+run_check check_grafana_dashboard
+run_check check_systemd_unit
+run_check check_configs
+run_check check_kubernetes_manifests
+run_check check_dockerfile
+if [ -n "${CAROUSEL_BIN:-}" ]; then
+    run_check check_configs_with_carousel
+else
+    echo "== check_configs_with_carousel: skipped (set CAROUSEL_BIN=path/to/carousel to run it)"
+fi
+echo "== not checked here: building the Docker image (no Docker engine), applying the manifests"
+echo "   (no cluster), starting the systemd unit (systemd is not PID 1)"
+
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "deploy/check.sh: ${#failed[@]} of $((passed + ${#failed[@]})) checks FAILED: ${failed[*]}"
+    exit 1
+fi
+echo "deploy/check.sh: all $passed checks passed"

@@ -1,0 +1,580 @@
+#!/usr/bin/env python3
+"""Static checks of carousel's deployment files; run by deploy/check.sh from the repository root.
+
+    check_manifests.py kubernetes            YAML of deploy/kubernetes + cross-references
+    check_manifests.py configs               the TOML configs and their agreement with the units
+    check_manifests.py dashboard OUT_RULES   Grafana JSON; writes its queries as a rules file
+                                             for `promtool check rules` (PromQL syntax)
+    check_manifests.py metrics               every carousel_* name used is a documented metric
+    check_manifests.py docker                Dockerfile references + its HEALTHCHECK, for real
+    check_manifests.py configmap-toml OUT    writes the ConfigMap's carousel.toml to OUT
+
+Each prints what it checked and exits 1 with one line per problem. Needs PyYAML (Debian
+python3-yaml) and Python 3.11+ (tomllib), both in Debian 12.
+"""
+
+import hashlib
+import http.server
+import json
+import re
+import socket
+import subprocess
+import sys
+import threading
+import tomllib
+from pathlib import Path
+
+import yaml
+
+DEPLOY = Path("deploy")
+K8S = DEPLOY / "kubernetes"
+PROBLEMS: list[str] = []
+
+# The metric names carousel exports (the contract the alerts and the dashboard are written
+# against). Histograms also export _bucket, _sum and _count.
+COUNTERS_GAUGES = {
+    "carousel_build_info",
+    "carousel_requests_total",
+    "carousel_connect_attempts_total",
+    "carousel_failovers_total",
+    "carousel_member_up",
+    "carousel_member_ejected",
+    "carousel_member_ejections_total",
+    "carousel_member_active_connections",
+    "carousel_cluster_members",
+    "carousel_panic_requests_total",
+    "carousel_health_checks_total",
+    "carousel_dns_lookups_total",
+    "carousel_dns_stale_answers_total",
+    "carousel_cluster_dns_stale",
+    "carousel_active_tunnels",
+    "carousel_tunnel_bytes_total",
+    "carousel_config_reloads_total",
+    "carousel_config_last_reload_success_timestamp_seconds",
+    "carousel_auth_failures_total",
+    "carousel_overload_rejections_total",
+}
+HISTOGRAMS = {"carousel_connect_duration_seconds", "carousel_dns_lookup_duration_seconds"}
+KNOWN_METRICS = COUNTERS_GAUGES | HISTOGRAMS | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
+
+
+def problem(msg: str) -> None:
+    PROBLEMS.append(msg)
+
+
+def finish(what: str) -> None:
+    if PROBLEMS:
+        for p in PROBLEMS:
+            print(f"  {what}: {p}")
+        sys.exit(1)
+    print(f"  {what}: ok")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys (PyYAML keeps the last one silently)."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+
+
+def load_yaml_docs(path: Path) -> list:
+    try:
+        with path.open() as f:
+            return [d for d in yaml.load_all(f, Loader=UniqueKeyLoader) if d is not None]
+    except yaml.YAMLError as e:
+        problem(f"{path}: YAML error: {e}")
+        return []
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def parse_toml(text: str, where: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        problem(f"{where}: TOML error: {e}")
+        return {}
+
+
+# ---------------------------------------------------------------- kubernetes
+
+
+def k8s_objects() -> dict[tuple[str, str], tuple[Path, dict]]:
+    objects: dict[tuple[str, str], tuple[Path, dict]] = {}
+    files = sorted(list(K8S.rglob("*.yaml")) + list(K8S.rglob("*.yml")))
+    if not files:
+        problem(f"no YAML files under {K8S}")
+    for path in files:
+        docs = load_yaml_docs(path)
+        if not docs:
+            problem(f"{path}: no YAML document")
+        for i, doc in enumerate(docs):
+            where = f"{path} (document {i + 1})"
+            if not isinstance(doc, dict):
+                problem(f"{where}: not a mapping")
+                continue
+            for key in ("apiVersion", "kind"):
+                if not isinstance(doc.get(key), str) or not doc[key]:
+                    problem(f"{where}: missing {key}")
+            name = (doc.get("metadata") or {}).get("name")
+            if not isinstance(name, str) or not name:
+                problem(f"{where}: missing metadata.name")
+                continue
+            if "namespace" in doc["metadata"]:
+                problem(f"{where}: metadata.namespace set; the manifests are namespace-agnostic")
+            key = (doc.get("kind", ""), name)
+            if key in objects:
+                problem(f"{where}: {key[0]}/{key[1]} defined twice")
+            objects[key] = (path, doc)
+    return objects
+
+
+def labels_match(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in (selector or {}).items())
+
+
+def check_kubernetes() -> None:
+    objects = k8s_objects()
+    get = lambda kind, name: objects.get((kind, name), (None, None))[1]  # noqa: E731
+
+    kust = get("Kustomization", "carousel")
+    if kust is None:
+        problem("kustomization.yaml: no Kustomization named carousel")
+    else:
+        listed = kust.get("resources") or []
+        for res in listed:
+            if not (K8S / res).is_file():
+                problem(f"kustomization.yaml: resource {res} does not exist")
+        if len(set(listed)) != len(listed):
+            problem("kustomization.yaml: a resource is listed twice")
+        for path in {p for p, _ in objects.values()}:
+            if path.name != "kustomization.yaml" and str(path.relative_to(K8S)) not in listed:
+                problem(f"kustomization.yaml: {path.name} is not listed in resources")
+
+    cm = get("ConfigMap", "carousel-config")
+    dep = get("Deployment", "carousel")
+    svc = get("Service", "carousel")
+    if cm is None or dep is None or svc is None:
+        problem("expected ConfigMap/carousel-config, Deployment/carousel and Service/carousel")
+        return
+
+    toml_text = (cm.get("data") or {}).get("carousel.toml")
+    if not isinstance(toml_text, str):
+        problem("ConfigMap carousel-config has no data.carousel.toml")
+        return
+    conf = parse_toml(toml_text, "ConfigMap carousel.toml")
+
+    spec = dep["spec"]
+    tmpl = spec["template"]
+    pod_labels = tmpl["metadata"].get("labels") or {}
+    if not labels_match(spec["selector"].get("matchLabels"), pod_labels):
+        problem("Deployment selector does not match its pod template labels")
+    if spec.get("replicas", 1) < 2:
+        problem("Deployment: fewer than 2 replicas")
+
+    checksum = (tmpl["metadata"].get("annotations") or {}).get("checksum/config")
+    want = sha256(toml_text)
+    if checksum != want:
+        problem(
+            "deployment.yaml: pod annotation checksum/config is stale; set it to "
+            f'"{want}" (sha256 of configmap.yaml data["carousel.toml"])'
+        )
+
+    pod = tmpl["spec"]
+    containers = pod.get("containers") or []
+    if len(containers) != 1:
+        problem("Deployment: expected exactly one container")
+        return
+    c = containers[0]
+    port_names = {p["name"]: p["containerPort"] for p in c.get("ports") or []}
+    for want_name, want_port in (("http-proxy", 3128), ("socks", 1080), ("metrics", 9090)):
+        if port_names.get(want_name) != want_port:
+            problem(f"container port {want_name} should be {want_port}")
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get_ = (c.get(probe) or {}).get("httpGet") or {}
+        if get_.get("path") != path or get_.get("port") not in ("metrics", 9090):
+            problem(f"{probe} should be httpGet {path} on the metrics port")
+    psc = pod.get("securityContext") or {}
+    csc = c.get("securityContext") or {}
+    if not (psc.get("runAsNonRoot") or csc.get("runAsNonRoot")):
+        problem("runAsNonRoot is not set")
+    if not csc.get("readOnlyRootFilesystem"):
+        problem("readOnlyRootFilesystem is not set")
+    if csc.get("allowPrivilegeEscalation") is not False:
+        problem("allowPrivilegeEscalation should be false")
+    if "ALL" not in ((csc.get("capabilities") or {}).get("drop") or []):
+        problem("capabilities.drop should contain ALL")
+    if psc.get("runAsUser") != docker_uid():
+        problem(f"pod runAsUser {psc.get('runAsUser')} differs from the Dockerfile's USER {docker_uid()}")
+
+    # Volumes: the config mount and a writable /run/carousel for pid file and upgrade socket.
+    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts") or []}
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    cfg_vol = volumes.get(mounts.get("/etc/carousel", ""), {})
+    if (cfg_vol.get("configMap") or {}).get("name") != "carousel-config":
+        problem("/etc/carousel is not mounted from ConfigMap carousel-config")
+    args = c.get("args") or []
+    if "/etc/carousel/carousel.toml" not in args:
+        problem("container args do not point at /etc/carousel/carousel.toml")
+    server = conf.get("server") or {}
+    for key in ("pid_file", "upgrade_sock"):
+        value = server.get(key, "")
+        if not any(value.startswith(m.rstrip("/") + "/") for m in mounts if m != "/etc/carousel"):
+            problem(f"ConfigMap server.{key} = {value!r} is not on a writable volume")
+
+    # Shutdown budget: preStop sleep + Pingora grace + in-flight drain must fit.
+    pre = (((c.get("lifecycle") or {}).get("preStop") or {}).get("exec") or {}).get("command") or []
+    pre_sleep = int(pre[-1]) if pre and pre[0].endswith("sleep") else 0
+    if not pre_sleep:
+        problem("no preStop sleep")
+    budget = pre_sleep + server.get("grace_period_seconds", 5) + server.get(
+        "graceful_shutdown_timeout_seconds", 5
+    )
+    if pod.get("terminationGracePeriodSeconds", 30) <= budget:
+        problem(
+            f"terminationGracePeriodSeconds {pod.get('terminationGracePeriodSeconds', 30)} must exceed "
+            f"preStop + grace_period_seconds + graceful_shutdown_timeout_seconds = {budget}"
+        )
+    if not (c.get("resources") or {}).get("requests", {}).get("cpu"):
+        problem("no cpu request (the HPA's utilization needs one)")
+
+    # The config listens where the pod's ports are.
+    listen_ports = {int(l["address"].rsplit(":", 1)[1]) for l in conf.get("listener") or []}
+    for l in conf.get("listener") or []:
+        if not l["address"].startswith("0.0.0.0:") and not l["address"].startswith("[::]:"):
+            problem(f"ConfigMap listener {l['address']} is not reachable from other pods")
+    if listen_ports != {3128, 1080}:
+        problem(f"ConfigMap listeners use ports {sorted(listen_ports)}, expected 3128 and 1080")
+    admin = (conf.get("admin") or {}).get("address", "")
+    if admin != "0.0.0.0:9090":
+        problem(f"ConfigMap admin.address is {admin!r}, expected 0.0.0.0:9090 (probes, metrics)")
+    if not (conf.get("access") or {}).get("allow_clients"):
+        problem("ConfigMap has no [access] allow_clients")
+    if "0.0.0.0/0" in (conf.get("access") or {}).get("allow_clients", []):
+        problem("ConfigMap allows 0.0.0.0/0: an open proxy")
+
+    # Service -> pods, ServiceMonitor -> Service, PDB and HPA -> Deployment.
+    if not labels_match(svc["spec"].get("selector"), pod_labels):
+        problem("Service selector does not match the pods")
+    svc_ports = {p["name"]: p for p in svc["spec"].get("ports") or []}
+    for name, p in svc_ports.items():
+        if p.get("targetPort") not in port_names and p.get("targetPort") not in port_names.values():
+            problem(f"Service port {name} targets {p.get('targetPort')!r}, not a container port")
+    if {p["port"] for p in svc_ports.values()} != {3128, 1080, 9090}:
+        problem("Service should expose 3128, 1080 and 9090")
+    sm = get("ServiceMonitor", "carousel")
+    if sm is None:
+        problem("no ServiceMonitor/carousel")
+    else:
+        if not labels_match(sm["spec"]["selector"].get("matchLabels"), svc["metadata"].get("labels") or {}):
+            problem("ServiceMonitor selector does not match Service carousel's labels")
+        for ep in sm["spec"].get("endpoints") or []:
+            if ep.get("port") not in svc_ports:
+                problem(f"ServiceMonitor endpoint port {ep.get('port')!r} is not a Service port name")
+            if ep.get("path") != "/metrics" or ep.get("interval") != "15s":
+                problem("ServiceMonitor endpoint should scrape /metrics every 15s")
+    pdb = get("PodDisruptionBudget", "carousel")
+    if pdb is None or not labels_match(pdb["spec"]["selector"].get("matchLabels"), pod_labels):
+        problem("PodDisruptionBudget carousel missing or not selecting the pods")
+    elif pdb["spec"].get("minAvailable") != 1:
+        problem("PodDisruptionBudget should have minAvailable: 1")
+    hpa = get("HorizontalPodAutoscaler", "carousel")
+    if hpa is None:
+        problem("no HorizontalPodAutoscaler/carousel")
+    else:
+        ref = hpa["spec"]["scaleTargetRef"]
+        if (ref.get("kind"), ref.get("name")) != ("Deployment", "carousel"):
+            problem("HPA does not target Deployment/carousel")
+        if hpa["spec"].get("minReplicas", 1) < 2:
+            problem("HPA minReplicas < 2 would let the PDB block every drain")
+    print(f"  checked {len(objects)} objects in {K8S}")
+
+
+# ---------------------------------------------------------------- configs and units
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";", "[")) or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def seconds(value: str) -> float:
+    m = re.fullmatch(r"(\d+)\s*(s|sec|min|m)?", value)
+    if not m:
+        raise ValueError(value)
+    return int(m.group(1)) * (60 if m.group(2) in ("min", "m") else 1)
+
+
+def check_configs() -> None:
+    unit_path = DEPLOY / "systemd" / "carousel.service"
+    unit = unit_settings(unit_path)
+    host = parse_toml((DEPLOY / "systemd" / "carousel.toml").read_text(), "deploy/systemd/carousel.toml")
+    image = parse_toml((DEPLOY / "docker" / "carousel.toml").read_text(), "deploy/docker/carousel.toml")
+
+    server = host.get("server") or {}
+    pid_file = (unit.get("PIDFile") or [""])[-1]
+    runtime = "/run/" + (unit.get("RuntimeDirectory") or [""])[-1]
+    if server.get("pid_file") != pid_file:
+        problem(f"deploy/systemd/carousel.toml server.pid_file {server.get('pid_file')!r} != unit PIDFile {pid_file!r}")
+    for key in ("pid_file", "upgrade_sock"):
+        if not str(server.get(key, "")).startswith(runtime + "/"):
+            problem(f"deploy/systemd/carousel.toml server.{key} is not under the unit's RuntimeDirectory {runtime}")
+    stop = seconds((unit.get("TimeoutStopSec") or ["90s"])[-1])
+    need = server.get("grace_period_seconds", 5) + server.get("graceful_shutdown_timeout_seconds", 5) + 5
+    if stop <= need:
+        problem(f"unit TimeoutStopSec {stop:.0f}s must exceed grace + shutdown timeout + 5 s = {need}s")
+    for key in ("ExecStart", "ExecStartPre"):
+        if not any("${CAROUSEL_CONFIG}" in v for v in unit.get(key, [])):
+            problem(f"unit {key} does not use ${{CAROUSEL_CONFIG}}")
+    if "/bin/kill -HUP $MAINPID" not in unit.get("ExecReload", []):
+        problem("unit ExecReload does not send SIGHUP")
+    if unit.get("Type") != ["simple"]:
+        problem("unit Type should be simple")
+
+    for name, conf in (("deploy/systemd/carousel.toml", host), ("deploy/docker/carousel.toml", image)):
+        allow = (conf.get("access") or {}).get("allow_clients") or []
+        if not allow or "0.0.0.0/0" in allow or "::/0" in allow:
+            problem(f"{name}: [access] allow_clients must be a non-empty list without 0.0.0.0/0")
+        if not (conf.get("admin") or {}).get("address", "").endswith(":9090"):
+            problem(f"{name}: admin listener should be on port 9090")
+    img_server = image.get("server") or {}
+    for key in ("pid_file", "upgrade_sock"):
+        if not str(img_server.get(key, "")).startswith("/run/carousel/"):
+            problem(f"deploy/docker/carousel.toml server.{key} should be under /run/carousel (writable in the image)")
+
+
+# ---------------------------------------------------------------- dashboard
+
+
+GRAFANA_VARS = {
+    "$__rate_interval": "5m",
+    "$__interval": "1m",
+    "$__range": "1h",
+    "$instance": ".*",
+    "$cluster": ".*",
+}
+
+
+def check_dashboard(out_rules: str) -> None:
+    path = DEPLOY / "grafana" / "carousel-dashboard.json"
+    try:
+        dash = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        problem(f"{path}: JSON error: {e}")
+        return
+    if not 36 <= dash.get("schemaVersion", 0) <= 41:
+        problem(f"schemaVersion {dash.get('schemaVersion')} (expected about 39)")
+    if not dash.get("uid") or not dash.get("title"):
+        problem("dashboard needs a uid and a title")
+    variables = {v["name"]: v for v in (dash.get("templating") or {}).get("list", [])}
+    ds = variables.get("datasource") or {}
+    if ds.get("type") != "datasource" or ds.get("query") != "prometheus":
+        problem("no `datasource` variable of type datasource/prometheus")
+    cl = variables.get("cluster") or {}
+    cl_query = cl.get("query")
+    cl_query = cl_query.get("query") if isinstance(cl_query, dict) else cl_query
+    if cl_query != "label_values(carousel_member_up, cluster)":
+        problem("no `cluster` variable from label_values(carousel_member_up, cluster)")
+
+    exprs = []
+    ids = set()
+
+    def walk(panels):
+        for p in panels:
+            if p.get("id") in ids:
+                problem(f"duplicate panel id {p.get('id')}")
+            ids.add(p.get("id"))
+            gp = p.get("gridPos") or {}
+            if not all(isinstance(gp.get(k), int) for k in ("h", "w", "x", "y")) or gp["x"] + gp["w"] > 24:
+                problem(f"panel {p.get('title')!r}: bad gridPos {gp}")
+            if p.get("type") == "row":
+                walk(p.get("panels") or [])
+                continue
+            if (p.get("datasource") or {}).get("uid") != "${datasource}":
+                problem(f"panel {p.get('title')!r} does not use ${{datasource}}")
+            if not p.get("targets"):
+                problem(f"panel {p.get('title')!r} has no query")
+            for t in p.get("targets") or []:
+                if not t.get("expr"):
+                    problem(f"panel {p.get('title')!r}: empty query {t.get('refId')}")
+                    continue
+                exprs.append((p.get("title"), t["expr"]))
+
+    walk(dash.get("panels") or [])
+    wanted = [
+        "carousel_requests_total", "carousel_connect_attempts_total", "carousel_failovers_total",
+        "carousel_member_up", "carousel_member_ejections_total", "carousel_panic_requests_total",
+        "carousel_dns_lookups_total", "carousel_cluster_dns_stale", "carousel_active_tunnels",
+        "carousel_tunnel_bytes_total", "carousel_connect_duration_seconds_bucket",
+        "carousel_config_reloads_total",
+    ]
+    all_exprs = " ".join(e for _, e in exprs)
+    for m in wanted:
+        if m not in all_exprs:
+            problem(f"no panel queries {m}")
+
+    # Every query as a recording rule, so promtool parses the PromQL.
+    rules = []
+    for i, (title, expr) in enumerate(exprs):
+        for var, value in GRAFANA_VARS.items():
+            expr = expr.replace(var, value)
+        if "$" in expr:
+            problem(f"panel {title!r}: unknown variable in {expr!r}")
+        rules.append({"record": f"dashboard:query_{i}", "expr": expr})
+    Path(out_rules).write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    print(f"  {len(ids)} panels, {len(exprs)} queries (written to {out_rules} for promtool)")
+
+
+# ---------------------------------------------------------------- metric names
+
+
+def check_metrics() -> None:
+    sources = [
+        DEPLOY / "prometheus" / "carousel-alerts.yml",
+        DEPLOY / "prometheus" / "carousel-alerts.test.yml",
+        DEPLOY / "grafana" / "carousel-dashboard.json",
+    ]
+    used = set()
+    for path in sources:
+        for name in re.findall(r"\bcarousel_[a-z0-9_]+", path.read_text()):
+            used.add(name)
+            if name not in KNOWN_METRICS:
+                problem(f"{path}: unknown metric {name}")
+    print(f"  {len(used)} distinct carousel_* metrics used, all in the documented set")
+
+
+# ---------------------------------------------------------------- docker
+
+
+def docker_instructions() -> list[tuple[str, str]]:
+    text = (DEPLOY / "docker" / "Dockerfile").read_text()
+    text = re.sub(r"\\\n", " ", text)  # join continuation lines
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def docker_uid() -> int | None:
+    for word, rest in docker_instructions():
+        if word == "USER":
+            try:
+                return int(rest.split(":")[0])
+            except ValueError:
+                return None
+    return None
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        self.send_response(200 if self.path == "/healthz" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def check_docker() -> None:
+    instr = docker_instructions()
+    words = [w for w, _ in instr]
+    if words.count("FROM") < 2:
+        problem("Dockerfile should be multi-stage (builder + runtime)")
+    ignore = (DEPLOY / "docker" / "Dockerfile.dockerignore").read_text().split()
+    for word, rest in instr:
+        if word == "COPY" and "--from=" not in rest:
+            args = [a for a in rest.split() if not a.startswith("--")]
+            for src in args[:-1]:
+                if src != "." and not Path(src).exists():
+                    problem(f"COPY source {src} does not exist (paths are relative to the repo root)")
+                if src.startswith("deploy/") and f"!{src}" not in ignore:
+                    problem(f"COPY source {src} is excluded by Dockerfile.dockerignore (add !{src})")
+        if word == "RUN" and "cargo build" in rest and "--locked" not in rest:
+            problem("cargo build without --locked")
+        if word == "EXPOSE" and set(rest.split()) != {"3128", "1080", "9090"}:
+            problem(f"EXPOSE {rest}: expected 3128 1080 9090")
+    uid = docker_uid()
+    if not uid:
+        problem("runtime USER must be a numeric non-root uid")
+
+    # Run the HEALTHCHECK command itself against a local HTTP server on a free loopback port.
+    health = [rest for w, rest in instr if w == "HEALTHCHECK"]
+    if len(health) != 1 or " CMD " not in f" {health[0]} ":
+        problem("expected one HEALTHCHECK ... CMD")
+        return
+    cmd = json.loads(health[0].split(" CMD ", 1)[1])
+    script = cmd[-1]
+    if "127.0.0.1/9090" not in script or "/healthz" not in script:
+        problem("HEALTHCHECK should ask 127.0.0.1:9090/healthz")
+        return
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Health)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        def run(s: str) -> int:
+            return subprocess.run(["bash", "-c", s], capture_output=True, timeout=10).returncode
+
+        ok = run(script.replace("127.0.0.1/9090", f"127.0.0.1/{port}"))
+        not_found = run(script.replace("127.0.0.1/9090", f"127.0.0.1/{port}").replace("/healthz", "/nope"))
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            closed_port = s.getsockname()[1]
+        refused = run(script.replace("127.0.0.1/9090", f"127.0.0.1/{closed_port}"))
+    finally:
+        server.shutdown()
+    if ok != 0:
+        problem(f"HEALTHCHECK command failed against a healthy server (exit {ok})")
+    if not_found == 0 or refused == 0:
+        problem("HEALTHCHECK command passes on a 404 or a refused connection")
+    print("  HEALTHCHECK: exit 0 on 200, non-zero on 404 and on a refused connection")
+
+
+def main() -> None:
+    what = sys.argv[1] if len(sys.argv) > 1 else ""
+    if what == "kubernetes":
+        check_kubernetes()
+    elif what == "configs":
+        check_configs()
+    elif what == "dashboard" and len(sys.argv) == 3:
+        check_dashboard(sys.argv[2])
+    elif what == "metrics":
+        check_metrics()
+    elif what == "docker":
+        check_docker()
+    elif what == "configmap-toml" and len(sys.argv) == 3:
+        for doc in load_yaml_docs(K8S / "configmap.yaml"):
+            Path(sys.argv[2]).write_text(doc["data"]["carousel.toml"])
+        return
+    else:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    finish(what)
+
+
+if __name__ == "__main__":
+    main()
