@@ -5,6 +5,7 @@
 #   bench/run.sh            full run (a few minutes after the builds); writes docs/BENCHMARKS.md
 #   bench/run.sh --quick    short smoke run; writes bench/out/<run>/BENCHMARKS.md only
 #   bench/run.sh --doc FILE write the report to FILE instead
+#   CAROUSEL_BIN=path bench/run.sh   measure that carousel binary instead of building one
 #
 # Needs root (apt-get, DNS on port 53, a private mount namespace per libc-resolver peer).
 # Installs the missing peers with apt-get, builds carousel (cargo build --release) and the load
@@ -22,7 +23,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --doc) DOC="${2:?--doc needs a file}"; shift ;;
-        -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -164,10 +165,17 @@ log "peers: ${PEERS[*]:-none}"
 
 # ---------------------------------------------------------------------------------------------
 # 2. Builds.
-log "building carousel (cargo build --release)"
-(cd "$ROOT" && cargo build --release --bin carousel) >"$OUT/build-carousel.log" 2>&1 \
-    || { tail -30 "$OUT/build-carousel.log" >&2; die "carousel build failed"; }
-CAROUSEL="$ROOT/target/release/carousel"
+if [ -n "${CAROUSEL_BIN:-}" ]; then
+    # For measuring a binary built elsewhere (e.g. another revision); normally unset.
+    CAROUSEL="$CAROUSEL_BIN"
+    [ -x "$CAROUSEL" ] || die "CAROUSEL_BIN=$CAROUSEL is not executable"
+    log "using carousel binary $CAROUSEL (CAROUSEL_BIN)"
+else
+    log "building carousel (cargo build --release)"
+    (cd "$ROOT" && cargo build --release --bin carousel) >"$OUT/build-carousel.log" 2>&1 \
+        || { tail -30 "$OUT/build-carousel.log" >&2; die "carousel build failed"; }
+    CAROUSEL="$ROOT/target/release/carousel"
+fi
 log "building the load generator (bench/loadgen)"
 (cd "$ROOT/bench/loadgen" && CARGO_TARGET_DIR="$ROOT/target/loadgen" cargo build --release --locked) \
     >"$OUT/build-loadgen.log" 2>&1 || { tail -30 "$OUT/build-loadgen.log" >&2; die "loadgen build failed"; }
@@ -248,6 +256,39 @@ allow_clients = ["127.0.0.0/8"]
 EOF
 "$CAROUSEL" check -c "$CONF/carousel.toml" >"$OUT/carousel-check.log" 2>&1 \
     || die "carousel check failed: $(cat "$OUT/carousel-check.log")"
+# Sections that newer carousel versions have: each is kept only if this binary accepts it, so
+# the harness keeps working while the config format grows (`carousel check` decides).
+carousel_optional() { # description; snippet on stdin
+    local cand="$CONF/carousel.toml.candidate"
+    cp "$CONF/carousel.toml" "$cand"
+    { echo; cat; } >> "$cand"
+    if "$CAROUSEL" check -c "$cand" >"$OUT/carousel-check.log" 2>&1; then
+        mv "$cand" "$CONF/carousel.toml"
+    else
+        log "carousel config: leaving out $1 ($(head -1 "$OUT/carousel-check.log"))"
+        rm -f "$cand"
+    fi
+}
+carousel_optional "the loopback access rule" <<EOF
+# Loopback destinations are only reachable through a rule that names them.
+[[access.rule]]
+name = "bench backends"
+action = "allow"
+clients = ["127.0.0.0/8"]
+destinations = ["127.0.0.0/8"]
+ports = [$SINK_PORT, $SOURCE_PORT, $ECHO_PORT]
+EOF
+carousel_optional "connection limits" <<EOF
+[limits]
+# The idle test opens every tunnel from 127.0.0.1.
+max_connections = $NOFILE
+max_connections_per_client = $NOFILE
+EOF
+carousel_optional "the admin listener switch" <<EOF
+[admin]
+# Not needed here, and its default port may be taken.
+enabled = false
+EOF
 
 mkdir -p "$OUT/squid"; chown proxy: "$OUT/squid" 2>/dev/null || chmod 0777 "$OUT/squid"
 cat > "$CONF/squid.conf" <<EOF
@@ -320,10 +361,8 @@ EOF
 # Dante, tinyproxy and microsocks resolve through libc (/etc/resolv.conf, port 53): each runs in
 # a private mount namespace where /etc/resolv.conf is the bench one. The machine's file is
 # untouched.
-with_bench_resolv() {
-    unshare -m --propagation private sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"' \
-        "$OUT/resolv.conf" "$@"
-}
+NSWRAP=(unshare -m --propagation private sh -c 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+        "$OUT/resolv.conf")
 
 start_carousel() {
     start_bg "$OUT/carousel.log" "$CAROUSEL" run -c "$CONF/carousel.toml"; PROXY_PID=$STARTED_PID
@@ -332,17 +371,17 @@ start_squid() {
     start_bg "$OUT/squid/stdout.log" squid -N -f "$CONF/squid.conf"; PROXY_PID=$STARTED_PID
 }
 start_tinyproxy() {
-    start_bg "$OUT/tinyproxy/stdout.log" with_bench_resolv tinyproxy -d -c "$CONF/tinyproxy.conf"
+    start_bg "$OUT/tinyproxy/stdout.log" "${NSWRAP[@]}" tinyproxy -d -c "$CONF/tinyproxy.conf"
     PROXY_PID=$STARTED_PID
 }
 start_dante() {
-    start_bg "$OUT/dante/stdout.log" with_bench_resolv danted -f "$CONF/danted.conf" \
+    start_bg "$OUT/dante/stdout.log" "${NSWRAP[@]}" danted -f "$CONF/danted.conf" \
         -p "$OUT/dante/danted.pid"
     PROXY_PID=$STARTED_PID
 }
 start_microsocks() {
     # microsocks prints a line per connection and has no quiet flag: discard it.
-    start_bg /dev/null with_bench_resolv microsocks -i 127.0.0.1 -p "$MICROSOCKS_PORT"
+    start_bg /dev/null "${NSWRAP[@]}" microsocks -i 127.0.0.1 -p "$MICROSOCKS_PORT"
     PROXY_PID=$STARTED_PID
 }
 

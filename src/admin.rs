@@ -57,7 +57,7 @@ impl ServeHttp for Admin {
             "/proxy.pac" | "/wpad.dat" => respond(
                 200,
                 "application/x-ns-proxy-autoconfig",
-                pac(&self.proxy.config, self.cluster_names()),
+                pac(&self.proxy.config(), self.cluster_names()),
             ),
             _ => respond(
                 404,
@@ -83,7 +83,7 @@ impl Admin {
 
     /// Ready when every listener accepts connections and every cluster finished its first discovery.
     async fn ready(&self) -> Result<(), String> {
-        for l in &self.proxy.config.listeners {
+        for l in &self.proxy.config().listeners {
             let mut addr = l.address;
             if addr.ip().is_unspecified() {
                 addr.set_ip(if addr.is_ipv4() {
@@ -156,7 +156,7 @@ impl Admin {
         }
         json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "listeners": self.proxy.config.listeners.iter().map(|l| l.address.to_string()).collect::<Vec<_>>(),
+            "listeners": self.proxy.config().listeners.iter().map(|l| l.address.to_string()).collect::<Vec<_>>(),
             "names_cached": self.proxy.resolver.names(),
             "clusters": clusters,
         })

@@ -62,6 +62,12 @@ pub struct Config {
     /// Who may use the proxy.
     #[serde(default)]
     pub access: AccessSection,
+    /// Diagnostics and the access log.
+    #[serde(default)]
+    pub log: LogSection,
+    /// Connection and lookup limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
     /// The admin HTTP listener (metrics, health, status, PAC).
     #[serde(default)]
     pub admin: AdminSection,
@@ -71,6 +77,40 @@ pub struct Config {
     /// Configured clusters: names watched closely (health checks, ejection, serve-stale).
     #[serde(default, rename = "cluster")]
     pub clusters: Vec<ClusterSection>,
+}
+
+/// Access log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessFormat {
+    /// One human-readable line.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Diagnostic level (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter);
+    /// `RUST_LOG` overrides it.
+    pub level: String,
+    /// Access log destination: `stdout`, `off`, or a file path.
+    pub access: String,
+    /// Access log format.
+    pub access_format: AccessFormat,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            access: "stdout".into(),
+            access_format: AccessFormat::Text,
+        }
+    }
 }
 
 /// The admin listener.
@@ -299,6 +339,9 @@ pub struct ListenerSection {
     pub address: SocketAddr,
     /// Protocols accepted on this port.
     pub protocols: Vec<Protocol>,
+    /// Serve TLS on this port (clients speak HTTP/CONNECT inside): an "HTTPS proxy".
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
 }
 
 impl ListenerSection {
@@ -401,12 +444,21 @@ impl Default for TunnelSection {
     }
 }
 
-/// Access control.
+/// Access control: a coarse client gate, then ordered rules. What no rule allows is denied.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessSection {
-    /// Client networks allowed to use the proxy.
+    /// Client networks allowed to connect at all.
     pub allow_clients: Vec<IpNet>,
+    /// htpasswd file with bcrypt hashes (`user:$2y$...`), for rules that name users.
+    pub users_file: Option<std::path::PathBuf>,
+    /// Realm sent in `Proxy-Authenticate`.
+    pub realm: String,
+    /// Seconds a verified username/password pair is remembered (bcrypt is slow on purpose).
+    pub auth_cache_seconds: u64,
+    /// Ordered rules; the first that matches decides.
+    #[serde(rename = "rule")]
+    pub rules: Vec<RuleSection>,
 }
 
 impl Default for AccessSection {
@@ -416,8 +468,108 @@ impl Default for AccessSection {
                 "127.0.0.0/8".parse().expect("literal CIDR"),
                 "::1/128".parse().expect("literal CIDR"),
             ],
+            users_file: None,
+            realm: "carousel".into(),
+            auth_cache_seconds: 60,
+            rules: Vec::new(),
         }
     }
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Let the request through.
+    Allow,
+    /// Refuse it.
+    Deny,
+}
+
+/// A port or an inclusive range (`443` or `"1000-2000"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub from: u16,
+    /// Last port.
+    pub to: u16,
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(u16),
+            Range(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::One(p) => Ok(PortRange { from: p, to: p }),
+            Raw::Range(s) => {
+                let (a, b) = s.split_once('-').unwrap_or((&s, &s));
+                let from = a.trim().parse().map_err(serde::de::Error::custom)?;
+                let to = b.trim().parse().map_err(serde::de::Error::custom)?;
+                if from > to {
+                    return Err(serde::de::Error::custom("port range runs backwards"));
+                }
+                Ok(PortRange { from, to })
+            }
+        }
+    }
+}
+
+/// One access rule. Empty lists match anything, except `destinations`, which must be given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    /// A label for the access log.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What a match does.
+    pub action: Action,
+    /// Client networks.
+    #[serde(default)]
+    pub clients: Vec<IpNet>,
+    /// Users (`"*"`: any authenticated user). Naming users makes the rule require authentication.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// `"*"`, host names, domain suffixes (`.example.com`), cluster names, CIDRs or addresses.
+    pub destinations: Vec<String>,
+    /// Destination ports.
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
+}
+
+/// Limits that keep one client, or a flood, from taking the proxy down.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Open client connections in all.
+    pub max_connections: usize,
+    /// Open client connections from one client address.
+    pub max_connections_per_client: usize,
+    /// DNS lookups in flight for new names.
+    pub max_concurrent_dns_lookups: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_connections: 20_000,
+            max_connections_per_client: 1024,
+            max_concurrent_dns_lookups: 256,
+        }
+    }
+}
+
+/// Certificate and key of a TLS ("HTTPS proxy") listener.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain.
+    pub cert: std::path::PathBuf,
+    /// PEM private key.
+    pub key: std::path::PathBuf,
 }
 
 impl Config {
@@ -476,6 +628,25 @@ impl Config {
                     "must name http, socks or both",
                 );
             }
+            if l.tls.is_some() && l.accepts(Protocol::Socks) {
+                return err(
+                    &format!("listener[{i}].tls"),
+                    "a TLS listener speaks HTTP only: protocols = [\"http\"]",
+                );
+            }
+            if let Some(t) = &l.tls {
+                for (k, p) in [("cert", &t.cert), ("key", &t.key)] {
+                    if !p.is_file() {
+                        return err(
+                            &format!("listener[{i}].tls.{k}"),
+                            &format!("{} is not a readable file", p.display()),
+                        );
+                    }
+                }
+                if let Err(e) = crate::tls::load_certified_key(t) {
+                    return err(&format!("listener[{i}].tls"), &e);
+                }
+            }
             if self.listeners[..i].iter().any(|o| o.address == l.address) {
                 return err(
                     &format!("listener[{i}].address"),
@@ -513,6 +684,37 @@ impl Config {
         }
         if self.tunnel.idle_timeout_seconds == 0 {
             return err("tunnel.idle_timeout_seconds", "must be greater than 0");
+        }
+        for (i, r) in self.access.rules.iter().enumerate() {
+            let k = |f: &str| format!("access.rule[{i}].{f}");
+            if r.destinations.is_empty() {
+                return err(
+                    &k("destinations"),
+                    "name at least one destination (\"*\" for any)",
+                );
+            }
+            for (j, d) in r.destinations.iter().enumerate() {
+                if crate::policy::Destination::parse(d).is_none() {
+                    return err(
+                        &format!("access.rule[{i}].destinations[{j}]"),
+                        "not \"*\", a host name, a .suffix or a CIDR",
+                    );
+                }
+            }
+            if !r.users.is_empty() && self.access.users_file.is_none() {
+                return err(&k("users"), "rules naming users need access.users_file");
+            }
+        }
+        if let Some(path) = &self.access.users_file {
+            if let Err(e) = crate::auth::Users::load(path) {
+                return err("access.users_file", &e.to_string());
+            }
+        }
+        if self.limits.max_connections == 0 || self.limits.max_connections_per_client == 0 {
+            return err("limits", "connection limits must be at least 1");
+        }
+        if self.limits.max_concurrent_dns_lookups == 0 {
+            return err("limits.max_concurrent_dns_lookups", "must be at least 1");
         }
         for (i, c) in self.clusters.iter().enumerate() {
             let k = |f: &str| format!("cluster[{i}].{f}");

@@ -146,8 +146,11 @@ impl FailureMemory {
 /// Connects to the first candidate of `plan` that answers, in order, within the proxy's dial
 /// bounds; every failure and success is reported to the plan (failure memory, member health,
 /// metrics).
-pub async fn dial(plan: &mut Plan, proxy: &Proxy) -> Result<Connected, DialFailure> {
-    let settings = proxy.dial;
+pub async fn dial(
+    plan: &mut Plan,
+    proxy: &Proxy,
+    settings: DialSettings,
+) -> Result<Connected, DialFailure> {
     let deadline = Instant::now() + settings.deadline;
     let mut attempts = 0u32;
     let mut last = DialFailure {

@@ -1,8 +1,9 @@
 //! Absolute-form HTTP forwarding (`GET http://host:port/path`) on pingora-proxy.
 //!
 //! pingora-proxy brings keep-alive on both sides, upstream connection reuse and hop-by-hop
-//! header handling; carousel supplies the target (from the absolute-form request line), the
-//! rotated candidate list, and try-next through `fail_to_connect` + retry.
+//! header handling; carousel supplies authentication, request hygiene, the target (from the
+//! absolute-form request line), the rotated candidate list, and try-next through
+//! `fail_to_connect` + retry.
 
 use std::sync::Arc;
 
@@ -14,11 +15,13 @@ use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tokio::time::Instant;
 
+use crate::access_log::Entry;
+use crate::auth::parse_basic;
 use crate::cluster::member::ActiveGuard;
-use crate::dial::FailKind;
+use crate::dial::{DialSettings, FailKind};
 use crate::listener::http_status;
 use crate::protocol::Target;
-use crate::session::{Candidate, OpenError, Plan, Proxy};
+use crate::session::{Candidate, OpenError, Plan, Proxy, Requester};
 
 /// The pingora-proxy application for plain HTTP.
 pub struct Forwarder {
@@ -33,18 +36,22 @@ impl Forwarder {
 }
 
 /// Per-request state across pingora-proxy's callbacks.
-#[derive(Default)]
 pub struct Ctx {
+    started: Instant,
+    who: Requester,
     target: Option<Target>,
     /// Origin-form path to send upstream.
     path: Vec<u8>,
     plan: Option<Plan>,
+    dial: Option<DialSettings>,
     current: Option<Candidate>,
+    connected: Option<Candidate>,
     attempt_started: Option<Instant>,
     attempts: u32,
     deadline: Option<Instant>,
     failure: Option<(FailKind, String)>,
     outcome: Option<&'static str>,
+    why: String,
     _active: Option<ActiveGuard>,
 }
 
@@ -62,23 +69,97 @@ async fn reply(session: &mut Session, status: u16, line: &str) {
     let _ = session.write_response_body(Some(body), true).await;
 }
 
+/// Request smuggling and header injection guards: one clear Content-Length or chunked, never
+/// both; no control characters in values.
+fn hygiene(req: &RequestHeader) -> Result<(), &'static str> {
+    let cls: Vec<&[u8]> = req
+        .headers
+        .get_all("content-length")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if req.headers.contains_key("transfer-encoding") && !cls.is_empty() {
+        return Err("both Content-Length and Transfer-Encoding");
+    }
+    if cls.len() > 1 {
+        return Err("more than one Content-Length");
+    }
+    if let Some(cl) = cls.first() {
+        if cl.is_empty() || !cl.iter().all(u8::is_ascii_digit) || cl.len() > 18 {
+            return Err("invalid Content-Length");
+        }
+    }
+    for (_, v) in req.headers.iter() {
+        if v.as_bytes()
+            .iter()
+            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
+            return Err("control character in a header value");
+        }
+    }
+    Ok(())
+}
+
+impl Forwarder {
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        outcome: &'static str,
+        line: &str,
+    ) -> Result<bool> {
+        ctx.outcome = Some(outcome);
+        ctx.why = line.to_string();
+        reply(session, status, line).await;
+        Ok(true)
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Forwarder {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx {
+            started: Instant::now(),
+            who: Requester::default(),
+            target: None,
+            path: Vec::new(),
+            plan: None,
+            dial: None,
+            current: None,
+            connected: None,
+            attempt_started: None,
+            attempts: 0,
+            deadline: None,
+            failure: None,
+            outcome: None,
+            why: String::new(),
+            _active: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let client = session
+        ctx.who.client = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        if let Err(e) = self.proxy.check_client(client) {
-            ctx.outcome = Some("denied");
-            reply(session, 403, &e.to_string()).await;
-            return Ok(true);
+            .map(|a| crate::policy::canonical(a.ip()));
+        if let Err(e) = self.proxy.check_client(ctx.who.client) {
+            return self
+                .refuse(session, ctx, 403, "denied", &e.to_string())
+                .await;
+        }
+        if let Err(why) = hygiene(session.req_header()) {
+            return self
+                .refuse(
+                    session,
+                    ctx,
+                    400,
+                    "bad_request",
+                    &format!("bad request: {why}"),
+                )
+                .await;
         }
         let raw = session.req_header().raw_path().to_vec();
         let (scheme, authority, path) = match raw_target_authority(&raw) {
@@ -92,72 +173,98 @@ impl ProxyHttp for Forwarder {
                 path_and_query.to_vec(),
             ),
             _ => {
-                reply(
-                    session,
-                    400,
-                    "carousel is a proxy: send an absolute URL (http://host/path) or CONNECT",
-                )
-                .await;
-                return Ok(true);
+                let line =
+                    "carousel is a proxy: send an absolute URL (http://host/path) or CONNECT";
+                return self.refuse(session, ctx, 400, "bad_request", line).await;
             }
         };
         if scheme != b"http" {
-            ctx.outcome = Some("bad_request");
-            reply(
-                session,
-                400,
-                "only http:// URLs are forwarded; use CONNECT for https",
-            )
-            .await;
-            return Ok(true);
+            return self
+                .refuse(
+                    session,
+                    ctx,
+                    400,
+                    "bad_request",
+                    "only http:// URLs are forwarded; use CONNECT for https",
+                )
+                .await;
         }
         let authority = String::from_utf8_lossy(&authority).into_owned();
         // Userinfo in the URL is never forwarded nor logged.
         let hostport = authority.rsplit('@').next().unwrap_or_default();
-        let target = match split_host_port(hostport, 80) {
-            Some(t) => t,
-            None => {
-                reply(
+        let Some(target) = split_host_port(hostport, 80) else {
+            return self
+                .refuse(
                     session,
+                    ctx,
                     400,
+                    "bad_request",
                     &format!("invalid target authority {hostport:?}"),
                 )
                 .await;
-                return Ok(true);
-            }
         };
-        ctx.path = if path.is_empty() { b"/".to_vec() } else { path };
-        ctx.deadline = Some(Instant::now() + self.proxy.dial.deadline);
-        match self.proxy.plan(&target).await {
-            Ok(p) => ctx.plan = Some(p),
-            Err(e) => {
-                let status = http_status(&e);
-                ctx.outcome = Some(e.outcome());
-                tracing::info!(%target, error = %e, "forward failed");
-                reply(session, status, &e.to_string()).await;
-                return Ok(true);
+        ctx.target = Some(target.clone());
+        let credentials = session
+            .req_header()
+            .headers
+            .get("proxy-authorization")
+            .map(|v| v.as_bytes().to_vec());
+        if let Some(value) = credentials.filter(|_| self.proxy.auth.enabled()) {
+            match parse_basic(&value) {
+                Some((user, pass)) if self.proxy.auth.verify(&user, &pass).await => {
+                    ctx.who.user = Some(user)
+                }
+                _ => {
+                    self.proxy.auth.failed(ctx.who.client).await;
+                    return self
+                        .ask_credentials(session, ctx, "invalid credentials")
+                        .await;
+                }
             }
         }
-        ctx.target = Some(target);
+        ctx.path = if path.is_empty() { b"/".to_vec() } else { path };
+        let plan = match self.proxy.plan(&ctx.who, &target).await {
+            Ok(p) => p,
+            Err(OpenError::AuthRequired) => {
+                return self
+                    .ask_credentials(session, ctx, "credentials required")
+                    .await
+            }
+            Err(e) => {
+                tracing::info!(%target, error = %e, "forward refused");
+                return self
+                    .refuse(session, ctx, http_status(&e), e.outcome(), &e.to_string())
+                    .await;
+            }
+        };
+        let dial = self.proxy.runtime().dial;
+        ctx.deadline = Some(Instant::now() + dial.deadline);
+        ctx.dial = Some(dial);
+        ctx.plan = Some(plan);
         Ok(false)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let now = Instant::now();
         let deadline = ctx.deadline.unwrap_or(now);
+        let dial = ctx.dial.unwrap_or_else(|| self.proxy.runtime().dial);
         if now >= deadline {
             ctx.failure = Some((
                 FailKind::Timeout,
-                format!("deadline of {:?} reached", self.proxy.dial.deadline),
+                format!("deadline of {:?} reached", dial.deadline),
             ));
             return Err(Error::explain(ErrorType::ConnectError, "deadline reached"));
         }
-        let next = if (ctx.attempts as usize) < self.proxy.dial.max_attempts {
+        let next = if (ctx.attempts as usize) < dial.max_attempts {
             ctx.plan.as_mut().and_then(Plan::next_candidate)
         } else {
             None
         };
         let Some(candidate) = next else {
+            if ctx.attempts == 0 {
+                ctx.failure = Some((FailKind::Other, "no allowed address".into()));
+                ctx.outcome = Some("denied");
+            }
             return Err(Error::explain(
                 ErrorType::ConnectError,
                 "no candidates left",
@@ -165,7 +272,7 @@ impl ProxyHttp for Forwarder {
         };
         ctx.attempts += 1;
         let mut peer = HttpPeer::new(candidate.addr, false, String::new());
-        peer.options.connection_timeout = Some(self.proxy.dial.per_attempt.min(deadline - now));
+        peer.options.connection_timeout = Some(dial.per_attempt.min(deadline - now));
         ctx.current = Some(candidate);
         ctx.attempt_started = Some(now);
         Ok(Box::new(peer))
@@ -189,9 +296,9 @@ impl ProxyHttp for Forwarder {
             plan.report_failure(&self.proxy, &c, kind, &detail);
         }
         ctx.failure = Some((kind, detail));
-        let more = (ctx.attempts as usize) < self.proxy.dial.max_attempts;
+        let max = ctx.dial.map_or(1, |d| d.max_attempts);
         let in_time = ctx.deadline.is_some_and(|d| Instant::now() < d);
-        e.set_retry(more && in_time);
+        e.set_retry((ctx.attempts as usize) < max && in_time);
         e
     }
 
@@ -213,6 +320,7 @@ impl ProxyHttp for Forwarder {
                 plan.report_success(&self.proxy, &c, took);
             }
             ctx._active = c.member.as_ref().map(|m| m.open_connection());
+            ctx.connected = Some(c);
         }
         ctx.outcome = Some("ok");
         Ok(())
@@ -225,12 +333,14 @@ impl ProxyHttp for Forwarder {
         ctx: &mut Ctx,
     ) -> Result<()> {
         req.set_raw_path(&ctx.path)?;
-        for name in [
-            "proxy-authorization",
-            "proxy-connection",
-            "proxy-authenticate",
-        ] {
-            req.remove_header(name);
+        let proxy_headers: Vec<String> = req
+            .headers
+            .keys()
+            .map(|k| k.as_str().to_string())
+            .filter(|k| k.starts_with("proxy-"))
+            .collect();
+        for name in proxy_headers {
+            req.remove_header(&name);
         }
         if req.headers.get("host").is_none() {
             if let Some(t) = &ctx.target {
@@ -255,12 +365,64 @@ impl ProxyHttp for Forwarder {
         Ok(())
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        crate::metrics::request("http", ctx.outcome.unwrap_or("error"));
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let outcome = ctx.outcome.unwrap_or("error");
+        crate::metrics::request("http", outcome);
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.proxy.log(&Entry {
+            client: ctx.who.client,
+            user: ctx.who.user.clone(),
+            protocol: "http",
+            target: ctx
+                .target
+                .as_ref()
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            cluster: ctx
+                .plan
+                .as_ref()
+                .map(|p| p.cluster_name().to_string())
+                .unwrap_or_default(),
+            member: ctx.connected.as_ref().map(|c| c.addr),
+            attempts: ctx.attempts,
+            outcome,
+            rule: if ctx.why.is_empty() {
+                ctx.plan
+                    .as_ref()
+                    .map(|p| p.rule.clone())
+                    .unwrap_or_default()
+            } else {
+                ctx.why.clone()
+            },
+            bytes_up: session.body_bytes_read() as u64,
+            bytes_down: session.body_bytes_sent() as u64,
+            duration: ctx.started.elapsed(),
+            status,
+        });
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        if matches!(
+            e.etype(),
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+        ) && e.esource() == &ErrorSource::Downstream
+        {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         let (status, line) = match (&ctx.failure, e.esource()) {
+            (Some((FailKind::Other, detail)), _) if ctx.attempts == 0 => (
+                403,
+                format!(
+                    "denied: {detail} for {}",
+                    ctx.target
+                        .as_ref()
+                        .map(|t| t.to_string())
+                        .unwrap_or_default()
+                ),
+            ),
             (Some((kind, detail)), _) => {
                 let err = OpenError::Dial(crate::dial::DialFailure {
                     kind: *kind,
@@ -275,29 +437,46 @@ impl ProxyHttp for Forwarder {
             }
             (None, _) => (502, format!("upstream error: {}", e.etype().as_str())),
         };
-        if matches!(
-            e.etype(),
-            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
-        ) && e.esource() == &ErrorSource::Downstream
-        {
-            return FailToProxy {
-                error_code: 0,
-                can_reuse_downstream: false,
-            };
-        }
         tracing::info!(target = ?ctx.target.as_ref().map(|t| t.to_string()), status, error = %line, "forward failed");
-        if ctx.outcome.is_none() {
+        if ctx.outcome.is_none() || ctx.outcome == Some("ok") {
             ctx.outcome = Some(if status == 400 {
                 "bad_request"
             } else {
                 "connect_error"
             });
         }
+        ctx.why = line.clone();
         reply(session, status, &line).await;
         FailToProxy {
             error_code: status,
             can_reuse_downstream: false,
         }
+    }
+}
+
+impl Forwarder {
+    async fn ask_credentials(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        why: &str,
+    ) -> Result<bool> {
+        ctx.outcome = Some("auth_failed");
+        ctx.why = why.to_string();
+        let realm = self.proxy.runtime().config.access.realm.clone();
+        let mut resp = ResponseHeader::build(407, Some(4))?;
+        resp.insert_header(
+            "Proxy-Authenticate",
+            format!("Basic realm=\"{}\"", realm.replace(['"', '\r', '\n'], "")),
+        )?;
+        let body = Bytes::from_static(b"proxy authentication required\n");
+        resp.insert_header("Content-Type", "text/plain")?;
+        resp.insert_header("Content-Length", body.len().to_string())?;
+        resp.insert_header("Connection", "close")?;
+        session.set_keepalive(None);
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        Ok(true)
     }
 }
 

@@ -3,16 +3,21 @@
 //! when a connect fails, so clients behind it never notice a dead server.
 #![warn(missing_docs)]
 
+pub mod access_log;
 pub mod admin;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod dial;
 pub mod forward;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod policy;
 pub mod protocol;
+pub mod reload;
 pub mod resolve;
 pub mod server;
 pub mod session;
+pub mod tls;
 pub mod tunnel;

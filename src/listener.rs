@@ -1,8 +1,9 @@
-//! The Pingora `ServerApp` behind every client port: sniff the first byte, drive the SOCKS or
-//! HTTP codec, and hand the request to the session. Absolute-form HTTP requests go to the wrapped
-//! pingora-proxy forwarder; CONNECT and SOCKS become tunnels here.
+//! The Pingora `ServerApp` behind every client port: admit the connection, terminate TLS on an
+//! HTTPS-proxy port, sniff the first byte, drive the SOCKS or HTTP codec (with authentication), and
+//! hand the request to the session. Absolute-form HTTP goes to the wrapped pingora-proxy
+//! forwarder; CONNECT and SOCKS become tunnels here.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,17 +17,20 @@ use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+use crate::access_log::Entry;
+use crate::auth::parse_basic;
 use crate::config::{ListenerSection, Protocol};
 use crate::dial::{Connected, FailKind};
 use crate::forward::Forwarder;
 use crate::metrics;
 use crate::protocol::{http, socks4, socks5, Target};
-use crate::session::{OpenError, Proxy};
+use crate::session::{OpenError, Proxy, Requester};
 use crate::tunnel;
 
 /// One client-facing port: its protocols, the shared proxy state and the HTTP forwarder.
 pub struct Listener {
     proxy: Arc<Proxy>,
+    address: SocketAddr,
     http: bool,
     socks: bool,
     forwarder: Arc<HttpProxy<Forwarder>>,
@@ -41,6 +45,7 @@ impl Listener {
     ) -> Self {
         Self {
             proxy,
+            address: section.address,
             http: section.accepts(Protocol::Http),
             socks: section.accepts(Protocol::Socks),
             forwarder,
@@ -87,18 +92,54 @@ async fn write_reply(stream: &mut Stream, bytes: &[u8]) {
 fn peer_ip(stream: &Stream) -> Option<IpAddr> {
     let digest = stream.get_socket_digest()?;
     let addr = digest.peer_addr()?;
-    addr.as_inet().map(|a| a.ip())
+    addr.as_inet().map(|a| crate::policy::canonical(a.ip()))
+}
+
+/// The 407 answer asking for Basic credentials.
+pub fn proxy_auth_required(realm: &str) -> Vec<u8> {
+    let body = "proxy authentication required\n";
+    format!(
+        "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"{}\"\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        realm.replace(['"', '\r', '\n'], ""),
+        body.len()
+    )
+    .into_bytes()
 }
 
 #[async_trait]
 impl ServerApp for Listener {
     async fn process_new(
         self: &Arc<Self>,
-        mut stream: Stream,
+        stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let client = peer_ip(&stream);
-        let handshake = self.proxy.config.server.handshake_timeout();
+        let handshake = self.proxy.runtime().config.server.handshake_timeout();
+        let admitted = self.proxy.limits.admit(client);
+        let mut stream = match self.proxy.tls.get(&self.address) {
+            Some(acceptor) => {
+                match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = ?client, error = %e, "TLS handshake failed");
+                        return None;
+                    }
+                    Err(_) => return None,
+                }
+            }
+            None => stream,
+        };
+        let _admitted = match admitted {
+            Ok(a) => a,
+            Err(limit) => {
+                self.overloaded(stream, limit, handshake).await;
+                return None;
+            }
+        };
+        if let Err(e) = self.proxy.check_client(client) {
+            self.refuse_client(stream, &e, handshake).await;
+            return None;
+        }
         let mut first_request = true;
         loop {
             // Keep-alive connections get the HTTP keep-alive time to send their next request.
@@ -115,7 +156,11 @@ impl ServerApp for Listener {
             let deadline = Instant::now() + handshake;
             match first[0] {
                 0x04 | 0x05 if first_request && self.socks => {
-                    self.socks(stream, client, first[0], deadline).await;
+                    if first[0] == 4 {
+                        self.socks4(stream, client, deadline).await;
+                    } else {
+                        self.socks5(stream, client, deadline).await;
+                    }
                     return None;
                 }
                 0x04 | 0x05 => return None,
@@ -152,7 +197,123 @@ impl ServerApp for Listener {
 }
 
 impl Listener {
+    /// Answers a client over a connection limit in its own protocol, quickly, and closes.
+    async fn overloaded(&self, mut stream: Stream, limit: &str, handshake: Duration) {
+        tracing::warn!(limit, "connection limit reached");
+        let deadline = Instant::now() + handshake.min(Duration::from_secs(2));
+        let mut first = [0u8; 1];
+        if !matches!(
+            tokio::time::timeout_at(deadline, stream.try_peek(&mut first)).await,
+            Ok(Ok(true))
+        ) {
+            return;
+        }
+        match first[0] {
+            4 => write_reply(&mut stream, &socks4::reply(false)).await,
+            5 => {
+                let mut buf = BytesMut::new();
+                if let Ok(Ok(_)) =
+                    read_until(&mut stream, &mut buf, deadline, socks5::parse_greeting).await
+                {
+                    buf.clear();
+                    write_reply(&mut stream, &socks5::method_reply(socks5::NO_AUTH)).await;
+                    let _ =
+                        read_until(&mut stream, &mut buf, deadline, socks5::parse_request).await;
+                    write_reply(
+                        &mut stream,
+                        &socks5::reply(socks5::Reply::GeneralFailure, None),
+                    )
+                    .await;
+                }
+            }
+            _ => {
+                let body = format!("overloaded: {limit} connection limit reached");
+                write_reply(
+                    &mut stream,
+                    &http::response(503, "Service Unavailable", &body),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Answers a client outside `allow_clients` in its own protocol and closes.
+    async fn refuse_client(&self, mut stream: Stream, e: &OpenError, handshake: Duration) {
+        let deadline = Instant::now() + handshake.min(Duration::from_secs(2));
+        let mut first = [0u8; 1];
+        if !matches!(
+            tokio::time::timeout_at(deadline, stream.try_peek(&mut first)).await,
+            Ok(Ok(true))
+        ) {
+            return;
+        }
+        let protocol = match first[0] {
+            4 => {
+                write_reply(&mut stream, &socks4::reply(false)).await;
+                "socks4"
+            }
+            5 => {
+                let mut buf = BytesMut::new();
+                if let Ok(Ok(_)) =
+                    read_until(&mut stream, &mut buf, deadline, socks5::parse_greeting).await
+                {
+                    buf.clear();
+                    write_reply(&mut stream, &socks5::method_reply(socks5::NO_AUTH)).await;
+                    let _ =
+                        read_until(&mut stream, &mut buf, deadline, socks5::parse_request).await;
+                    write_reply(&mut stream, &socks5::reply(socks5::Reply::NotAllowed, None)).await;
+                }
+                "socks5"
+            }
+            _ => {
+                write_reply(
+                    &mut stream,
+                    &http::response(403, "Forbidden", &e.to_string()),
+                )
+                .await;
+                "http"
+            }
+        };
+        metrics::request(protocol, "denied");
+        self.proxy.log(&Entry {
+            client: peer_ip(&stream),
+            protocol: match protocol {
+                "socks4" => "socks4",
+                "socks5" => "socks5",
+                _ => "http",
+            },
+            outcome: "denied",
+            rule: e.to_string(),
+            ..Default::default()
+        });
+    }
+
+    /// Logs and counts a request that ended before a tunnel opened.
+    fn finish_refused(
+        &self,
+        protocol: &'static str,
+        who: &Requester,
+        target: Option<&Target>,
+        outcome: &'static str,
+        why: String,
+        started: Instant,
+    ) {
+        metrics::request(protocol, outcome);
+        self.proxy.log(&Entry {
+            client: who.client,
+            user: who.user.clone(),
+            protocol,
+            target: target.map(|t| t.to_string()).unwrap_or_default(),
+            outcome,
+            rule: why,
+            duration: started.elapsed(),
+            ..Default::default()
+        });
+    }
+
     async fn connect(&self, mut stream: Stream, client: Option<IpAddr>, deadline: Instant) {
+        let started = Instant::now();
+        let mut who = Requester { client, user: None };
         let mut buf = BytesMut::with_capacity(1024);
         let Ok(parsed) = read_until(&mut stream, &mut buf, deadline, http::parse_head).await else {
             return;
@@ -160,7 +321,7 @@ impl Listener {
         let (head, used) = match parsed {
             Ok(done) => done,
             Err(e) => {
-                metrics::request("connect", "bad_request");
+                self.finish_refused("connect", &who, None, "bad_request", e.to_string(), started);
                 let status = e.status();
                 write_reply(
                     &mut stream,
@@ -174,7 +335,7 @@ impl Listener {
         let target = match http::connect_target(&head.target) {
             Ok(t) => t,
             Err(e) => {
-                metrics::request("connect", "bad_request");
+                self.finish_refused("connect", &who, None, "bad_request", e.to_string(), started);
                 write_reply(
                     &mut stream,
                     &http::response(400, "Bad Request", &e.to_string()),
@@ -183,24 +344,66 @@ impl Listener {
                 return;
             }
         };
-        if let Err(e) = self.proxy.check_client(client) {
-            metrics::request("connect", "denied");
-            write_reply(
-                &mut stream,
-                &http::response(403, "Forbidden", &e.to_string()),
-            )
-            .await;
-            return;
+        if let Some(value) = head
+            .header("proxy-authorization")
+            .filter(|_| self.proxy.auth.enabled())
+        {
+            match parse_basic(value) {
+                Some((user, pass)) if self.proxy.auth.verify(&user, &pass).await => {
+                    who.user = Some(user)
+                }
+                _ => {
+                    self.proxy.auth.failed(client).await;
+                    self.finish_refused(
+                        "connect",
+                        &who,
+                        Some(&target),
+                        "auth_failed",
+                        "invalid credentials".into(),
+                        started,
+                    );
+                    write_reply(
+                        &mut stream,
+                        &proxy_auth_required(&self.proxy.runtime().config.access.realm),
+                    )
+                    .await;
+                    return;
+                }
+            }
         }
-        match self.proxy.open(&target).await {
-            Ok(up) => {
+        match self.proxy.open(&who, &target).await {
+            Ok((up, rule)) => {
                 metrics::request("connect", "ok");
                 write_reply(&mut stream, http::connect_established()).await;
-                self.tunnel("connect", &mut stream, up, &early, &target)
-                    .await;
+                self.tunnel(
+                    "connect",
+                    &who,
+                    &mut stream,
+                    up,
+                    rule,
+                    &early,
+                    &target,
+                    started,
+                )
+                .await;
             }
             Err(e) => {
-                metrics::request("connect", e.outcome());
+                self.finish_refused(
+                    "connect",
+                    &who,
+                    Some(&target),
+                    e.outcome(),
+                    e.to_string(),
+                    started,
+                );
+                if matches!(e, OpenError::AuthRequired) {
+                    write_reply(
+                        &mut stream,
+                        &proxy_auth_required(&self.proxy.runtime().config.access.realm),
+                    )
+                    .await;
+                    return;
+                }
                 let status = http_status(&e);
                 tracing::info!(%target, error = %e, "CONNECT failed");
                 write_reply(
@@ -212,15 +415,9 @@ impl Listener {
         }
     }
 
-    async fn socks(&self, stream: Stream, client: Option<IpAddr>, version: u8, deadline: Instant) {
-        if version == 4 {
-            self.socks4(stream, client, deadline).await;
-        } else {
-            self.socks5(stream, client, deadline).await;
-        }
-    }
-
     async fn socks4(&self, mut stream: Stream, client: Option<IpAddr>, deadline: Instant) {
+        let started = Instant::now();
+        let who = Requester { client, user: None };
         let mut buf = BytesMut::with_capacity(512);
         let Ok(parsed) = read_until(&mut stream, &mut buf, deadline, socks4::parse_request).await
         else {
@@ -229,39 +426,59 @@ impl Listener {
         let (req, used) = match parsed {
             Ok(done) => done,
             Err(e) => {
-                metrics::request("socks4", "bad_request");
-                tracing::debug!(error = %e, "bad SOCKS4 request");
+                self.finish_refused("socks4", &who, None, "bad_request", e.to_string(), started);
                 write_reply(&mut stream, &socks4::reply(false)).await;
                 return;
             }
         };
         let early = buf.split_off(used);
         if req.command != socks4::CONNECT {
-            metrics::request("socks4", "bad_request");
+            self.finish_refused(
+                "socks4",
+                &who,
+                Some(&req.target),
+                "bad_request",
+                "only CONNECT is supported".into(),
+                started,
+            );
             write_reply(&mut stream, &socks4::reply(false)).await;
             return;
         }
-        if self.proxy.check_client(client).is_err() {
-            metrics::request("socks4", "denied");
-            write_reply(&mut stream, &socks4::reply(false)).await;
-            return;
-        }
-        match self.proxy.open(&req.target).await {
-            Ok(up) => {
+        // SOCKS4's user id is not a credential: a rule that needs a user refuses it.
+        match self.proxy.open(&who, &req.target).await {
+            Ok((up, rule)) => {
                 metrics::request("socks4", "ok");
                 write_reply(&mut stream, &socks4::reply(true)).await;
-                self.tunnel("socks4", &mut stream, up, &early, &req.target)
-                    .await;
+                self.tunnel(
+                    "socks4",
+                    &who,
+                    &mut stream,
+                    up,
+                    rule,
+                    &early,
+                    &req.target,
+                    started,
+                )
+                .await;
             }
             Err(e) => {
-                metrics::request("socks4", e.outcome());
-                tracing::info!(target = %req.target, error = %e, "SOCKS4 connect failed");
+                tracing::info!(target = %req.target, error = %e, "SOCKS4 request failed");
+                self.finish_refused(
+                    "socks4",
+                    &who,
+                    Some(&req.target),
+                    e.outcome(),
+                    e.to_string(),
+                    started,
+                );
                 write_reply(&mut stream, &socks4::reply(false)).await;
             }
         }
     }
 
     async fn socks5(&self, mut stream: Stream, client: Option<IpAddr>, deadline: Instant) {
+        let started = Instant::now();
+        let mut who = Requester { client, user: None };
         let mut buf = BytesMut::with_capacity(512);
         let Ok(Ok((methods, used))) =
             read_until(&mut stream, &mut buf, deadline, socks5::parse_greeting).await
@@ -269,12 +486,59 @@ impl Listener {
             return;
         };
         let _ = buf.split_to(used);
-        if !methods.contains(&socks5::NO_AUTH) {
-            metrics::request("socks5", "bad_request");
+        let method = if self.proxy.wants_users() && methods.contains(&socks5::USER_PASS) {
+            socks5::USER_PASS
+        } else if methods.contains(&socks5::NO_AUTH) {
+            socks5::NO_AUTH
+        } else {
+            self.finish_refused(
+                "socks5",
+                &who,
+                None,
+                "bad_request",
+                "no acceptable authentication method".into(),
+                started,
+            );
             write_reply(&mut stream, &socks5::method_reply(socks5::NO_ACCEPTABLE)).await;
             return;
+        };
+        write_reply(&mut stream, &socks5::method_reply(method)).await;
+        if method == socks5::USER_PASS {
+            let Ok(parsed) =
+                read_until(&mut stream, &mut buf, deadline, socks5::parse_user_pass).await
+            else {
+                return;
+            };
+            let ok = match parsed {
+                Ok((creds, used)) => {
+                    let _ = buf.split_to(used);
+                    let ok = self
+                        .proxy
+                        .auth
+                        .verify(&creds.username, &creds.password)
+                        .await;
+                    if ok {
+                        who.user = Some(creds.username);
+                    }
+                    ok
+                }
+                Err(_) => false,
+            };
+            if !ok {
+                self.proxy.auth.failed(client).await;
+                self.finish_refused(
+                    "socks5",
+                    &who,
+                    None,
+                    "auth_failed",
+                    "invalid credentials".into(),
+                    started,
+                );
+                write_reply(&mut stream, &socks5::user_pass_reply(false)).await;
+                return;
+            }
+            write_reply(&mut stream, &socks5::user_pass_reply(true)).await;
         }
-        write_reply(&mut stream, &socks5::method_reply(socks5::NO_AUTH)).await;
         let Ok(parsed) = read_until(&mut stream, &mut buf, deadline, socks5::parse_request).await
         else {
             return;
@@ -282,7 +546,7 @@ impl Listener {
         let (req, used) = match parsed {
             Ok(done) => done,
             Err(e) => {
-                metrics::request("socks5", "bad_request");
+                self.finish_refused("socks5", &who, None, "bad_request", e.to_string(), started);
                 if let Some(code) = e.reply() {
                     write_reply(&mut stream, &socks5::reply(code, None)).await;
                 }
@@ -291,7 +555,14 @@ impl Listener {
         };
         let early = buf.split_off(used);
         if req.command != socks5::Command::Connect {
-            metrics::request("socks5", "bad_request");
+            self.finish_refused(
+                "socks5",
+                &who,
+                Some(&req.target),
+                "bad_request",
+                "only CONNECT is supported".into(),
+                started,
+            );
             write_reply(
                 &mut stream,
                 &socks5::reply(socks5::Reply::CommandNotSupported, None),
@@ -299,34 +570,49 @@ impl Listener {
             .await;
             return;
         }
-        if self.proxy.check_client(client).is_err() {
-            metrics::request("socks5", "denied");
-            write_reply(&mut stream, &socks5::reply(socks5::Reply::NotAllowed, None)).await;
-            return;
-        }
-        match self.proxy.open(&req.target).await {
-            Ok(up) => {
+        match self.proxy.open(&who, &req.target).await {
+            Ok((up, rule)) => {
                 metrics::request("socks5", "ok");
                 let bound = up.stream.local_addr().ok();
                 write_reply(&mut stream, &socks5::reply(socks5::Reply::Succeeded, bound)).await;
-                self.tunnel("socks5", &mut stream, up, &early, &req.target)
-                    .await;
+                self.tunnel(
+                    "socks5",
+                    &who,
+                    &mut stream,
+                    up,
+                    rule,
+                    &early,
+                    &req.target,
+                    started,
+                )
+                .await;
             }
             Err(e) => {
-                metrics::request("socks5", e.outcome());
-                tracing::info!(target = %req.target, error = %e, "SOCKS5 connect failed");
+                tracing::info!(target = %req.target, error = %e, "SOCKS5 request failed");
+                self.finish_refused(
+                    "socks5",
+                    &who,
+                    Some(&req.target),
+                    e.outcome(),
+                    e.to_string(),
+                    started,
+                );
                 write_reply(&mut stream, &socks5::reply(socks5_reply(&e), None)).await;
             }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn tunnel(
         &self,
-        protocol: &str,
+        protocol: &'static str,
+        who: &Requester,
         client: &mut Stream,
         mut up: Connected,
+        rule: String,
         early: &[u8],
         target: &Target,
+        started: Instant,
     ) {
         let m = metrics::metrics();
         let _member = up.member.as_ref().map(|mb| mb.open_connection());
@@ -338,15 +624,35 @@ impl Listener {
         m.tunnel_bytes
             .with_label_values(&["down"])
             .inc_by(stats.down);
-        tracing::debug!(%target, member = %up.addr, cluster = %up.cluster, attempts = up.attempts,
-            up = stats.up, down = stats.down, idled_out = stats.idled_out, "tunnel closed");
+        self.proxy.log(&Entry {
+            client: who.client,
+            user: who.user.clone(),
+            protocol,
+            target: target.to_string(),
+            cluster: up.cluster.clone(),
+            member: Some(up.addr),
+            attempts: up.attempts,
+            outcome: if stats.idled_out {
+                "idle_timeout"
+            } else {
+                "ok"
+            },
+            rule,
+            bytes_up: stats.up,
+            bytes_down: stats.down,
+            duration: started.elapsed(),
+            status: 0,
+        });
     }
 }
 
-/// The HTTP status for a failed open: 403 denied, 504 when time ran out, 502 otherwise.
+/// The HTTP status for a failed open: 403 denied, 407 credentials needed, 503 overloaded,
+/// 504 when time ran out, 502 otherwise.
 pub fn http_status(e: &OpenError) -> u16 {
     match e {
         OpenError::Denied(_) => 403,
+        OpenError::AuthRequired => 407,
+        OpenError::Overloaded(_) | OpenError::Dns(crate::resolve::ResolveError::Overloaded) => 503,
         OpenError::Dns(_) | OpenError::NoMembers(_) => 502,
         OpenError::Dial(d) if d.kind == FailKind::Timeout => 504,
         OpenError::Dial(_) => 502,
@@ -371,7 +677,10 @@ pub fn reason(status: u16) -> &'static str {
 pub fn socks5_reply(e: &OpenError) -> socks5::Reply {
     use socks5::Reply;
     match e {
-        OpenError::Denied(_) => Reply::NotAllowed,
+        OpenError::Denied(_) | OpenError::AuthRequired => Reply::NotAllowed,
+        OpenError::Overloaded(_) | OpenError::Dns(crate::resolve::ResolveError::Overloaded) => {
+            Reply::GeneralFailure
+        }
         OpenError::Dns(_) | OpenError::NoMembers(_) => Reply::HostUnreachable,
         OpenError::Dial(d) => match d.kind {
             FailKind::Refused => Reply::ConnectionRefused,

@@ -66,15 +66,16 @@ fn run(path: Option<PathBuf>, upgrade: bool) -> anyhow::Result<()> {
         Some(p) => Config::load(p)?,
         None => Config::embedded(),
     };
-    init_tracing();
+    init_tracing(&config.log.level);
     tracing::info!("{}", config.summary());
-    let server = carousel::server::build(Arc::new(config), upgrade).context("starting carousel")?;
+    let server =
+        carousel::server::build(Arc::new(config), path, upgrade).context("starting carousel")?;
     server.run_forever()
 }
 
-fn init_tracing() {
+fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,23 +1,159 @@
-//! Who may use the proxy. The default denies every client not in `access.allow_clients`, so a
-//! fresh install is never an open relay.
+//! Who may go where. Ordered rules over client address, authenticated user, destination and port;
+//! the first matching rule decides and what no rule allows is denied. Loopback, link-local and
+//! metadata addresses and carousel's own listeners are denied unless a rule names them explicitly,
+//! and a host name is checked again against every address it resolves to.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
-use crate::config::AccessSection;
+use crate::config::{Action, Config, PortRange};
+use crate::protocol::TargetHost;
 
-/// The access rules in force.
-#[derive(Debug, Clone)]
+/// One destination pattern of a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Any destination (but never a guarded address).
+    Any,
+    /// This host or cluster name exactly.
+    Name(String),
+    /// Any name ending in this suffix (stored with its leading dot), and the bare domain.
+    Suffix(String),
+    /// Addresses in this network.
+    Net(IpNet),
+}
+
+impl Destination {
+    /// Parses a configured destination; `None` if it is not one.
+    pub fn parse(s: &str) -> Option<Destination> {
+        let s = s.trim().to_ascii_lowercase();
+        if s == "*" {
+            return Some(Destination::Any);
+        }
+        if let Ok(net) = s.parse::<IpNet>() {
+            return Some(Destination::Net(net.trunc()));
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Some(Destination::Net(IpNet::from(ip)));
+        }
+        if let Some(rest) = s.strip_prefix('.') {
+            return crate::protocol::validate_hostname(rest)
+                .then(|| Destination::Suffix(format!(".{rest}")));
+        }
+        let name = s.trim_end_matches('.');
+        crate::protocol::validate_hostname(name).then(|| Destination::Name(name.to_string()))
+    }
+
+    fn matches_name(&self, name: &str) -> bool {
+        match self {
+            Destination::Any => true,
+            Destination::Name(n) => n == name,
+            Destination::Suffix(s) => name.ends_with(s.as_str()) || name == &s[1..],
+            Destination::Net(_) => false,
+        }
+    }
+}
+
+struct Rule {
+    label: String,
+    action: Action,
+    clients: Vec<IpNet>,
+    users: Vec<String>,
+    destinations: Vec<Destination>,
+    ports: Vec<PortRange>,
+}
+
+impl Rule {
+    fn matches_client(&self, ip: IpAddr) -> bool {
+        self.clients.is_empty() || self.clients.iter().any(|n| n.contains(&ip))
+    }
+    fn matches_port(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.iter().any(|r| r.from <= port && port <= r.to)
+    }
+    fn port_named(&self, port: u16) -> bool {
+        self.ports.iter().any(|r| r.from <= port && port <= r.to)
+    }
+    /// `Some(true)` matches, `Some(false)` would match with a user, `None` no.
+    fn matches_user(&self, user: Option<&str>) -> Option<bool> {
+        if self.users.is_empty() {
+            return Some(true);
+        }
+        match user {
+            None => Some(false),
+            Some(u) => self
+                .users
+                .iter()
+                .any(|x| x == "*" || x == u)
+                .then_some(true),
+        }
+    }
+}
+
+/// What the policy says about a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Allowed by the named rule.
+    Allow(String),
+    /// Refused; the reason names the rule (or says none allowed it).
+    Deny(String),
+    /// Refused, but a rule would allow it for an authenticated user: ask for credentials.
+    AuthRequired,
+}
+
+/// The rules in force.
 pub struct Policy {
     allow_clients: Vec<IpNet>,
+    rules: Vec<Rule>,
+    /// carousel's own listening addresses (listeners and admin): never a destination by accident.
+    own: Vec<SocketAddr>,
+    /// Whether any rule names users (SOCKS5 then offers username/password).
+    pub wants_users: bool,
+}
+
+/// Ranges denied unless a rule names them explicitly.
+fn guarded_ranges() -> [IpNet; 5] {
+    [
+        "127.0.0.0/8".parse().expect("literal"),
+        "::1/128".parse().expect("literal"),
+        "169.254.0.0/16".parse().expect("literal"),
+        "fe80::/10".parse().expect("literal"),
+        "0.0.0.0/8".parse().expect("literal"),
+    ]
 }
 
 impl Policy {
-    /// Builds the rules from `[access]`.
-    pub fn new(access: &AccessSection) -> Self {
+    /// Builds the rules from the configuration.
+    pub fn new(config: &Config) -> Self {
+        let rules: Vec<Rule> = config
+            .access
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Rule {
+                label: match &r.name {
+                    Some(n) => format!("rule {i} ({n})"),
+                    None => format!("rule {i}"),
+                },
+                action: r.action,
+                clients: r.clients.clone(),
+                users: r.users.clone(),
+                destinations: r
+                    .destinations
+                    .iter()
+                    .filter_map(|d| Destination::parse(d))
+                    .collect(),
+                ports: r.ports.clone(),
+            })
+            .collect();
+        let mut own: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
+        if config.admin.enabled {
+            own.push(config.admin.address);
+        }
         Self {
-            allow_clients: access.allow_clients.clone(),
+            allow_clients: config.access.allow_clients.clone(),
+            wants_users: rules.iter().any(|r| !r.users.is_empty()),
+            rules,
+            own,
         }
     }
 
@@ -25,6 +161,135 @@ impl Policy {
     pub fn allows_client(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.allow_clients.iter().any(|n| n.contains(&ip))
+    }
+
+    fn is_own(&self, addr: SocketAddr) -> bool {
+        let ip = canonical(addr.ip());
+        self.own.iter().any(|o| {
+            o.port() == addr.port()
+                && (canonical(o.ip()) == ip
+                    || (o.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
+        })
+    }
+
+    /// Before resolution: may `client` (as `user`) go to `host:port` at all? A name that only
+    /// CIDR rules could allow passes here and is decided per resolved address.
+    pub fn check_target(
+        &self,
+        client: IpAddr,
+        user: Option<&str>,
+        host: &TargetHost,
+        port: u16,
+    ) -> Verdict {
+        match host {
+            TargetHost::Ip(ip) => {
+                self.check_address(client, user, None, SocketAddr::new(*ip, port))
+            }
+            TargetHost::Name(name) => {
+                let client = canonical(client);
+                let mut auth_would_help = false;
+                let mut pending_cidr = false;
+                for r in &self.rules {
+                    if !r.matches_client(client) || !r.matches_port(port) {
+                        continue;
+                    }
+                    let by_name = r.destinations.iter().any(|d| d.matches_name(name));
+                    let has_cidr = r
+                        .destinations
+                        .iter()
+                        .any(|d| matches!(d, Destination::Net(_)));
+                    match r.matches_user(user) {
+                        Some(true) if by_name => {
+                            return match r.action {
+                                Action::Allow => Verdict::Allow(r.label.clone()),
+                                Action::Deny => Verdict::Deny(format!("denied by {}", r.label)),
+                            };
+                        }
+                        Some(true) if has_cidr => pending_cidr = true,
+                        Some(false) if (by_name || has_cidr) && r.action == Action::Allow => {
+                            auth_would_help = true
+                        }
+                        _ => {}
+                    }
+                }
+                if pending_cidr {
+                    Verdict::Allow("pending address rules".into())
+                } else if auth_would_help && user.is_none() {
+                    Verdict::AuthRequired
+                } else {
+                    Verdict::Deny("no rule allows it".into())
+                }
+            }
+        }
+    }
+
+    /// For one address (literal, or resolved from `name`): the first matching rule decides; a
+    /// guarded address needs an allow rule that names it explicitly.
+    pub fn check_address(
+        &self,
+        client: IpAddr,
+        user: Option<&str>,
+        name: Option<&str>,
+        addr: SocketAddr,
+    ) -> Verdict {
+        let client = canonical(client);
+        let ip = canonical(addr.ip());
+        let own = self.is_own(addr);
+        let guarded = own || guarded_ranges().iter().any(|g| g.contains(&ip));
+        let mut auth_would_help = false;
+        for r in &self.rules {
+            if !r.matches_client(client) || !r.matches_port(addr.port()) {
+                continue;
+            }
+            let by_net = r.destinations.iter().find_map(|d| match d {
+                Destination::Net(n) if n.contains(&ip) => Some(*n),
+                _ => None,
+            });
+            let by_name = name.is_some_and(|n| r.destinations.iter().any(|d| d.matches_name(n)))
+                || (name.is_none() && r.destinations.contains(&Destination::Any));
+            if by_net.is_none() && !by_name {
+                continue;
+            }
+            match r.matches_user(user) {
+                Some(true) => {}
+                Some(false) => {
+                    auth_would_help |= r.action == Action::Allow;
+                    continue;
+                }
+                None => continue,
+            }
+            if r.action == Action::Deny {
+                return Verdict::Deny(format!("denied by {}", r.label));
+            }
+            if guarded {
+                let explicit = by_net.is_some_and(|n| {
+                    if own {
+                        n.prefix_len() == n.max_prefix_len() && r.port_named(addr.port())
+                    } else {
+                        guarded_ranges()
+                            .iter()
+                            .any(|g| g.contains(&n.network()) && n.prefix_len() >= g.prefix_len())
+                    }
+                });
+                if !explicit {
+                    let what = if own {
+                        "carousel's own listener"
+                    } else {
+                        "a protected address"
+                    };
+                    return Verdict::Deny(format!(
+                        "{addr} is {what}; {} does not name it explicitly",
+                        r.label
+                    ));
+                }
+            }
+            return Verdict::Allow(r.label.clone());
+        }
+        if auth_would_help && user.is_none() {
+            Verdict::AuthRequired
+        } else {
+            Verdict::Deny("no rule allows it".into())
+        }
     }
 }
 
@@ -41,13 +306,145 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
 
+    fn policy(rules: &str) -> Policy {
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:3128\"\nprotocols = [\"http\"]\n[admin]\naddress = \"127.0.0.1:9090\"\n{rules}"
+        );
+        Policy::new(&Config::parse(&text, "t").unwrap())
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
-    fn loopback_default_allows_loopback_only() {
-        let p = Policy::new(&AccessSection::default());
-        assert!(p.allows_client("127.0.0.1".parse().unwrap()));
-        assert!(p.allows_client("::1".parse().unwrap()));
-        assert!(p.allows_client("::ffff:127.0.0.5".parse().unwrap()));
-        assert!(!p.allows_client("10.0.0.1".parse().unwrap()));
-        assert!(!p.allows_client("::ffff:10.0.0.1".parse().unwrap()));
+    fn loopback_default_allows_loopback_clients_only() {
+        let p = policy("");
+        assert!(p.allows_client(ip("127.0.0.1")));
+        assert!(p.allows_client(ip("::1")));
+        assert!(p.allows_client(ip("::ffff:127.0.0.5")));
+        assert!(!p.allows_client(ip("10.0.0.1")));
+        assert!(!p.allows_client(ip("::ffff:10.0.0.1")));
+    }
+
+    #[test]
+    fn nothing_is_allowed_without_a_rule() {
+        let p = policy("");
+        let v = p.check_target(
+            ip("127.0.0.1"),
+            None,
+            &TargetHost::Name("example.com".into()),
+            443,
+        );
+        assert_eq!(v, Verdict::Deny("no rule allows it".into()));
+    }
+
+    #[test]
+    fn star_does_not_open_guarded_addresses() {
+        let p = policy("[[access.rule]]\naction = \"allow\"\ndestinations = [\"*\"]\n");
+        let c = ip("127.0.0.1");
+        assert!(matches!(
+            p.check_address(c, None, None, sa("192.0.2.1:80")),
+            Verdict::Allow(_)
+        ));
+        for bad in [
+            "169.254.169.254:80",
+            "127.0.0.1:80",
+            "[::1]:80",
+            "[fe80::1]:80",
+            "127.0.0.1:3128",
+            "127.0.0.1:9090",
+        ] {
+            assert!(
+                matches!(p.check_address(c, None, None, sa(bad)), Verdict::Deny(_)),
+                "{bad}"
+            );
+        }
+        // A name resolving to a metadata address is denied on the address check.
+        assert!(matches!(
+            p.check_address(c, None, Some("evil.test"), sa("169.254.169.254:80")),
+            Verdict::Deny(_)
+        ));
+    }
+
+    #[test]
+    fn explicit_rules_open_guarded_ranges_but_not_own_listeners() {
+        let p = policy("[[access.rule]]\naction = \"allow\"\ndestinations = [\"127.0.0.0/8\"]\n");
+        let c = ip("127.0.0.1");
+        assert!(matches!(
+            p.check_address(c, None, None, sa("127.0.0.11:80")),
+            Verdict::Allow(_)
+        ));
+        assert!(matches!(
+            p.check_address(c, None, None, sa("127.0.0.1:3128")),
+            Verdict::Deny(_)
+        ));
+        let p = policy("[[access.rule]]\naction = \"allow\"\ndestinations = [\"127.0.0.1/32\"]\nports = [3128]\n");
+        assert!(matches!(
+            p.check_address(c, None, None, sa("127.0.0.1:3128")),
+            Verdict::Allow(_)
+        ));
+    }
+
+    #[test]
+    fn first_match_decides_and_ports_and_suffixes_apply() {
+        let p = policy(
+            "[[access.rule]]\naction = \"deny\"\ndestinations = [\"bad.example.com\"]\n\
+             [[access.rule]]\naction = \"allow\"\ndestinations = [\".example.com\"]\nports = [443, \"8000-8100\"]\n",
+        );
+        let c = ip("127.0.0.1");
+        let name = |n: &str| TargetHost::Name(n.into());
+        assert!(matches!(
+            p.check_target(c, None, &name("bad.example.com"), 443),
+            Verdict::Deny(_)
+        ));
+        assert!(matches!(
+            p.check_target(c, None, &name("www.example.com"), 443),
+            Verdict::Allow(_)
+        ));
+        assert!(matches!(
+            p.check_target(c, None, &name("example.com"), 8050),
+            Verdict::Allow(_)
+        ));
+        assert!(matches!(
+            p.check_target(c, None, &name("www.example.com"), 80),
+            Verdict::Deny(_)
+        ));
+        assert!(matches!(
+            p.check_target(c, None, &name("example.org"), 443),
+            Verdict::Deny(_)
+        ));
+    }
+
+    #[test]
+    fn user_rules_ask_for_credentials() {
+        let dir = std::env::temp_dir().join(format!("carousel-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let users = dir.join("htpasswd");
+        std::fs::write(
+            &users,
+            "alice:$2y$04$abcdefghijklmnopqrstuu5Bk7WXKZ6vT9MJU7S6mAbYbqNGeBkqu\n",
+        )
+        .unwrap();
+        let p = policy(&format!(
+            "[access]\nusers_file = \"{}\"\n[[access.rule]]\naction = \"allow\"\nusers = [\"alice\"]\ndestinations = [\"*\"]\n",
+            users.display()
+        ));
+        let c = ip("127.0.0.1");
+        let t = TargetHost::Name("example.com".into());
+        assert_eq!(p.check_target(c, None, &t, 80), Verdict::AuthRequired);
+        assert!(matches!(
+            p.check_target(c, Some("alice"), &t, 80),
+            Verdict::Allow(_)
+        ));
+        assert!(matches!(
+            p.check_target(c, Some("bob"), &t, 80),
+            Verdict::Deny(_)
+        ));
+        assert!(p.wants_users);
     }
 }

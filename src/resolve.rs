@@ -35,6 +35,9 @@ pub enum ResolveError {
         /// What went wrong, one line.
         reason: String,
     },
+    /// Too many lookups for new names are in flight.
+    #[error("too many DNS lookups in flight")]
+    Overloaded,
     /// The resolver could not be built from the configuration.
     #[error("resolver setup: {0}")]
     Setup(String),
@@ -98,11 +101,12 @@ pub struct Resolver {
     timing: Timing,
     epoch: Instant,
     lookups: AtomicU64,
+    lookup_slots: tokio::sync::Semaphore,
 }
 
 impl Resolver {
     /// Builds the resolver from `[dns]`; nameservers empty means the system configuration.
-    pub fn new(cfg: &DnsSection) -> Result<Arc<Self>, ResolveError> {
+    pub fn new(cfg: &DnsSection, max_lookups: usize) -> Result<Arc<Self>, ResolveError> {
         let provider = TokioRuntimeProvider::default();
         let (rc, mut opts) = if cfg.nameservers.is_empty() {
             hickory_resolver::system_conf::read_system_conf()
@@ -144,6 +148,7 @@ impl Resolver {
             },
             epoch: Instant::now(),
             lookups: AtomicU64::new(0),
+            lookup_slots: tokio::sync::Semaphore::new(max_lookups.max(1)),
         }))
     }
 
@@ -188,6 +193,14 @@ impl Resolver {
         if let Some(r) = self.answer_from(&entry) {
             return r;
         }
+        // New names are bounded: a flood of random names is refused fast, not queued.
+        let Ok(_slot) = self.lookup_slots.try_acquire() else {
+            crate::metrics::metrics()
+                .overload
+                .with_label_values(&["dns"])
+                .inc();
+            return Err(ResolveError::Overloaded);
+        };
         self.lookup_into(name, &entry).await;
         self.answer_from(&entry).unwrap_or_else(|| {
             Err(ResolveError::Failed {

@@ -2,6 +2,7 @@
 //! configured port, all sharing one proxy state and one HTTP forwarder; a background service for
 //! cluster discovery and health checks; the admin listener.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -15,6 +16,7 @@ use crate::cluster::discovery;
 use crate::config::Config;
 use crate::forward::Forwarder;
 use crate::listener::Listener;
+use crate::reload;
 use crate::resolve::ResolveError;
 use crate::session::Proxy;
 
@@ -32,28 +34,51 @@ pub fn server_conf(config: &Config) -> ServerConf {
     }
 }
 
-/// Runs cluster discovery (which starts health checks) for every configured cluster.
-struct ClusterWatcher {
+/// Runs cluster discovery (which starts health checks) for every configured cluster, and
+/// reloads the configuration on SIGHUP.
+struct Background {
     proxy: Arc<Proxy>,
+    path: Option<PathBuf>,
 }
 
 #[async_trait]
-impl BackgroundService for ClusterWatcher {
+impl BackgroundService for Background {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let dns = self.proxy.config().dns.clone();
         for cluster in self.proxy.clusters.load().iter() {
             tokio::spawn(discovery::run(
                 cluster.clone(),
                 self.proxy.resolver.clone(),
-                self.proxy.config.dns.clone(),
+                dns.clone(),
             ));
         }
-        let _ = shutdown.changed().await;
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGHUP; hot reload disabled");
+                let _ = shutdown.changed().await;
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading configuration");
+                    let _ = reload::reload(&self.proxy, self.path.as_deref());
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }
 
 /// A ready-to-run Pingora server for `config`; `upgrade` takes the listening sockets over from a
 /// running carousel (graceful upgrade).
-pub fn build(config: Arc<Config>, upgrade: bool) -> Result<Server, ResolveError> {
+pub fn build(
+    config: Arc<Config>,
+    path: Option<PathBuf>,
+    upgrade: bool,
+) -> Result<Server, ResolveError> {
     let conf = server_conf(&config);
     let opt = Opt {
         upgrade,
@@ -72,10 +97,12 @@ pub fn build(config: Arc<Config>, upgrade: bool) -> Result<Server, ResolveError>
         service.add_tcp(&section.address.to_string());
         server.add_service(service);
     }
+    reload::mark_success();
     server.add_service(background_service(
-        "carousel clusters",
-        ClusterWatcher {
+        "carousel clusters and reload",
+        Background {
             proxy: proxy.clone(),
+            path,
         },
     ));
     if config.admin.enabled {

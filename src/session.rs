@@ -1,20 +1,25 @@
 //! One request's journey, top to bottom: policy → route → candidates → dial. The listener (for
-//! tunnels) and the forwarder (for absolute-form HTTP) both come here, so every protocol rotates
-//! and fails over the same way.
+//! tunnels) and the forwarder (for absolute-form HTTP) both come here, so every protocol is
+//! authorised, rotated and failed over the same way.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::access_log::{AccessLog, Entry};
+use crate::auth::{Authenticator, Users};
 use crate::cluster::{Cluster, ClusterTable, Member, Selection};
 use crate::config::Config;
 use crate::dial::{self, Connected, DialFailure, DialSettings, FailKind, FailureMemory};
+use crate::limits::Limits;
 use crate::metrics::metrics;
-use crate::policy::Policy;
+use crate::policy::{Policy, Verdict};
 use crate::protocol::{Target, TargetHost};
 use crate::resolve::{ResolveError, Resolver};
+use crate::tls::Acceptor;
 
 /// Why a request could not be given an upstream connection.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -22,12 +27,18 @@ pub enum OpenError {
     /// The policy refused the request.
     #[error("denied: {0}")]
     Denied(String),
+    /// A rule would allow it for an authenticated user, and the client gave no valid credentials.
+    #[error("proxy authentication required")]
+    AuthRequired,
     /// The target name has no usable addresses.
     #[error("DNS: {0}")]
     Dns(#[from] ResolveError),
     /// A configured cluster has no members to offer.
     #[error("cluster {0}: no members available")]
     NoMembers(String),
+    /// A limit refused the request (too many lookups in flight).
+    #[error("overloaded: {0}")]
+    Overloaded(String),
     /// Every candidate failed to connect.
     #[error("connect failed: {0}")]
     Dial(#[from] DialFailure),
@@ -38,6 +49,8 @@ impl OpenError {
     pub fn outcome(&self) -> &'static str {
         match self {
             OpenError::Denied(_) => "denied",
+            OpenError::AuthRequired => "auth_failed",
+            OpenError::Dns(ResolveError::Overloaded) | OpenError::Overloaded(_) => "overload",
             OpenError::Dns(_) | OpenError::NoMembers(_) => "dns_error",
             OpenError::Dial(d) if d.kind == FailKind::Timeout => "timeout",
             OpenError::Dial(_) => "connect_error",
@@ -59,61 +72,88 @@ enum Source {
     Cluster(Selection),
 }
 
+/// Who is asking: checked against the rules for every candidate address.
+#[derive(Debug, Clone, Default)]
+pub struct Requester {
+    /// The client's address.
+    pub client: Option<IpAddr>,
+    /// The authenticated user, if any.
+    pub user: Option<String>,
+}
+
 /// The ordered candidates of one request and where to report what happened to each.
 pub struct Plan {
     /// The cluster serving this request, if any.
     pub cluster: Option<Arc<Cluster>>,
+    /// The rule that allowed the request (for the access log).
+    pub rule: String,
     source: Source,
     tried: u32,
     panic_counted: bool,
+    runtime: Arc<Runtime>,
+    who: Requester,
+    name: Option<String>,
 }
 
 impl Plan {
-    fn list(addrs: Vec<SocketAddr>) -> Self {
-        Plan {
-            cluster: None,
-            source: Source::List(addrs.into_iter()),
-            tried: 0,
-            panic_counted: false,
-        }
-    }
-
     /// The cluster label for metrics ("" outside clusters).
     pub fn cluster_name(&self) -> &str {
         self.cluster.as_ref().map_or("", |c| c.name.as_str())
     }
 
-    /// The next address to try, or `None` when every candidate was handed out.
-    pub fn next_candidate(&mut self) -> Option<Candidate> {
-        let c = match &mut self.source {
-            Source::List(it) => it.next().map(|addr| Candidate { addr, member: None }),
-            Source::Cluster(sel) => {
-                let m = sel.next()?;
-                if sel.is_panic() && !self.panic_counted {
-                    self.panic_counted = true;
-                    metrics()
-                        .panic_requests
-                        .with_label_values(&[self.cluster_name()])
-                        .inc();
-                    tracing::warn!(
-                        cluster = self.cluster_name(),
-                        "every member is down: trying them all (panic mode)"
-                    );
-                }
-                Some(Candidate {
-                    addr: m.addr,
-                    member: Some(m),
-                })
+    fn allowed(&self, addr: SocketAddr) -> bool {
+        let client = self.who.client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        match self.runtime.policy.check_address(
+            client,
+            self.who.user.as_deref(),
+            self.name.as_deref(),
+            addr,
+        ) {
+            Verdict::Allow(_) => true,
+            other => {
+                tracing::info!(%addr, name = ?self.name, verdict = ?other, "candidate address refused by policy");
+                false
             }
-        }?;
-        if self.tried > 0 {
-            metrics()
-                .failovers
-                .with_label_values(&[self.cluster_name()])
-                .inc();
         }
-        self.tried += 1;
-        Some(c)
+    }
+
+    /// The next address to try, or `None` when every candidate was handed out. Addresses the
+    /// policy refuses (a name resolving to a protected address) are skipped.
+    pub fn next_candidate(&mut self) -> Option<Candidate> {
+        loop {
+            let c = match &mut self.source {
+                Source::List(it) => it.next().map(|addr| Candidate { addr, member: None }),
+                Source::Cluster(sel) => {
+                    let m = sel.next()?;
+                    if sel.is_panic() && !self.panic_counted {
+                        self.panic_counted = true;
+                        metrics()
+                            .panic_requests
+                            .with_label_values(&[self.cluster_name()])
+                            .inc();
+                        tracing::warn!(
+                            cluster = self.cluster_name(),
+                            "every member is down: trying them all (panic mode)"
+                        );
+                    }
+                    Some(Candidate {
+                        addr: m.addr,
+                        member: Some(m),
+                    })
+                }
+            }?;
+            if !self.allowed(c.addr) {
+                continue;
+            }
+            if self.tried > 0 {
+                metrics()
+                    .failovers
+                    .with_label_values(&[self.cluster_name()])
+                    .inc();
+            }
+            self.tried += 1;
+            return Some(c);
+        }
     }
 
     /// Records a failed connect to `c`.
@@ -148,67 +188,148 @@ impl Plan {
     }
 }
 
-/// Everything requests share: configuration, resolver, clusters, failure memory. One per process.
-pub struct Proxy {
+/// What a reload replaces as a whole: configuration, rules and dial bounds.
+pub struct Runtime {
     /// The configuration in force.
     pub config: Arc<Config>,
     /// The access rules.
     pub policy: Policy,
+    /// Connect bounds.
+    pub dial: DialSettings,
+}
+
+impl Runtime {
+    /// The runtime view of a validated configuration.
+    pub fn new(config: Arc<Config>) -> Self {
+        Self {
+            policy: Policy::new(&config),
+            dial: DialSettings::from(&config.dial),
+            config,
+        }
+    }
+}
+
+/// Everything requests share: configuration, resolver, clusters, failure memory. One per process.
+pub struct Proxy {
+    runtime: ArcSwap<Runtime>,
     /// The shared resolver.
     pub resolver: Arc<Resolver>,
     /// Configured clusters (swapped whole by a reload).
     pub clusters: ArcSwap<ClusterTable>,
     /// Recently failed upstream addresses.
     pub failures: FailureMemory,
-    /// Connect bounds.
-    pub dial: DialSettings,
+    /// Credentials.
+    pub auth: Authenticator,
+    /// Connection limits.
+    pub limits: Arc<Limits>,
+    /// TLS acceptors by listener address.
+    pub tls: HashMap<SocketAddr, Acceptor>,
+    /// Where access lines go (replaced by a reload).
+    pub access_log: ArcSwap<AccessLog>,
 }
 
 impl Proxy {
     /// Builds the shared state from a validated configuration (clusters not yet discovering).
     pub fn new(config: Arc<Config>) -> Result<Arc<Self>, ResolveError> {
-        let resolver = Resolver::new(&config.dns)?;
+        let resolver = Resolver::new(&config.dns, config.limits.max_concurrent_dns_lookups)?;
         let clusters = config.clusters.iter().cloned().map(Cluster::new).collect();
+        let users = match &config.access.users_file {
+            Some(p) => Users::load(p).map_err(|e| ResolveError::Setup(e.to_string()))?,
+            None => Users::default(),
+        };
+        let mut tls = HashMap::new();
+        for l in &config.listeners {
+            if let Some(t) = &l.tls {
+                tls.insert(l.address, Acceptor::new(t).map_err(ResolveError::Setup)?);
+            }
+        }
         Ok(Arc::new(Self {
-            policy: Policy::new(&config.access),
             failures: FailureMemory::new(Duration::from_secs(config.dial.failure_memory_seconds)),
-            dial: DialSettings::from(&config.dial),
             clusters: ArcSwap::from_pointee(ClusterTable::new(clusters)),
+            auth: Authenticator::new(users, Duration::from_secs(config.access.auth_cache_seconds)),
+            limits: Limits::new(&config.limits),
             resolver,
-            config,
+            tls,
+            access_log: ArcSwap::from_pointee(AccessLog::new(&config.log).map_err(|e| {
+                ResolveError::Setup(format!("access log {}: {e}", config.log.access))
+            })?),
+            runtime: ArcSwap::from_pointee(Runtime::new(config)),
         }))
+    }
+
+    /// The configuration, rules and bounds in force now.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Installs a reloaded configuration (the caller reconciles clusters and files).
+    pub fn set_runtime(&self, rt: Runtime) {
+        self.limits.update(&rt.config.limits);
+        self.runtime.store(Arc::new(rt));
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.runtime.load().config.clone()
     }
 
     /// How long a tunnel may idle.
     pub fn tunnel_idle(&self) -> Duration {
-        Duration::from_secs(self.config.tunnel.idle_timeout_seconds)
+        Duration::from_secs(self.runtime.load().config.tunnel.idle_timeout_seconds)
     }
 
-    /// Whether `client` may use the proxy.
+    /// Whether `client` may connect at all.
     pub fn check_client(&self, client: Option<IpAddr>) -> Result<(), OpenError> {
         match client {
-            Some(ip) if self.policy.allows_client(ip) => Ok(()),
+            Some(ip) if self.runtime.load().policy.allows_client(ip) => Ok(()),
             Some(ip) => Err(OpenError::Denied(format!("client {ip} is not allowed"))),
             None => Err(OpenError::Denied("client address unknown".into())),
         }
     }
 
-    /// Routes `target` and returns its candidates in this request's order: a configured cluster's
-    /// healthy members in rotation; any other name's addresses rotated one step per request with
-    /// recently failed ones last; a literal address as given (or, with `rescue_member_ips`, the
-    /// cluster of a down member).
-    pub async fn plan(&self, target: &Target) -> Result<Plan, OpenError> {
+    /// Writes one access log line.
+    pub fn log(&self, e: &Entry) {
+        self.access_log.load().write(e);
+    }
+
+    /// Whether SOCKS5 should offer username/password (some rule names users).
+    pub fn wants_users(&self) -> bool {
+        self.runtime.load().policy.wants_users
+    }
+
+    /// Routes `target` for `who` and returns its candidates in this request's order: a configured
+    /// cluster's healthy members in rotation; any other name's addresses rotated one step per
+    /// request with recently failed ones last; a literal address as given (or, with
+    /// `rescue_member_ips`, the cluster of a down member). The policy is applied to the target
+    /// before resolution and to every candidate address after it.
+    pub async fn plan(&self, who: &Requester, target: &Target) -> Result<Plan, OpenError> {
         if target.port == 0 {
             return Err(OpenError::Denied("port 0".into()));
         }
+        let runtime = self.runtime();
+        let client = who.client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let rule = match runtime.policy.check_target(
+            client,
+            who.user.as_deref(),
+            &target.host,
+            target.port,
+        ) {
+            Verdict::Allow(rule) => rule,
+            Verdict::Deny(why) => return Err(OpenError::Denied(why)),
+            Verdict::AuthRequired => return Err(OpenError::AuthRequired),
+        };
+        let name = match &target.host {
+            TargetHost::Name(n) => Some(n.clone()),
+            TargetHost::Ip(_) => None,
+        };
         let clusters = self.clusters.load();
         let cluster = match &target.host {
             TargetHost::Name(name) => clusters.get(name).filter(|c| c.serves_port(target.port)),
             TargetHost::Ip(ip) => clusters.rescue(*ip, target.port),
         };
-        if let Some(cluster) = cluster {
+        let source = if let Some(cluster) = cluster {
             if !cluster.is_ready() {
-                cluster.wait_ready(self.dial.deadline).await;
+                cluster.wait_ready(runtime.dial.deadline).await;
             }
             let sel = cluster.select(target.port).ok_or_else(|| {
                 let snap = cluster.snapshot();
@@ -217,30 +338,47 @@ impl Proxy {
                     None => OpenError::NoMembers(cluster.name.clone()),
                 }
             })?;
-            return Ok(Plan {
-                cluster: Some(cluster.clone()),
-                source: Source::Cluster(sel),
-                tried: 0,
-                panic_counted: false,
-            });
-        }
-        let mut addrs: Vec<SocketAddr> = match &target.host {
-            TargetHost::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
-            TargetHost::Name(name) => {
-                let resolved = self.resolver.resolve(name).await?;
-                resolved
-                    .rotated()
-                    .map(|ip| SocketAddr::new(ip, target.port))
-                    .collect()
-            }
+            Source::Cluster(sel)
+        } else {
+            let mut addrs: Vec<SocketAddr> = match &target.host {
+                TargetHost::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
+                TargetHost::Name(name) => {
+                    let resolved = self.resolver.resolve(name).await?;
+                    resolved
+                        .rotated()
+                        .map(|ip| SocketAddr::new(ip, target.port))
+                        .collect()
+                }
+            };
+            self.failures.order(&mut addrs);
+            Source::List(addrs.into_iter())
         };
-        self.failures.order(&mut addrs);
-        Ok(Plan::list(addrs))
+        Ok(Plan {
+            cluster: cluster.cloned(),
+            rule,
+            source,
+            tried: 0,
+            panic_counted: false,
+            runtime,
+            who: who.clone(),
+            name,
+        })
     }
 
     /// Opens a connection to `target` for a tunnel: plan, then ordered attempts.
-    pub async fn open(&self, target: &Target) -> Result<Connected, OpenError> {
-        let mut plan = self.plan(target).await?;
-        Ok(dial::dial(&mut plan, self).await?)
+    pub async fn open(
+        &self,
+        who: &Requester,
+        target: &Target,
+    ) -> Result<(Connected, String), OpenError> {
+        let mut plan = self.plan(who, target).await?;
+        let dial = plan.runtime.dial;
+        match dial::dial(&mut plan, self, dial).await {
+            Ok(c) => Ok((c, plan.rule)),
+            Err(e) if e.attempts == 0 && plan.tried == 0 => Err(OpenError::Denied(format!(
+                "no address of {target} is allowed"
+            ))),
+            Err(e) => Err(e.into()),
+        }
     }
 }

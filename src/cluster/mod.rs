@@ -105,6 +105,44 @@ impl Cluster {
         self.stale.load(Ordering::Relaxed)
     }
 
+    /// Takes over the members (and their health state) of the cluster this one replaces after a
+    /// reload changed its settings; the caller retires `old` without retiring its members.
+    pub fn adopt(&self, old: &Cluster) -> Vec<Arc<Member>> {
+        let snap = old.snapshot();
+        let specs: Vec<MemberSpec> = snap
+            .members
+            .iter()
+            .map(|m| MemberSpec {
+                addr: m.addr,
+                weight: m.weight,
+                priority: m.priority,
+            })
+            .collect();
+        self.snapshot.store(Arc::new(Snapshot {
+            pools: self.build_pools(&snap.members),
+            members: snap.members.clone(),
+            draining: snap.draining.clone(),
+            dns_error: snap.dns_error.clone(),
+        }));
+        // Re-apply so members of ports that were added or removed come and go.
+        let fresh = self.apply(&specs, snap.dns_error.clone());
+        if !old.is_ready() {
+            self.ready.send_replace(false);
+        }
+        snap.members
+            .iter()
+            .filter(|m| !m.is_retired())
+            .cloned()
+            .chain(fresh)
+            .collect()
+    }
+
+    /// Stops the background work of a cluster replaced by a reload, keeping its members alive for
+    /// the cluster that adopted them.
+    pub fn retire_keeping_members(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
     /// Stops background work for a cluster removed by a reload.
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Release);

@@ -11,6 +11,17 @@ use tokio::process::{Child, Command};
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
+/// Loopback clients may go anywhere on loopback (test backends live on 127.0.0.x and ::1).
+pub const DEFAULT_ACCESS: &str = r#"
+[access]
+allow_clients = ["127.0.0.0/8", "::1/128"]
+
+[[access.rule]]
+name = "tests"
+action = "allow"
+destinations = ["*", "127.0.0.0/8", "::1/128"]
+"#;
+
 /// A free loopback TCP port (bound then released; the kernel does not hand it out again at once).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -45,6 +56,7 @@ impl Carousel {
         mixed: SocketAddr,
         admin: SocketAddr,
         dir: &std::path::Path,
+        access: &str,
         extra: &str,
     ) -> String {
         format!(
@@ -91,14 +103,22 @@ idle_timeout_seconds = 30
 [admin]
 address = "{admin}"
 
+{access}
+
 {extra}
 "#,
             dir = dir.display()
         )
     }
 
-    /// Starts carousel against the DNS server at `dns`, waiting until every listener accepts.
+    /// Starts carousel against the DNS server at `dns` with access open to loopback clients and
+    /// destinations (what the functional tests need), waiting until every listener accepts.
     pub async fn start(dns: SocketAddr, extra: &str) -> Carousel {
+        Self::start_with_access(dns, DEFAULT_ACCESS, extra).await
+    }
+
+    /// Like `start`, with `access` replacing the `[access]` section and its rules.
+    pub async fn start_with_access(dns: SocketAddr, access: &str, extra: &str) -> Carousel {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("carousel-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
@@ -106,7 +126,7 @@ address = "{admin}"
         let socks: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mixed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let text = Self::config_text(dns, http, socks, mixed, admin, &dir, extra);
+        let text = Self::config_text(dns, http, socks, mixed, admin, &dir, access, extra);
         let file = dir.join("carousel.toml");
         std::fs::write(&file, text).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_carousel"))
@@ -114,16 +134,24 @@ address = "{admin}"
             .arg(&file)
             .env("RUST_LOG", "info,carousel=debug")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("spawn carousel");
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");
+        let stdout = child.stdout.take().expect("stdout");
         let sink = log.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 sink.lock().unwrap().push(line);
             }

@@ -111,11 +111,10 @@ impl Client {
                 Ok(s)
             }
             Mode::Connect => {
-                let mut s = TcpStream::connect(self.proxy.ok_or_else(|| other("no proxy"))?).await?;
+                let mut s =
+                    TcpStream::connect(self.proxy.ok_or_else(|| other("no proxy"))?).await?;
                 s.set_nodelay(true)?;
-                let req = format!(
-                    "CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n"
-                );
+                let req = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
                 s.write_all(req.as_bytes()).await?;
                 // The backends never speak first, so nothing follows the response head.
                 let mut head = Vec::with_capacity(256);
@@ -211,7 +210,7 @@ pub async fn probe(c: &Client, label: &str, limit: Duration) -> io::Result<()> {
 enum Dir {
     /// Backend to client (source backend).
     Down,
-    /// Client to backend (sink backend).
+    /// Client to backend (sink backend), length-prefixed.
     Up,
 }
 
@@ -231,13 +230,13 @@ async fn transfer(s: &mut TcpStream, dir: Dir, bytes: u64) -> io::Result<Duratio
             }
         }
         Dir::Up => {
+            s.write_all(&bytes.to_be_bytes()).await?;
             let mut left = bytes;
             while left > 0 {
                 let n = left.min(buf.len() as u64) as usize;
                 s.write_all(&buf[..n]).await?;
                 left -= n as u64;
             }
-            s.shutdown().await?;
             let mut count = [0u8; 8];
             s.read_exact(&mut count).await?;
             let got = u64::from_be_bytes(count);

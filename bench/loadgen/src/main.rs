@@ -49,7 +49,7 @@ enum Cmd {
         /// Loopback IPv4 addresses to listen on (comma-separated).
         #[arg(long, value_delimiter = ',', required = true)]
         addrs: Vec<Ipv4Addr>,
-        /// Port of the sink (reads until EOF, answers the byte count).
+        /// Port of the sink (reads a u64 length and that many bytes, answers the byte count).
         #[arg(long)]
         sink: u16,
         /// Port of the source (reads a u64 length, sends that many bytes).
@@ -232,7 +232,14 @@ async fn run(cmd: Cmd) -> io::Result<()> {
             concurrency,
             count,
         } => {
-            client::latency(&c.client(&c.target)?, &c.label, concurrency, count, c.limit()).await
+            client::latency(
+                &c.client(&c.target)?,
+                &c.label,
+                concurrency,
+                count,
+                c.limit(),
+            )
+            .await
         }
         Cmd::Idle {
             c,
@@ -263,7 +270,9 @@ async fn run(cmd: Cmd) -> io::Result<()> {
 fn main() {
     let cli = Cli::parse();
     let rt = if cli.threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(cli.threads)

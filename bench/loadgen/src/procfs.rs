@@ -24,7 +24,11 @@ pub fn tree(root: i32) -> Vec<i32> {
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     if let Ok(dir) = fs::read_dir("/proc") {
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
                 continue;
             };
             if let Some((ppid, _)) = stat(pid) {
@@ -56,7 +60,11 @@ fn clock_ticks() -> f64 {
 
 /// CPU seconds (user + system, including waited-for children) of the whole tree.
 pub fn cpu_seconds(root: i32) -> f64 {
-    let ticks: u64 = tree(root).iter().filter_map(|&p| stat(p)).map(|(_, t)| t).sum();
+    let ticks: u64 = tree(root)
+        .iter()
+        .filter_map(|&p| stat(p))
+        .map(|(_, t)| t)
+        .sum();
     ticks as f64 / clock_ticks()
 }
 

@@ -116,7 +116,10 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
          conn/s (sequential) | conn p50 µs (C=1) | latency p50 µs (C) | latency p99 µs (C) | \
          idle tunnels opened | KiB/idle tunnel (RSS) | KiB/idle tunnel (PSS) | processes |"
     );
-    let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        w,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for ((_, label), r) in &rows {
         let errs = if r.rate_errors + r.lat_errors > 0 {
             format!(" ({} errors)", r.rate_errors + r.lat_errors)
@@ -141,7 +144,9 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
             opened,
             kib(r.idle_rss),
             kib(r.idle_pss),
-            r.idle_procs.map(|p| p.to_string()).unwrap_or_else(|| "–".into()),
+            r.idle_procs
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "–".into()),
         );
     }
 
@@ -247,8 +252,14 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
             mark(ok)
         );
     }
-    let cc = rows.get(&order("carousel-connect")).cloned().unwrap_or_default();
-    let squid = rows.get(&order("squid-connect")).cloned().unwrap_or_default();
+    let cc = rows
+        .get(&order("carousel-connect"))
+        .cloned()
+        .unwrap_or_default();
+    let squid = rows
+        .get(&order("squid-connect"))
+        .cloned()
+        .unwrap_or_default();
     let rs = ratio(cc.rate, squid.rate);
     let _ = writeln!(
         w,

@@ -60,7 +60,10 @@ impl RequestHandler for Handler {
         }
         let Some(query) = request.queries.queries().first() else {
             let resp = builder.error_msg(&request.metadata, ResponseCode::FormErr);
-            return response_handle.send_response(resp).await.unwrap_or_else(|_| failed());
+            return response_handle
+                .send_response(resp)
+                .await
+                .unwrap_or_else(|_| failed());
         };
         let owner: Name = query.original().name().clone();
         let entry = zone.records.get(&key(&owner.to_string()));
@@ -68,7 +71,11 @@ impl RequestHandler for Handler {
         if let Some(ips) = entry {
             if matches!(query.query_type(), RecordType::A | RecordType::ANY) {
                 for ip in ips {
-                    answers.push(Record::from_rdata(owner.clone(), zone.ttl, RData::A(A(*ip))));
+                    answers.push(Record::from_rdata(
+                        owner.clone(),
+                        zone.ttl,
+                        RData::A(A(*ip)),
+                    ));
                 }
             }
         }
@@ -86,7 +93,8 @@ impl RequestHandler for Handler {
             };
             let mut mname = Name::from_ascii("ns.bench.test.").unwrap_or_else(|_| Name::root());
             mname.set_fqdn(true);
-            let mut rname = Name::from_ascii("hostmaster.bench.test.").unwrap_or_else(|_| Name::root());
+            let mut rname =
+                Name::from_ascii("hostmaster.bench.test.").unwrap_or_else(|_| Name::root());
             rname.set_fqdn(true);
             let apex = if owner.num_labels() > 1 {
                 owner.base_name()
@@ -100,7 +108,10 @@ impl RequestHandler for Handler {
             ));
         }
         let resp = builder.build(metadata, answers.iter(), [].iter(), soa.iter(), [].iter());
-        response_handle.send_response(resp).await.unwrap_or_else(|_| failed())
+        response_handle
+            .send_response(resp)
+            .await
+            .unwrap_or_else(|_| failed())
     }
 }
 
@@ -147,7 +158,7 @@ pub async fn wait_for_stop(limit: Duration) {
 /// What a backend port does with a connection.
 #[derive(Clone, Copy, Debug)]
 pub enum Role {
-    /// Reads everything until EOF, then answers with the byte count (u64, big-endian).
+    /// Reads a u64 length (big-endian), then that many bytes, then answers with the byte count.
     Sink,
     /// Reads a u64 length (big-endian), writes that many bytes, closes its side.
     Source,
@@ -183,17 +194,25 @@ async fn serve_conn(mut s: TcpStream, role: Role) -> io::Result<()> {
             }
         }
         Role::Sink => {
+            // Length-prefixed rather than "until EOF": several proxies close the whole tunnel
+            // when the client half-closes, so the count could never come back.
+            let mut len = [0u8; 8];
+            s.read_exact(&mut len).await?;
+            let want = u64::from_be_bytes(len);
             let mut buf = vec![0u8; CHUNK];
             let mut total = 0u64;
-            loop {
-                let n = s.read(&mut buf).await?;
+            while total < want {
+                let room = (want - total).min(CHUNK as u64) as usize;
+                let n = s.read(&mut buf[..room]).await?;
                 if n == 0 {
                     break;
                 }
                 total += n as u64;
             }
             s.write_all(&total.to_be_bytes()).await?;
-            s.shutdown().await
+            // Wait (bounded) for the client to close first.
+            let _ = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf[..1])).await;
+            Ok(())
         }
         Role::Source => {
             let mut len = [0u8; 8];

@@ -1,0 +1,144 @@
+//! Hot reload on SIGHUP: read the file again, validate, and swap it in. Rules, users, limits, TLS
+//! certificates, the access log and clusters change without a restart; members that stay keep
+//! their health; tunnels in flight are untouched. An invalid file keeps the running configuration,
+//! logs file, key and line, and counts the failure. Changes that need new sockets are logged as
+//! needing a restart.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::access_log::AccessLog;
+use crate::auth::Users;
+use crate::cluster::{discovery, health, Cluster, ClusterTable};
+use crate::config::Config;
+use crate::metrics::metrics;
+use crate::session::{Proxy, Runtime};
+
+/// Marks the configuration as (re)loaded successfully now.
+pub fn mark_success() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    metrics().last_reload_success.set(now as i64);
+}
+
+/// Reloads from `path` (`None`: the embedded default). Returns a one-line error on failure.
+pub fn reload(proxy: &Arc<Proxy>, path: Option<&Path>) -> Result<(), String> {
+    let result = match path {
+        Some(p) => Config::load(p),
+        None => Config::parse(crate::config::DEFAULT_TOML, "<embedded>"),
+    };
+    let new = match result {
+        Ok(c) => c,
+        Err(e) => {
+            metrics().reloads.with_label_values(&["error"]).inc();
+            tracing::error!(error = %e, "reload failed; keeping the running configuration");
+            return Err(e.to_string());
+        }
+    };
+    let old = proxy.config();
+    let restart_needed = |what: &str| {
+        tracing::warn!(
+            "reload: {what} changed; this needs a restart (or a graceful upgrade) to take effect"
+        )
+    };
+    if listeners_signature(&old) != listeners_signature(&new) {
+        restart_needed("[[listener]] addresses, protocols or TLS");
+    }
+    if format!("{:?}", old.dns) != format!("{:?}", new.dns) {
+        restart_needed("[dns]");
+    }
+    if format!("{:?}", old.server) != format!("{:?}", new.server) {
+        restart_needed("[server]");
+    }
+    if format!("{:?}", old.admin) != format!("{:?}", new.admin) {
+        restart_needed("[admin]");
+    }
+    // Files first, so a bad users file or log path fails the reload before anything is swapped.
+    let users = match &new.access.users_file {
+        Some(p) => Some(Users::load(p).map_err(|e| fail(e.to_string()))?),
+        None => None,
+    };
+    let log = if format!("{:?}", old.log) != format!("{:?}", new.log) {
+        Some(
+            AccessLog::new(&new.log)
+                .map_err(|e| fail(format!("access log {}: {e}", new.log.access)))?,
+        )
+    } else {
+        None
+    };
+    for acceptor in proxy.tls.values() {
+        if let Err(e) = acceptor.reload() {
+            return Err(fail(format!("TLS certificate: {e}")));
+        }
+    }
+    proxy.auth.replace(users.unwrap_or_default());
+    if let Some(log) = log {
+        proxy.access_log.store(Arc::new(log));
+    }
+    reconcile_clusters(proxy, &new);
+    let summary = new.summary();
+    proxy.set_runtime(Runtime::new(Arc::new(new)));
+    metrics().reloads.with_label_values(&["ok"]).inc();
+    mark_success();
+    tracing::info!("reloaded: {summary}");
+    Ok(())
+}
+
+fn fail(msg: String) -> String {
+    metrics().reloads.with_label_values(&["error"]).inc();
+    tracing::error!(error = %msg, "reload failed; keeping the running configuration");
+    msg
+}
+
+fn listeners_signature(c: &Config) -> String {
+    format!("{:?}", c.listeners)
+}
+
+/// Keeps clusters whose settings did not change, replaces changed ones (adopting their members
+/// and health), starts new ones and retires removed ones.
+fn reconcile_clusters(proxy: &Arc<Proxy>, new: &Config) {
+    let current = proxy.clusters.load_full();
+    let mut next = Vec::new();
+    for section in &new.clusters {
+        let name = section.name.trim_end_matches('.').to_ascii_lowercase();
+        match current.get(&name) {
+            Some(old) if format!("{:?}", old.cfg) == format!("{:?}", section) => {
+                next.push(old.clone())
+            }
+            Some(old) => {
+                let cluster = Cluster::new(section.clone());
+                let members = cluster.adopt(old);
+                old.retire_keeping_members();
+                for m in members {
+                    health::spawn(cluster.clone(), m);
+                }
+                start_discovery(proxy, &cluster, new);
+                tracing::info!(cluster = %name, "cluster settings changed; members and health kept");
+                next.push(cluster);
+            }
+            None => {
+                let cluster = Cluster::new(section.clone());
+                start_discovery(proxy, &cluster, new);
+                tracing::info!(cluster = %name, "cluster added");
+                next.push(cluster);
+            }
+        }
+    }
+    for old in current.iter() {
+        if !next.iter().any(|c| Arc::ptr_eq(c, old)) && !next.iter().any(|c| c.name == old.name) {
+            tracing::info!(cluster = %old.name, "cluster removed");
+            old.retire();
+        }
+    }
+    proxy.clusters.store(Arc::new(ClusterTable::new(next)));
+}
+
+fn start_discovery(proxy: &Arc<Proxy>, cluster: &Arc<Cluster>, config: &Config) {
+    tokio::spawn(discovery::run(
+        cluster.clone(),
+        proxy.resolver.clone(),
+        config.dns.clone(),
+    ));
+}

@@ -1,0 +1,191 @@
+//! The TLS ("HTTPS proxy") listener: carousel terminates TLS itself with rustls so the certificate
+//! can be swapped on SIGHUP without dropping connections, and wraps the decrypted stream so the
+//! rest of carousel (sniffing, CONNECT, pingora-proxy forwarding) sees an ordinary Pingora stream.
+
+use std::fmt::Debug;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use crate::config::TlsSection;
+
+/// Reads a PEM certificate chain and key into a rustls signing key; the error is one line.
+pub fn load_certified_key(t: &TlsSection) -> Result<Arc<CertifiedKey>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
+        .map_err(|e| format!("{}: {e}", t.cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", t.cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", t.cert.display()));
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(&t.key).map_err(|e| format!("{}: {e}", t.key.display()))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("{}: {e}", t.key.display()))?;
+    Ok(Arc::new(CertifiedKey::new(certs, signer)))
+}
+
+/// Hands rustls whatever certificate is current.
+#[derive(Debug)]
+struct Current(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for Current {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// A TLS acceptor whose certificate can be replaced while it runs.
+pub struct Acceptor {
+    current: Arc<Current>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    section: TlsSection,
+}
+
+impl Acceptor {
+    /// Builds an acceptor from the configured files.
+    pub fn new(section: &TlsSection) -> Result<Self, String> {
+        let key = load_certified_key(section)?;
+        let current = Arc::new(Current(ArcSwap::new(key)));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_no_client_auth()
+            .with_cert_resolver(current.clone());
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            current,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+            section: section.clone(),
+        })
+    }
+
+    /// Reads the certificate and key again (SIGHUP); on error the old pair stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let key = load_certified_key(&self.section)?;
+        self.current.0.store(key);
+        Ok(())
+    }
+
+    /// Completes the TLS handshake on `stream` and returns the decrypted stream.
+    pub async fn accept(&self, stream: Stream) -> std::io::Result<Stream> {
+        let digest = stream.get_socket_digest();
+        let id = stream.id();
+        let tls = self.acceptor.accept(stream).await?;
+        Ok(Box::new(TlsClient {
+            inner: tls,
+            digest,
+            id,
+            rewind: Vec::new(),
+        }))
+    }
+}
+
+/// A client's decrypted TLS stream, presented as a Pingora stream.
+struct TlsClient {
+    inner: tokio_rustls::server::TlsStream<Stream>,
+    digest: Option<Arc<SocketDigest>>,
+    id: UniqueIDType,
+    /// Bytes peeked and not yet read.
+    rewind: Vec<u8>,
+}
+
+impl Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient").field("id", &self.id).finish()
+    }
+}
+
+impl AsyncRead for TlsClient {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.rewind.is_empty() {
+            let n = self.rewind.len().min(buf.remaining());
+            buf.put_slice(&self.rewind[..n]);
+            self.rewind.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsClient {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for TlsClient {
+    async fn shutdown(&mut self) {
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.inner).await;
+    }
+}
+
+impl UniqueID for TlsClient {
+    fn id(&self) -> UniqueIDType {
+        self.id
+    }
+}
+
+impl Ssl for TlsClient {}
+
+impl GetTimingDigest for TlsClient {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        Vec::new()
+    }
+}
+
+impl GetProxyDigest for TlsClient {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for TlsClient {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.digest.clone()
+    }
+}
+
+#[async_trait]
+impl Peek for TlsClient {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        while self.rewind.len() < buf.len() {
+            let mut chunk = vec![0u8; buf.len() - self.rewind.len()];
+            let n = self.inner.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.rewind.extend_from_slice(&chunk[..n]);
+        }
+        buf.copy_from_slice(&self.rewind[..buf.len()]);
+        Ok(true)
+    }
+}
