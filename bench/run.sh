@@ -389,7 +389,7 @@ start_microsocks() {
 # 6. Measurements.
 lg() { # run one bounded loadgen step, keep its command line and JSON output
     echo "carousel-loadgen $*" >> "$CMDS"
-    timeout --kill-after=10 $((STEP_LIMIT + 60)) "$LG" --threads 1 "$@" | tee -a "$RES"
+    timeout --foreground --kill-after=10 $((STEP_LIMIT + 60)) "$LG" --threads 1 "$@" | tee -a "$RES"
 }
 
 skip() { # label reason

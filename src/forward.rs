@@ -69,31 +69,39 @@ async fn reply(session: &mut Session, status: u16, line: &str) {
     let _ = session.write_response_body(Some(body), true).await;
 }
 
-/// Request smuggling and header injection guards: one clear Content-Length or chunked, never
-/// both; no control characters in values.
-fn hygiene(req: &RequestHeader) -> Result<(), &'static str> {
-    let cls: Vec<&[u8]> = req
+/// Request smuggling and header injection guards, on the head as the client sent it (pingora
+/// reconciles Content-Length and Transfer-Encoding before filters run): one clear Content-Length
+/// or chunked, never both; no control characters in values.
+fn hygiene(raw_head: &[u8]) -> Result<(), &'static str> {
+    let head = match crate::protocol::http::parse_head(raw_head) {
+        Ok(Some((head, _))) => head,
+        // The head parsed once already (pingora read it); a mismatch here is not a hygiene issue.
+        _ => return Ok(()),
+    };
+    let cls: Vec<&[u8]> = head
         .headers
-        .get_all("content-length")
         .iter()
-        .map(|v| v.as_bytes())
+        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.as_slice())
         .collect();
-    if req.headers.contains_key("transfer-encoding") && !cls.is_empty() {
+    let te = head
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"));
+    if te && !cls.is_empty() {
         return Err("both Content-Length and Transfer-Encoding");
     }
     if cls.len() > 1 {
         return Err("more than one Content-Length");
     }
     if let Some(cl) = cls.first() {
+        let cl = cl.trim_ascii();
         if cl.is_empty() || !cl.iter().all(u8::is_ascii_digit) || cl.len() > 18 {
             return Err("invalid Content-Length");
         }
     }
-    for (_, v) in req.headers.iter() {
-        if v.as_bytes()
-            .iter()
-            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
-        {
+    for (_, v) in &head.headers {
+        if v.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
             return Err("control character in a header value");
         }
     }
@@ -150,7 +158,12 @@ impl ProxyHttp for Forwarder {
                 .refuse(session, ctx, 403, "denied", &e.to_string())
                 .await;
         }
-        if let Err(why) = hygiene(session.req_header()) {
+        let raw_head = session
+            .as_downstream()
+            .as_http1()
+            .map(|h| h.get_headers_raw_bytes())
+            .unwrap_or_default();
+        if let Err(why) = hygiene(&raw_head) {
             return self
                 .refuse(
                     session,

@@ -49,6 +49,7 @@ pub struct Carousel {
 
 impl Carousel {
     /// The configuration text the harness uses, with `extra` appended (extra sections/keys).
+    #[allow(clippy::too_many_arguments)]
     pub fn config_text(
         dns: SocketAddr,
         http: SocketAddr,
@@ -223,6 +224,16 @@ address = "{admin}"
             .filter(|l| !l.starts_with('#'))
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
             .unwrap_or(0.0)
+    }
+
+    /// Sends `signal` (e.g. "HUP") to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
     }
 
     /// The process id.
