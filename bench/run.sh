@@ -284,6 +284,12 @@ carousel_optional "connection limits" <<EOF
 max_connections = $NOFILE
 max_connections_per_client = $NOFILE
 EOF
+carousel_optional "access logging off" <<EOF
+[log]
+# Like the peers (Squid access_log none, tinyproxy LogLevel Error, Dante without connect
+# logging): no line per tunnel.
+access = "off"
+EOF
 carousel_optional "the admin listener switch" <<EOF
 [admin]
 # Not needed here, and its default port may be taken.

@@ -8,6 +8,8 @@
     check_manifests.py metrics               every carousel_* name used is a documented metric
     check_manifests.py docker                Dockerfile references + its HEALTHCHECK, for real
     check_manifests.py configmap-toml OUT    writes the ConfigMap's carousel.toml to OUT
+    check_manifests.py live BIN PROMTOOL DIR runs BIN on loopback: admin endpoints, /metrics,
+                                             HEALTHCHECK, graceful upgrade, SIGTERM
 
 Each prints what it checked and exits 1 with one line per problem. Needs PyYAML (Debian
 python3-yaml) and Python 3.11+ (tomllib), both in Debian 12.
@@ -554,6 +556,181 @@ def check_docker() -> None:
     print("  HEALTHCHECK: exit 0 on 200, non-zero on 404 and on a refused connection")
 
 
+# ---------------------------------------------------------------- live (needs a carousel binary)
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+    except OSError:
+        return 0, ""
+
+
+def _wait(pred, seconds: float) -> bool:
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return pred()
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped) still "exists".
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def check_live(carousel_bin: str, promtool: str, workdir: str) -> None:
+    """Runs the real binary on loopback ports: admin endpoints, /metrics against the documented
+    names (and promtool's linter), the image's HEALTHCHECK, a graceful upgrade through
+    carousel-upgrade.sh --in-unit while a client keeps connecting, and SIGTERM."""
+    import os
+    import signal
+    import time
+
+    # Become a child subreaper, as systemd is: the upgraded process, orphaned when the upgrade
+    # script exits, is re-parented to us and reaped below instead of lingering as a zombie.
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    work = Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    http_port, socks_port, admin_port = _free_ports(3)
+    pid_file, sock = work / "carousel.pid", work / "upgrade.sock"
+    config = work / "carousel.toml"
+    config.write_text(
+        f"""[server]
+grace_period_seconds = 1
+graceful_shutdown_timeout_seconds = 1
+pid_file = "{pid_file}"
+upgrade_sock = "{sock}"
+[[listener]]
+address = "127.0.0.1:{http_port}"
+protocols = ["http"]
+[[listener]]
+address = "127.0.0.1:{socks_port}"
+protocols = ["socks"]
+[admin]
+address = "127.0.0.1:{admin_port}"
+"""
+    )
+    started: list[int] = []
+    log = open(work / "carousel.log", "w")
+    try:
+        old = subprocess.Popen([carousel_bin, "run", "-c", str(config)], stdout=log, stderr=log)
+        started.append(old.pid)
+        if not _wait(lambda: _get(admin_port, "/readyz")[0] == 200, 15):
+            problem(f"/readyz never answered 200 (log: {work / 'carousel.log'})")
+            return
+        for path in ("/healthz", "/status", "/proxy.pac", "/wpad.dat"):
+            code, body = _get(admin_port, path)
+            if code != 200:
+                problem(f"GET {path}: {code}")
+            elif path == "/status":
+                try:
+                    json.loads(body)
+                except json.JSONDecodeError:
+                    problem("/status is not JSON")
+            elif path in ("/proxy.pac", "/wpad.dat") and "FindProxyForURL" not in body:
+                problem(f"{path} is not a PAC file")
+        code, metrics = _get(admin_port, "/metrics")
+        lint = subprocess.run([promtool, "check", "metrics"], input=metrics.encode(), capture_output=True)
+        if code != 200 or lint.returncode != 0:
+            problem(f"/metrics: {code}, promtool check metrics: {lint.stdout.decode()}{lint.stderr.decode()}")
+        families = set(re.findall(r"^# TYPE (carousel_\w+) ", metrics, re.M))
+        for name in sorted(families - COUNTERS_GAUGES - HISTOGRAMS):
+            problem(f"/metrics exports {name}, unknown to deploy/ (add it to KNOWN_METRICS and, if useful, to the dashboard/alerts)")
+        print(f"  admin endpoints ok; /metrics: {len(families)} carousel families, promtool lint clean")
+
+        # The image's HEALTHCHECK against the real admin listener.
+        health = [rest for w, rest in docker_instructions() if w == "HEALTHCHECK"]
+        script = json.loads(health[0].split(" CMD ", 1)[1])[-1].replace("127.0.0.1/9090", f"127.0.0.1/{admin_port}")
+        if subprocess.run(["bash", "-c", script], capture_output=True, timeout=10).returncode != 0:
+            problem("the Dockerfile HEALTHCHECK fails against the real admin listener")
+
+        # Graceful upgrade while a client connects to the HTTP listener in a loop.
+        refused, connects, stop = [0], [0], threading.Event()
+
+        def hammer():
+            while not stop.is_set():
+                try:
+                    with socket.create_connection(("127.0.0.1", http_port), timeout=2):
+                        connects[0] += 1
+                except OSError:
+                    refused[0] += 1
+                time.sleep(0.02)
+
+        t = threading.Thread(target=hammer, daemon=True)
+        t.start()
+        env = dict(os.environ, CAROUSEL_CONFIG=str(config))
+        with open(work / "upgrade.log", "w") as out:
+            up = subprocess.run(
+                ["bash", "deploy/systemd/carousel-upgrade.sh", "--in-unit", str(old.pid), str(pid_file), carousel_bin],
+                env=env, stdout=out, stderr=out, timeout=60,
+            )
+        new_pid = int(pid_file.read_text().strip()) if pid_file.exists() else 0
+        if new_pid and new_pid != old.pid:
+            started.append(new_pid)
+        if up.returncode != 0 or not new_pid or new_pid == old.pid or not _alive(new_pid):
+            problem(f"upgrade failed (exit {up.returncode}): {(work / 'upgrade.log').read_text()}")
+            return
+        # The old process drains (Pingora's fixed 5 s + 1 s here) and exits.
+        try:
+            old.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            problem("the old process did not exit within 20 s of the upgrade")
+        time.sleep(0.5)
+        stop.set()
+        t.join()
+        if refused[0]:
+            problem(f"{refused[0]} of {refused[0] + connects[0]} client connects failed during the upgrade")
+        if _get(admin_port, "/readyz")[0] != 200:
+            problem("/readyz not 200 after the upgrade")
+        print(f"  upgrade: {old.pid} -> {new_pid}, {connects[0]} client connects during it, none refused")
+
+        # SIGTERM: grace 1 s + drain 1 s.
+        os.kill(new_pid, signal.SIGTERM)
+        if not _wait(lambda: not _alive(new_pid), 15):
+            problem("the upgraded process did not exit within 15 s of SIGTERM")
+        else:
+            print("  SIGTERM: exited")
+    finally:
+        for pid in started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        log.close()
+
+
 def main() -> None:
     what = sys.argv[1] if len(sys.argv) > 1 else ""
     if what == "kubernetes":
@@ -566,6 +743,8 @@ def main() -> None:
         check_metrics()
     elif what == "docker":
         check_docker()
+    elif what == "live" and len(sys.argv) == 5:
+        check_live(sys.argv[2], sys.argv[3], sys.argv[4])
     elif what == "configmap-toml" and len(sys.argv) == 3:
         for doc in load_yaml_docs(K8S / "configmap.yaml"):
             Path(sys.argv[2]).write_text(doc["data"]["carousel.toml"])

@@ -9,7 +9,10 @@ fuzz_target!(|data: &[u8]| {
     let result = parse_request(data);
     if let Ok(Some((request, used))) = &result {
         assert!(*used <= data.len(), "used {used} > len {}", data.len());
-        assert!(*used >= 9, "a SOCKS4 request is at least 9 bytes, used {used}");
+        assert!(
+            *used >= 9,
+            "a SOCKS4 request is at least 9 bytes, used {used}"
+        );
         let again = parse_request(&data[..*used]);
         assert_eq!(again, Ok(Some((request.clone(), *used))));
     }

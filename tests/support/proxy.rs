@@ -1,9 +1,10 @@
 //! Runs the real `carousel` binary on ephemeral loopback ports with a generated configuration.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -30,6 +31,8 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+type Log = Arc<Mutex<Vec<String>>>;
+
 /// A running carousel process; killed on drop.
 pub struct Carousel {
     child: Child,
@@ -41,25 +44,51 @@ pub struct Carousel {
     pub mixed: SocketAddr,
     /// Admin listener (metrics, status, PAC).
     pub admin: SocketAddr,
+    /// The DNS server it uses.
+    pub dns: SocketAddr,
     /// Scratch directory with the config file and Pingora's pid/upgrade files.
     pub dir: PathBuf,
-    /// Captured log lines (stderr), collected in the background.
-    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The configuration file.
+    pub config: PathBuf,
+    /// Captured log lines (stdout and stderr), collected in the background.
+    pub log: Log,
+}
+
+fn spawn(config: &Path, extra_args: &[&str], log: &Log) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_carousel"))
+        .args(["run", "-c"])
+        .arg(config)
+        .args(extra_args)
+        .env("RUST_LOG", "info,carousel=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn carousel");
+    let stderr = child.stderr.take().expect("stderr");
+    let stdout = child.stdout.take().expect("stdout");
+    let sink = log.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let sink = log.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    child
 }
 
 impl Carousel {
-    /// The configuration text the harness uses, with `extra` appended (extra sections/keys).
-    #[allow(clippy::too_many_arguments)]
-    pub fn config_text(
-        dns: SocketAddr,
-        http: SocketAddr,
-        socks: SocketAddr,
-        mixed: SocketAddr,
-        admin: SocketAddr,
-        dir: &std::path::Path,
-        access: &str,
-        extra: &str,
-    ) -> String {
+    /// The configuration text the harness uses: its listeners, `access`, then `extra`.
+    pub fn config_text(&self, access: &str, extra: &str) -> String {
+        let dir = self.dir.display();
         format!(
             r#"
 [server]
@@ -108,7 +137,11 @@ address = "{admin}"
 
 {extra}
 "#,
-            dir = dir.display()
+            http = self.http,
+            socks = self.socks,
+            mixed = self.mixed,
+            dns = self.dns,
+            admin = self.admin,
         )
     }
 
@@ -123,53 +156,54 @@ address = "{admin}"
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("carousel-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
-        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let socks: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mixed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let text = Self::config_text(dns, http, socks, mixed, admin, &dir, access, extra);
-        let file = dir.join("carousel.toml");
-        std::fs::write(&file, text).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_carousel"))
-            .args(["run", "-c"])
-            .arg(&file)
-            .env("RUST_LOG", "info,carousel=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn carousel");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let stdout = child.stdout.take().expect("stdout");
-        let sink = log.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let sink = log.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let c = Carousel {
-            child,
-            http,
-            socks,
-            mixed,
-            admin,
+        let addr = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
+        let log: Log = Arc::new(Mutex::new(Vec::new()));
+        let config = dir.join("carousel.toml");
+        let mut c = Carousel {
+            child: Command::new("true").spawn().expect("placeholder"),
+            http: addr(),
+            socks: addr(),
+            mixed: addr(),
+            admin: addr(),
+            dns,
             dir,
+            config,
             log,
         };
-        for addr in [http, socks, mixed, admin] {
+        std::fs::write(&c.config, c.config_text(access, extra)).expect("write config");
+        c.child = spawn(&c.config, &[], &c.log);
+        for addr in [c.http, c.socks, c.mixed, c.admin] {
             c.wait_listening(addr).await;
         }
         c
+    }
+
+    /// Replaces the configuration file (for reload tests).
+    pub fn rewrite(&self, text: &str) {
+        std::fs::write(&self.config, text).expect("rewrite config");
+    }
+
+    /// Starts a second process that takes the listeners over (`carousel run -u`), sharing this
+    /// one's log; returns once it waits on the upgrade socket.
+    pub async fn spawn_upgrade(&self) -> Child {
+        let sock = self.dir.join("upgrade.sock");
+        let _ = std::fs::remove_file(&sock);
+        let child = spawn(&self.config, &["-u"], &self.log);
+        for _ in 0..200 {
+            if sock.exists() {
+                return child;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the new process never opened {}:\n{}", sock.display(), self.log_text());
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit status code if it did.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(Ok(status)) => Some(status.code().unwrap_or(-1)),
+            _ => None,
+        }
     }
 
     /// Waits (bounded: 10 s) until `addr` accepts connections: the readiness signal of a listener.
@@ -180,10 +214,7 @@ address = "{admin}"
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!(
-            "carousel did not listen on {addr}; log:\n{}",
-            self.log_text()
-        );
+        panic!("carousel did not listen on {addr}; log:\n{}", self.log_text());
     }
 
     /// Everything carousel logged so far.
@@ -194,9 +225,7 @@ address = "{admin}"
     /// GET `path` on the admin listener; returns (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.admin)
-            .await
-            .expect("admin connect");
+        let mut s = tokio::net::TcpStream::connect(self.admin).await.expect("admin connect");
         let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.expect("admin write");
         let mut out = Vec::new();
@@ -205,15 +234,8 @@ address = "{admin}"
             .expect("admin timeout")
             .expect("admin read");
         let text = String::from_utf8_lossy(&out).to_string();
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
+        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
         (status, body)
     }
 
