@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test carousel:
-# cmake (Pingora's zlib-ng build needs it) and curl (the tests' real client).
-# Extra Debian packages can be named as arguments. Idempotent: does nothing when all are present.
+# cmake (Pingora's zlib-ng build needs it), curl (the tests' real client) and prometheus
+# (a real Prometheus and promtool for the metrics tests). Extra tools can be named as arguments
+# ("tool" or "tool:package"). Idempotent: does nothing when all are present.
 set -euo pipefail
 need=()
-for tool in cmake curl "$@"; do
-  command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+for spec in cmake curl prometheus promtool:prometheus "$@"; do
+  tool=${spec%%:*}
+  pkg=${spec#*:}
+  command -v "$tool" >/dev/null 2>&1 || need+=("$pkg")
 done
+mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u | sed '/^$/d')
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "ensure-deps: installing ${need[*]}" >&2
 SUDO=""

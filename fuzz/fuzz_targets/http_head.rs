@@ -1,7 +1,8 @@
 //! HTTP request-head parser and CONNECT target parser: neither panics, a
-//! complete head is self-delimiting (`used <= len`, `used <= MAX_HEAD`, and
-//! `input[..used]` alone parses the same), and a parsed CONNECT target
-//! round-trips through its `Display` form.
+//! complete head is self-delimiting (`used <= len`, `used <= MAX_HEAD`,
+//! `input[..used]` alone parses the same, and shorter prefixes are still
+//! "need more"), and a parsed CONNECT target round-trips through its
+//! `Display` form.
 #![no_main]
 
 use carousel::protocol::http::{connect_target, parse_head, MAX_HEAD};
@@ -19,13 +20,26 @@ fn check_target(authority: &str) {
     }
 }
 
+/// The prefix lengths below `used` to re-parse: all of them for short heads,
+/// otherwise the last 64 and 64 evenly spaced ones (a head can be 16 KiB, and
+/// each parse is linear, so checking every prefix would be quadratic).
+fn prefixes(used: usize) -> impl Iterator<Item = usize> {
+    let step = (used / 64).max(1);
+    let tail_from = used.saturating_sub(64);
+    (0..tail_from).step_by(step).chain(tail_from..used)
+}
+
 fuzz_target!(|data: &[u8]| {
     let result = parse_head(data);
     if let Ok(Some((head, used))) = &result {
-        assert!(*used <= data.len(), "used {used} > len {}", data.len());
-        assert!(*used <= MAX_HEAD, "used {used} > MAX_HEAD");
-        let again = parse_head(&data[..*used]);
-        assert_eq!(again, Ok(Some((head.clone(), *used))));
+        let used = *used;
+        assert!(used <= data.len(), "used {used} > len {}", data.len());
+        assert!(used <= MAX_HEAD, "used {used} > MAX_HEAD");
+        let again = parse_head(&data[..used]);
+        assert_eq!(again, Ok(Some((head.clone(), used))));
+        for k in prefixes(used) {
+            assert_eq!(parse_head(&data[..k]), Ok(None), "prefix {k} of {used}");
+        }
         if head.method.eq_ignore_ascii_case("CONNECT") {
             check_target(&head.target);
         }

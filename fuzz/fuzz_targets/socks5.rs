@@ -1,6 +1,7 @@
 //! The three SOCKS5 parsers (greeting, RFC 1929 user/pass, request) on the same
-//! input: none panics, and each complete message is self-delimiting
-//! (`used <= len`, and `input[..used]` alone parses the same).
+//! input: none panics, and each complete message is self-delimiting:
+//! `used <= len`, `input[..used]` alone parses the same, and every shorter
+//! prefix is still "need more" (`Ok(None)`).
 #![no_main]
 
 use carousel::protocol::socks5::{parse_greeting, parse_request, parse_user_pass, Error};
@@ -17,6 +18,9 @@ fn check<T: Clone + PartialEq + Debug>(
         assert!(used > 0, "a complete message used 0 bytes");
         let again = parse(&data[..used]);
         assert_eq!(again, Ok(Some((value, used))));
+        for k in 0..used {
+            assert_eq!(parse(&data[..k]), Ok(None), "prefix {k} of {used}");
+        }
     }
 }
 

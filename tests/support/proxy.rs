@@ -195,7 +195,11 @@ address = "{admin}"
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("the new process never opened {}:\n{}", sock.display(), self.log_text());
+        panic!(
+            "the new process never opened {}:\n{}",
+            sock.display(),
+            self.log_text()
+        );
     }
 
     /// Waits (bounded) for the process to exit; returns its exit status code if it did.
@@ -214,7 +218,10 @@ address = "{admin}"
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("carousel did not listen on {addr}; log:\n{}", self.log_text());
+        panic!(
+            "carousel did not listen on {addr}; log:\n{}",
+            self.log_text()
+        );
     }
 
     /// Everything carousel logged so far.
@@ -225,7 +232,9 @@ address = "{admin}"
     /// GET `path` on the admin listener; returns (status, body).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.admin).await.expect("admin connect");
+        let mut s = tokio::net::TcpStream::connect(self.admin)
+            .await
+            .expect("admin connect");
         let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.expect("admin write");
         let mut out = Vec::new();
@@ -234,8 +243,15 @@ address = "{admin}"
             .expect("admin timeout")
             .expect("admin read");
         let text = String::from_utf8_lossy(&out).to_string();
-        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 
