@@ -14,7 +14,6 @@ use std::time::Duration;
 use support::proxy::{free_port, Carousel, DEFAULT_ACCESS};
 use support::{curl, Backend, DnsServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 const NAME: &str = "chat.cluster.test";
