@@ -403,6 +403,10 @@ skip() { # label reason
     printf '{"test":"skipped","label":"%s","reason":"%s"}\n' "$1" "$2" >> "$RES"
 }
 
+note_load() { # label: the machine's load when this proxy's turn starts (noise indicator)
+    printf '{"test":"load","label":"%s","load1":%s}\n' "$1" "$(cut -d' ' -f1 /proc/loadavg)" >> "$RES"
+}
+
 ECHO_T="$NAME:$ECHO_PORT"
 direct_targets() { # port -> ip:port,ip:port,...
     local out="" ip
@@ -413,6 +417,7 @@ direct_targets() { # port -> ip:port,ip:port,...
 measure() { # label mode proxy-addr start-fn
     local label=$1 mode=$2 proxy=$3 start=$4 pid common
     common=(--mode "$mode" --proxy "$proxy" --label "$label")
+    note_load "$label"
 
     log "$label: throughput, connection rate, latency"
     "$start"; pid=$PROXY_PID
@@ -441,6 +446,7 @@ measure() { # label mode proxy-addr start-fn
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 log "direct: throughput, connection rate, latency"
+note_load direct
 DIRECT_ECHO=$(direct_targets $ECHO_PORT)
 lg probe --mode direct --label direct --target "$DIRECT_ECHO" --time-limit 20 >/dev/null \
     || die "backends do not answer directly"

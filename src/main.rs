@@ -30,6 +30,13 @@ enum Command {
         #[arg(short, long)]
         upgrade: bool,
     },
+    /// Show the point of carousel: a three-member cluster, clients on every protocol, one member
+    /// killed, one blackholed, both back; live per-member counts and health, then a summary.
+    Demo {
+        /// Seconds per act (four acts).
+        #[arg(long, default_value_t = 6)]
+        seconds: u64,
+    },
     /// Validate a configuration file: exit 0 with a summary, or 2 with file, key and line.
     Check {
         /// Configuration file.
@@ -48,6 +55,14 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Demo { seconds } => match demo(seconds) {
+            Ok(s) if s.failures == 0 => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("carousel demo: {e:#}");
                 ExitCode::from(2)
             }
         },
@@ -71,6 +86,18 @@ fn run(path: Option<PathBuf>, upgrade: bool) -> anyhow::Result<()> {
     let server =
         carousel::server::build(Arc::new(config), path, upgrade).context("starting carousel")?;
     server.run_forever()
+}
+
+fn demo(seconds: u64) -> anyhow::Result<carousel::demo::Summary> {
+    let exe = std::env::current_exe().context("locating the carousel binary")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    Ok(rt.block_on(carousel::demo::run(
+        &exe,
+        std::time::Duration::from_secs(seconds.clamp(2, 120)),
+    ))?)
 }
 
 fn init_tracing(level: &str) {

@@ -235,31 +235,13 @@ async fn hard_failure_costs_nothing_and_is_marked_down() {
     assert_eq!(f.status_of(12).await["health"], "down");
 }
 
-/// A socket on `addr` that completes no handshakes: its accept queue is full and never drained,
-/// so further SYNs are dropped (a blackhole on loopback).
-fn blackhole(addr: SocketAddr) -> (socket2::Socket, Vec<std::net::TcpStream>) {
-    use socket2::{Domain, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    s.set_reuse_address(true).unwrap();
-    s.bind(&addr.into()).unwrap();
-    s.listen(0).unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..64 {
-        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            Ok(c) => fillers.push(c),
-            Err(_) => return (s, fillers),
-        }
-    }
-    panic!("could not fill the accept queue of {addr}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blackholed_member_costs_at_most_the_first_request_a_timeout() {
     let dns = DnsServer::start().await;
     let ips: Vec<IpAddr> = [11, 12].iter().map(|&i| IpAddr::V4(ip4(i))).collect();
     let (port, _backends) = Backend::start_set(&ips, &["b11", "b12"]).await;
     let hole = SocketAddr::new(IpAddr::V4(ip4(13)), port);
-    let _hole = blackhole(hole);
+    let _hole = carousel::testbed::blackhole::Blackhole::new(hole).unwrap();
     dns.set_a(NAME, &[ip4(11), ip4(12), ip4(13)], 30);
     let extra = format!(
         "[[cluster]]\nname = \"{NAME}\"\nports = [{port}]\n[cluster.health]\ninterval_ms = 300\ntimeout_ms = 250\nfall = 2\n[cluster.outlier]\nconsecutive_failures = 1\n"

@@ -28,13 +28,15 @@
 #      old main process, waits until the new process holds every listening socket the old one
 #      had, and writes the new PID into the unit's PIDFile (/run/carousel/carousel.pid);
 #   3. removes the drop-in again (daemon-reload), so `systemctl reload` is plain SIGHUP again.
-# When the old process exits, systemd re-reads PIDFile= and adopts the new process as the
-# service's main PID (systemd does that for any service type with PIDFile=; the PID is accepted
-# because the process is in the unit's cgroup). MainPID therefore switches only after the old
-# process has drained: during that window `systemctl reload` would still signal the old one.
+# At the end of the reload job systemd re-reads PIDFile= and adopts the new process as the
+# service's main PID (it accepts the PID because the process is in the unit's cgroup; it would
+# do the same when the old main process exits). The old process keeps draining in the cgroup as
+# an ordinary process and exits on its own; `systemctl stop` sends it SIGTERM as well.
+# Tested with systemd 252 in a container: MainPID switches, no client connection fails.
 #
 # Failure modes: if the new process dies or never opens its upgrade socket, the old process is
-# not signalled and keeps serving; the reload job fails and this script exits 1. If the new
+# not signalled and keeps serving; the reload job fails, the previous binary is put back (when
+# NEW_BINARY was given) and this script exits 1. If the new
 # process dies after SIGQUIT, the old one drains and exits, and Restart=always starts the
 # service fresh (a short outage): check `journalctl -u carousel`.
 #
@@ -140,12 +142,13 @@ in_unit() {
         if [ "$have" -ge "$before" ]; then
             printf '%s\n' "$new" >"$pid_file.tmp"
             mv -f -- "$pid_file.tmp" "$pid_file"
-            log "new process $new took over $have listening socket(s); $old drains and exits, then systemd adopts $new (PID file $pid_file)"
+            log "new process $new took over $have listening socket(s); $old drains and exits; systemd adopts $new as main PID (PID file $pid_file)"
             return 0
         fi
         sleep 0.1
     done
-    die "new process $new holds $have of $before listening sockets after 15 s; leaving it to systemd (it is not the main PID; the old process drains and exits, then the unit restarts)"
+    kill -TERM "$new" 2>/dev/null || true
+    die "new process $new held $have of $before listening sockets after 15 s; stopped it; the old process drains and exits, then systemd restarts the unit"
 }
 
 admin() {
@@ -154,17 +157,11 @@ admin() {
     command -v systemctl >/dev/null || die "systemctl not found"
     systemctl is-active --quiet "$UNIT" || die "$UNIT is not running: start it instead (systemctl start $UNIT)"
 
-    local main_pid pid_file recorded
+    local main_pid pid_file
     main_pid=$(systemctl show -p MainPID --value "$UNIT")
     pid_file=$(systemctl show -p PIDFile --value "$UNIT")
     [ -n "$pid_file" ] || die "$UNIT has no PIDFile=; systemd could not follow the new process (use deploy/systemd/carousel.service)"
     [ "$main_pid" -gt 0 ] || die "$UNIT has no main PID"
-    if [ -s "$pid_file" ]; then
-        recorded=$(cat -- "$pid_file")
-        if [ "$recorded" != "$main_pid" ] && alive "$recorded"; then
-            die "a previous upgrade is still draining (main PID $main_pid, new process $recorded); retry when $main_pid has exited"
-        fi
-    fi
 
     if [ -n "$new_bin" ]; then
         [ -x "$new_bin" ] || die "$new_bin is not an executable file"
@@ -182,14 +179,18 @@ admin() {
     install -m 0755 -- "$0" "$staged"
     print_dropin "$staged" "$pid_file" "$BIN" >"$dropin"
     # shellcheck disable=SC2064 # expand now: the paths are fixed
-    trap "rm -f -- '$dropin' '$staged'; systemctl daemon-reload" EXIT
+    trap "rm -f -- '$dropin' '$staged'; rmdir -- '$dropin_dir' '$STAGE_DIR' 2>/dev/null; systemctl daemon-reload" EXIT
     systemctl daemon-reload
 
     log "upgrading $UNIT (main PID $main_pid) via systemctl reload"
     if ! systemctl reload "$UNIT"; then
+        if [ -n "$new_bin" ] && [ -e "$BIN.prev" ]; then
+            mv -f -- "$BIN.prev" "$BIN"
+            log "restored the previous binary as $BIN"
+        fi
         die "upgrade failed: journalctl -u $UNIT -n 50"
     fi
-    log "done: $(cat -- "$pid_file" 2>/dev/null || echo '?') serves now; $main_pid is draining"
+    log "done: main PID $(systemctl show -p MainPID --value "$UNIT") serves now; $main_pid drains and exits"
 }
 
 case ${1:-} in
@@ -201,7 +202,7 @@ case ${1:-} in
     print_dropin "$STAGE_DIR/carousel-upgrade.sh" "${2:-/run/carousel/carousel.pid}" "$BIN"
     ;;
 -h | --help)
-    sed -n '2,12p' "$0"
+    sed -n '2,9p' "$0"
     ;;
 *)
     [ $# -le 1 ] || die "usage: $0 [NEW_BINARY]"

@@ -5,8 +5,7 @@
 //! (127.0.0.0/8, ::1) are ever bound.
 #![allow(dead_code, unused_imports)]
 
-pub mod backend;
-pub mod dns;
+pub use carousel::testbed::{backend, dns};
 pub mod proxy;
 
 use std::process::Stdio;
@@ -18,10 +17,7 @@ pub use dns::{DnsMode, DnsServer};
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
-/// Byte `i` of the deterministic `/blob/<n>` payload.
-pub fn blob_byte(i: usize) -> u8 {
-    ((i as u64 * 31 + 7) % 251) as u8
-}
+pub use carousel::testbed::blob_byte;
 
 /// The first `n` bytes of the deterministic blob payload.
 pub fn blob_bytes(n: usize) -> Vec<u8> {

@@ -24,6 +24,7 @@ struct Row {
     idle_rss: Option<f64>,
     idle_pss: Option<f64>,
     idle_procs: Option<u64>,
+    load1: Option<f64>,
 }
 
 fn f(v: &Value, k: &str) -> Option<f64> {
@@ -95,6 +96,7 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
                 r.lat_p99 = f(&v, "p99_us").filter(|x| *x > 0.0);
                 r.lat_errors = u(&v, "errors");
             }
+            "load" => r.load1 = f(&v, "load1"),
             "idle" => {
                 r.idle_opened = Some(u(&v, "opened"));
                 r.idle_requested = Some(u(&v, "requested"));
@@ -114,11 +116,12 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
         w,
         "| run | mode | throughput down MiB/s | throughput up MiB/s | proxy CPU s/GiB | \
          conn/s (sequential) | conn p50 µs (C=1) | latency p50 µs (C) | latency p99 µs (C) | \
-         idle tunnels opened | KiB/idle tunnel (RSS) | KiB/idle tunnel (PSS) | processes |"
+         idle tunnels opened | KiB/idle tunnel (RSS) | KiB/idle tunnel (PSS) | processes | \
+         load avg at start |"
     );
     let _ = writeln!(
         w,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for ((_, label), r) in &rows {
         let errs = if r.rate_errors + r.lat_errors > 0 {
@@ -132,7 +135,7 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
         };
         let _ = writeln!(
             w,
-            "| {label}{errs} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {label}{errs} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.mode,
             opt(r.down, 0),
             opt(r.up, 0),
@@ -147,6 +150,7 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
             r.idle_procs
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "–".into()),
+            opt(r.load1, 2),
         );
     }
 

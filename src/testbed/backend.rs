@@ -114,10 +114,12 @@ impl Backend {
         panic!("start_set: no common free port after 20 tries: {last_err:?}");
     }
 
+    /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.inner.addr
     }
 
+    /// The name it answers with.
     pub fn name(&self) -> &str {
         &self.inner.name
     }
