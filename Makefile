@@ -8,10 +8,16 @@ deps:
 run: deps
 	cargo run --release -- run
 
-# The whole test suite: formatting, lints, unit, property and integration tests (one target/ build).
+# The whole test suite: formatting, lints, unit, property and integration tests (one target/ build),
+# then the deploy files (promtool, systemd-analyze, manifests) checked against the built binary.
 test: deps lint
 	cargo test --all-targets
+	CAROUSEL_BIN=target/debug/carousel deploy/check.sh
 
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+
+# See the point of carousel: a cluster, a killed member, a blackholed one, no failed request.
+demo: deps
+	cargo run --release -- demo
