@@ -690,3 +690,53 @@ pub fn socks5_reply(e: &OpenError) -> socks5::Reply {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dial::DialFailure;
+    use crate::resolve::ResolveError;
+
+    fn dial(kind: FailKind) -> OpenError {
+        OpenError::Dial(DialFailure {
+            kind,
+            attempts: 3,
+            detail: String::new(),
+        })
+    }
+
+    #[test]
+    fn failures_map_to_the_documented_replies() {
+        use socks5::Reply;
+        let cases = [
+            (dial(FailKind::Refused), 502, Reply::ConnectionRefused),
+            (dial(FailKind::Unreachable), 502, Reply::HostUnreachable),
+            (dial(FailKind::Timeout), 504, Reply::TtlExpired),
+            (dial(FailKind::Other), 502, Reply::GeneralFailure),
+            (
+                OpenError::Dns(ResolveError::NotFound("x".into())),
+                502,
+                Reply::HostUnreachable,
+            ),
+            (
+                OpenError::NoMembers("c".into()),
+                502,
+                Reply::HostUnreachable,
+            ),
+            (OpenError::Denied("r".into()), 403, Reply::NotAllowed),
+            (OpenError::AuthRequired, 407, Reply::NotAllowed),
+            (
+                OpenError::Dns(ResolveError::Overloaded),
+                503,
+                Reply::GeneralFailure,
+            ),
+        ];
+        for (e, status, reply) in cases {
+            assert_eq!(http_status(&e), status, "{e}");
+            assert_eq!(socks5_reply(&e), reply, "{e}");
+        }
+        assert!(String::from_utf8(proxy_auth_required("r\"x"))
+            .unwrap()
+            .contains("Basic realm=\"rx\""));
+    }
+}

@@ -637,3 +637,42 @@ async fn malformed_input_gets_an_answer_and_changes_nothing() {
     .await;
     assert_eq!(out.status, 0, "{}", out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_names_share_one_lookup_and_known_names_need_no_dns() {
+    let f = fixture().await;
+    let name = "burst.cluster.test";
+    f.dns.set_a(name, &[ip4(12)], 30);
+    f.dns.set_delay(Duration::from_millis(300));
+    // 20 clients ask for a name carousel has not seen, all at once.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (socks, port) = (f.proxy.socks, f.port);
+        tasks.push(tokio::spawn(
+            async move { socks5_who(socks, name, port).await },
+        ));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), "b12");
+    }
+    // One lookup served them all: one query per address family (A and AAAA).
+    let queries = f.dns.queries_for(name);
+    assert!(
+        queries <= 2,
+        "{queries} DNS queries for 20 concurrent first requests"
+    );
+    // Once known, a name needs no DNS on the request path: the server stops answering and
+    // requests are still served from memory, without waiting for a DNS timeout.
+    f.dns.set_mode(support::DnsMode::Drop);
+    for _ in 0..10 {
+        assert_eq!(
+            socks5_who(f.proxy.socks, name, f.port).await.unwrap(),
+            "b12"
+        );
+    }
+    assert_eq!(
+        f.dns.queries_for(name),
+        queries,
+        "the request path asked DNS"
+    );
+}

@@ -23,10 +23,11 @@
 #   1. installs a *runtime* drop-in (/run/systemd/system/carousel.service.d/, gone at reboot)
 #      whose ExecReload= runs this script again in `--in-unit` mode, then `systemctl
 #      daemon-reload` and `systemctl reload carousel`;
-#   2. inside the unit (as user carousel, sandboxed), `--in-unit` validates the config with the
-#      new binary, starts `carousel run -u`, waits for its upgrade socket, sends SIGQUIT to the
-#      old main process, waits until the new process holds every listening socket the old one
-#      had, and writes the new PID into the unit's PIDFile (/run/carousel/carousel.pid);
+#   2. inside the unit (as user carousel, sandboxed), the drop-in runs the new binary's
+#      `carousel check` on the config, then `--in-unit` starts `carousel run -u`, waits for its
+#      upgrade socket, sends SIGQUIT to the old main process, waits until the new process holds
+#      every listening socket the old one had, and writes the new PID into the unit's PIDFile
+#      (/run/carousel/carousel.pid);
 #   3. removes the drop-in again (daemon-reload), so `systemctl reload` is plain SIGHUP again.
 # At the end of the reload job systemd re-reads PIDFile= and adopts the new process as the
 # service's main PID (it accepts the PID because the process is in the unit's cgroup; it would
@@ -36,16 +37,17 @@
 #
 # Failure modes: if the new process dies or never opens its upgrade socket, the old process is
 # not signalled and keeps serving; the reload job fails, the previous binary is put back (when
-# NEW_BINARY was given) and this script exits 1. If the new
-# process dies after SIGQUIT, the old one drains and exits, and Restart=always starts the
-# service fresh (a short outage): check `journalctl -u carousel`.
+# NEW_BINARY was given) and this script exits 1. If the new process dies after SIGQUIT, the old
+# one drains and exits, and Restart=always starts the service fresh (a short outage): check
+# `journalctl -u carousel`.
 #
 # Other modes: `--in-unit OLD_PID PID_FILE BINARY` (called by the drop-in, never by hand) and
 # `--print-dropin` (prints the drop-in; deploy/check.sh verifies the unit with it applied).
 set -euo pipefail
 
+# The unit's binary (its ExecStart=) and unit name, if yours differ.
 UNIT=${CAROUSEL_UNIT:-carousel.service}
-BIN=${CAROUSEL_BIN:-/usr/local/bin/carousel}
+BIN=${CAROUSEL_INSTALLED_BIN:-/usr/local/bin/carousel}
 # Where the root-owned copy of this script lives during an upgrade: readable inside the
 # sandbox (ProtectHome= hides /root and /home, where the admin may have run it from).
 STAGE_DIR=/run/carousel-upgrade

@@ -156,3 +156,80 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testbed::backend::Backend;
+
+    fn section(kind: HealthKind, send: &str, expect: &str) -> HealthSection {
+        HealthSection {
+            kind,
+            send: send.into(),
+            expect: expect.into(),
+            timeout_ms: 1000,
+            ..HealthSection::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_and_send_expect_checks() {
+        let b = Backend::start("127.0.0.1".parse().unwrap(), 0, "member-1")
+            .await
+            .unwrap();
+        let tcp = section(HealthKind::Tcp, "", "");
+        assert_eq!(check(&tcp, b.addr(), "x").await, Ok(()));
+        let good = section(HealthKind::SendExpect, "WHO\n", "member-1");
+        assert_eq!(check(&good, b.addr(), "x").await, Ok(()));
+        let bad = section(HealthKind::SendExpect, "WHO\n", "member-2");
+        assert!(check(&bad, b.addr(), "x")
+            .await
+            .unwrap_err()
+            .contains("unexpected reply"));
+        b.stop();
+        assert!(check(&tcp, b.addr(), "x")
+            .await
+            .unwrap_err()
+            .starts_with("connect:"));
+    }
+
+    #[tokio::test]
+    async fn tls_check_completes_a_handshake() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["chat.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (s, _) = listener.accept().await.unwrap();
+                let _ = acceptor.accept(s).await;
+            }
+        });
+        let tls = section(HealthKind::Tls, "", "");
+        assert_eq!(check(&tls, addr, "chat.test").await, Ok(()));
+        // A plain TCP server that never speaks TLS fails the check.
+        let plain = Backend::start("127.0.0.1".parse().unwrap(), 0, "plain")
+            .await
+            .unwrap();
+        let short = HealthSection {
+            timeout_ms: 300,
+            ..tls
+        };
+        assert!(check(&short, plain.addr(), "chat.test").await.is_err());
+        server.abort();
+    }
+}
