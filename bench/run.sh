@@ -48,7 +48,8 @@ fi
 STEP_LIMIT=300                     # seconds any one measurement may take
 
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
-OUT="$ROOT/bench/out/$STAMP$([ "$QUICK" = 1 ] && echo -quick)"
+if [ "$QUICK" = 1 ]; then RUN_FLAG=" --quick"; RUN_SUFFIX="-quick"; else RUN_FLAG=""; RUN_SUFFIX=""; fi
+OUT="$ROOT/bench/out/$STAMP$RUN_SUFFIX"
 RES="$OUT/results.jsonl"
 CMDS="$OUT/commands.txt"
 if [ -z "$DOC" ]; then
@@ -502,7 +503,7 @@ mkdir -p "$(dirname "$DOC")"
     echo "# Benchmarks"
     echo
     echo "carousel against Squid, Dante, tinyproxy and microsocks, and against a direct"
-    echo "connection, on one machine over loopback. Produced by \`bench/run.sh$([ "$QUICK" = 1 ] && echo ' --quick')\`"
+    echo "connection, on one machine over loopback. Produced by \`bench/run.sh$RUN_FLAG\`"
     echo "(run $STAMP, $ELAPSED s including builds). Numbers on a shared 2-core machine are noisy:"
     echo "compare ratios from the same run, not absolute numbers across runs."
     echo
@@ -591,7 +592,7 @@ mkdir -p "$(dirname "$DOC")"
     echo "## Commands"
     echo
     echo '```sh'
-    echo "bench/run.sh$([ "$QUICK" = 1 ] && echo ' --quick')"
+    echo "bench/run.sh$RUN_FLAG"
     echo "# which ran, with the DNS server and backends:"
     echo "carousel-loadgen dns --listen $DNS_IP:53 --record $NAME=$backend_csv --ttl 300 --time-limit 7200"
     echo "carousel-loadgen backend --addrs $backend_csv --sink $SINK_PORT --source $SOURCE_PORT --echo $ECHO_PORT --time-limit 7200"

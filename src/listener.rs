@@ -197,95 +197,84 @@ impl ServerApp for Listener {
 }
 
 impl Listener {
-    /// Answers a client over a connection limit in its own protocol, quickly, and closes.
-    async fn overloaded(&self, mut stream: Stream, limit: &str, handshake: Duration) {
-        tracing::warn!(limit, "connection limit reached");
+    /// Answers a client refused before any request (over a limit, or not an allowed client) in
+    /// its own protocol, quickly, and closes. Returns the protocol it spoke, if it spoke at all.
+    async fn refuse_early(
+        &self,
+        stream: &mut Stream,
+        handshake: Duration,
+        socks5_code: socks5::Reply,
+        http_status: u16,
+        why: &str,
+    ) -> Option<&'static str> {
         let deadline = Instant::now() + handshake.min(Duration::from_secs(2));
         let mut first = [0u8; 1];
         if !matches!(
             tokio::time::timeout_at(deadline, stream.try_peek(&mut first)).await,
             Ok(Ok(true))
         ) {
-            return;
+            return None;
         }
         match first[0] {
-            4 => write_reply(&mut stream, &socks4::reply(false)).await,
+            4 => {
+                write_reply(stream, &socks4::reply(false)).await;
+                Some("socks4")
+            }
             5 => {
                 let mut buf = BytesMut::new();
                 if let Ok(Ok(_)) =
-                    read_until(&mut stream, &mut buf, deadline, socks5::parse_greeting).await
+                    read_until(stream, &mut buf, deadline, socks5::parse_greeting).await
                 {
                     buf.clear();
-                    write_reply(&mut stream, &socks5::method_reply(socks5::NO_AUTH)).await;
-                    let _ =
-                        read_until(&mut stream, &mut buf, deadline, socks5::parse_request).await;
-                    write_reply(
-                        &mut stream,
-                        &socks5::reply(socks5::Reply::GeneralFailure, None),
-                    )
-                    .await;
+                    write_reply(stream, &socks5::method_reply(socks5::NO_AUTH)).await;
+                    let _ = read_until(stream, &mut buf, deadline, socks5::parse_request).await;
+                    write_reply(stream, &socks5::reply(socks5_code, None)).await;
                 }
+                Some("socks5")
             }
             _ => {
-                let body = format!("overloaded: {limit} connection limit reached");
                 write_reply(
-                    &mut stream,
-                    &http::response(503, "Service Unavailable", &body),
+                    stream,
+                    &http::response(http_status, reason(http_status), why),
                 )
                 .await;
+                Some("http")
             }
         }
     }
 
-    /// Answers a client outside `allow_clients` in its own protocol and closes.
-    async fn refuse_client(&self, mut stream: Stream, e: &OpenError, handshake: Duration) {
-        let deadline = Instant::now() + handshake.min(Duration::from_secs(2));
-        let mut first = [0u8; 1];
-        if !matches!(
-            tokio::time::timeout_at(deadline, stream.try_peek(&mut first)).await,
-            Ok(Ok(true))
-        ) {
-            return;
+    /// A client over a connection limit: HTTP 503, SOCKS5 0x01, SOCKS4 0x5B.
+    async fn overloaded(&self, mut stream: Stream, limit: &str, handshake: Duration) {
+        tracing::warn!(limit, "connection limit reached");
+        let why = format!("overloaded: {limit} connection limit reached");
+        if let Some(protocol) = self
+            .refuse_early(
+                &mut stream,
+                handshake,
+                socks5::Reply::GeneralFailure,
+                503,
+                &why,
+            )
+            .await
+        {
+            metrics::request(protocol, "overload");
         }
-        let protocol = match first[0] {
-            4 => {
-                write_reply(&mut stream, &socks4::reply(false)).await;
-                "socks4"
-            }
-            5 => {
-                let mut buf = BytesMut::new();
-                if let Ok(Ok(_)) =
-                    read_until(&mut stream, &mut buf, deadline, socks5::parse_greeting).await
-                {
-                    buf.clear();
-                    write_reply(&mut stream, &socks5::method_reply(socks5::NO_AUTH)).await;
-                    let _ =
-                        read_until(&mut stream, &mut buf, deadline, socks5::parse_request).await;
-                    write_reply(&mut stream, &socks5::reply(socks5::Reply::NotAllowed, None)).await;
-                }
-                "socks5"
-            }
-            _ => {
-                write_reply(
-                    &mut stream,
-                    &http::response(403, "Forbidden", &e.to_string()),
-                )
-                .await;
-                "http"
-            }
+    }
+
+    /// A client outside `allow_clients`: HTTP 403, SOCKS5 0x02, SOCKS4 0x5B; logged.
+    async fn refuse_client(&self, mut stream: Stream, e: &OpenError, handshake: Duration) {
+        let why = e.to_string();
+        let Some(protocol) = self
+            .refuse_early(&mut stream, handshake, socks5::Reply::NotAllowed, 403, &why)
+            .await
+        else {
+            return;
         };
-        metrics::request(protocol, "denied");
-        self.proxy.log(&Entry {
+        let who = Requester {
             client: peer_ip(&stream),
-            protocol: match protocol {
-                "socks4" => "socks4",
-                "socks5" => "socks5",
-                _ => "http",
-            },
-            outcome: "denied",
-            rule: e.to_string(),
-            ..Default::default()
-        });
+            user: None,
+        };
+        self.finish_refused(protocol, &who, None, "denied", why, Instant::now());
     }
 
     /// Logs and counts a request that ended before a tunnel opened.

@@ -322,18 +322,7 @@ impl Resolver {
                     .saturating_duration_since(std::time::Instant::now());
                 Ok((addrs, ttl))
             }
-            Err(e) if e.is_nx_domain() || e.is_no_records_found() => {
-                Err(ResolveError::NotFound(name.to_string()))
-            }
-            Err(e) => Err(ResolveError::Failed {
-                name: name.to_string(),
-                reason: e
-                    .to_string()
-                    .lines()
-                    .next()
-                    .unwrap_or("lookup failed")
-                    .into(),
-            }),
+            Err(e) => Err(classify(name, e)),
         }
     }
 

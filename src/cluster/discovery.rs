@@ -41,11 +41,7 @@ pub async fn run(cluster: Arc<Cluster>, resolver: Arc<Resolver>, dns: DnsSection
                     let keep: Vec<MemberSpec> = snap
                         .members
                         .iter()
-                        .map(|m| MemberSpec {
-                            addr: m.addr,
-                            weight: m.weight,
-                            priority: m.priority,
-                        })
+                        .map(|m| MemberSpec::of(m))
                         .chain(specs)
                         .collect();
                     cluster.apply(&keep, Some(e.to_string()));

@@ -39,6 +39,17 @@ pub struct MemberSpec {
     pub priority: u16,
 }
 
+impl MemberSpec {
+    /// The spec an existing member was built from.
+    pub fn of(m: &Member) -> Self {
+        MemberSpec {
+            addr: m.addr,
+            weight: m.weight,
+            priority: m.priority,
+        }
+    }
+}
+
 /// The member set in force, swapped whole on every discovery change.
 #[derive(Default)]
 pub struct Snapshot {
@@ -109,15 +120,7 @@ impl Cluster {
     /// reload changed its settings; the caller retires `old` without retiring its members.
     pub fn adopt(&self, old: &Cluster) -> Vec<Arc<Member>> {
         let snap = old.snapshot();
-        let specs: Vec<MemberSpec> = snap
-            .members
-            .iter()
-            .map(|m| MemberSpec {
-                addr: m.addr,
-                weight: m.weight,
-                priority: m.priority,
-            })
-            .collect();
+        let specs: Vec<MemberSpec> = snap.members.iter().map(|m| MemberSpec::of(m)).collect();
         self.snapshot.store(Arc::new(Snapshot {
             pools: self.build_pools(&snap.members),
             members: snap.members.clone(),
@@ -220,19 +223,11 @@ impl Cluster {
             }
             let m = match by_addr.remove(&spec.addr) {
                 Some(m) if m.weight == spec.weight.max(1) && m.priority == spec.priority => m,
-                Some(old_m) => {
-                    // Weight or priority changed: a new member, but it inherits nothing stale.
-                    old_m.retire();
-                    let m = Arc::new(Member::new(
-                        &self.name,
-                        spec.addr,
-                        spec.weight,
-                        spec.priority,
-                    ));
-                    fresh.push(m.clone());
-                    m
-                }
-                None => {
+                changed => {
+                    // New, or its weight or priority changed: a new member that inherits nothing.
+                    if let Some(old) = changed {
+                        old.retire();
+                    }
                     let m = Arc::new(Member::new(
                         &self.name,
                         spec.addr,
