@@ -16,5 +16,16 @@ echo "ensure-deps: installing ${need[*]}" >&2
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 export DEBIAN_FRONTEND=noninteractive
+# Packages such as prometheus would start their service on install (Prometheus on :9090, the
+# admin port carousel uses by default); tests start their own, so services stay down.
+policy=/usr/sbin/policy-rc.d
+own_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+  $SUDO chmod +x "$policy"
+  own_policy=1
+fi
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+[ "$own_policy" = 1 ] && $SUDO rm -f "$policy"
+exit 0
