@@ -5,6 +5,8 @@
 #   bench/run.sh            full run (a few minutes after the builds); writes docs/BENCHMARKS.md
 #   bench/run.sh --quick    short smoke run; writes bench/out/<run>/BENCHMARKS.md only
 #   bench/run.sh --doc FILE write the report to FILE instead
+#   bench/run.sh --peers squid,dante   only these peers (of squid,dante,tinyproxy,microsocks;
+#                           "none" for carousel and direct only)
 #   CAROUSEL_BIN=path bench/run.sh   measure that carousel binary instead of building one
 #
 # Needs root (apt-get, DNS on port 53, a private mount namespace per libc-resolver peer).
@@ -19,11 +21,13 @@ cd "$ROOT"
 
 QUICK=0
 DOC=""
+ONLY_PEERS="squid,dante,tinyproxy,microsocks"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --doc) DOC="${2:?--doc needs a file}"; shift ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --peers) ONLY_PEERS="${2:?--peers needs a list}"; shift ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -34,7 +38,7 @@ done
 DNS_IP=127.0.0.153                 # Squid's dns_nameservers takes no port: DNS must be on :53
 BACKEND_IPS=(127.0.0.21 127.0.0.22 127.0.0.23 127.0.0.24)
 NAME=backend.bench.test            # A records: every backend IP
-SINK_PORT=18001; SOURCE_PORT=18002; ECHO_PORT=18003
+SINK_PORT=18001; SOURCE_PORT=18002; ECHO_PORT=18003; ONESHOT_PORT=18004; HOLD_PORT=18005
 CAROUSEL_HTTP=17001; CAROUSEL_SOCKS=17002
 SQUID_PORT=17003; TINYPROXY_PORT=17004; DANTE_PORT=17005; MICROSOCKS_PORT=17006
 
@@ -43,7 +47,7 @@ if [ "$QUICK" = 1 ]; then
     RATE_COUNT=300; LAT_C=8; LAT_COUNT=25; IDLE_WANT=500
 else
     THR_BYTES=$((256 << 20)); THR_REPEAT=5
-    RATE_COUNT=5000; LAT_C=32; LAT_COUNT=100; IDLE_WANT=10000
+    RATE_COUNT=20000; LAT_C=32; LAT_COUNT=400; IDLE_WANT=10000
 fi
 STEP_LIMIT=300                     # seconds any one measurement may take
 
@@ -123,7 +127,11 @@ declare -A BIN_OF=([squid]=squid [dante]=danted [tinyproxy]=tinyproxy [microsock
 PEERS=()
 SKIPPED=()
 need=()
+WANTED=()
 for peer in squid dante tinyproxy microsocks; do
+    case ",$ONLY_PEERS," in *",$peer,"*) WANTED+=("$peer") ;; esac
+done
+for peer in "${WANTED[@]}"; do
     command -v "${BIN_OF[$peer]}" >/dev/null 2>&1 || need+=("${PKG_OF[$peer]}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -150,7 +158,7 @@ if [ ${#need[@]} -gt 0 ]; then
         if [ "$POLICY_RC_CREATED" = 1 ]; then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
     fi
 fi
-for peer in squid dante tinyproxy microsocks; do
+for peer in "${WANTED[@]}"; do
     if command -v "${BIN_OF[$peer]}" >/dev/null 2>&1; then
         PEERS+=("$peer")
     else
@@ -196,7 +204,7 @@ fi
 
 # Ports must be free.
 busy=""
-for p in $SINK_PORT $SOURCE_PORT $ECHO_PORT $CAROUSEL_HTTP $CAROUSEL_SOCKS $SQUID_PORT \
+for p in $SINK_PORT $SOURCE_PORT $ECHO_PORT $ONESHOT_PORT $HOLD_PORT $CAROUSEL_HTTP $CAROUSEL_SOCKS $SQUID_PORT \
          $TINYPROXY_PORT $DANTE_PORT $MICROSOCKS_PORT; do
     if ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then busy="$busy $p"; fi
 done
@@ -212,7 +220,7 @@ start_bg "$OUT/dns.log" "$LG" --threads 1 dns --listen "$DNS_IP:53" --record "$N
     --ttl 300 --time-limit 7200
 DNS_PID=$STARTED_PID
 start_bg "$OUT/backend.log" "$LG" --threads 1 backend --addrs "$backend_csv" --sink $SINK_PORT \
-    --source $SOURCE_PORT --echo $ECHO_PORT --time-limit 7200
+    --source $SOURCE_PORT --echo $ECHO_PORT --oneshot $ONESHOT_PORT --hold $HOLD_PORT --time-limit 7200
 BACKEND_PID=$STARTED_PID
 for i in $(seq 1 50); do
     grep -q dns_ready "$OUT/dns.log" 2>/dev/null && grep -q backend_ready "$OUT/backend.log" 2>/dev/null && break
@@ -220,6 +228,8 @@ for i in $(seq 1 50); do
     kill -0 "$BACKEND_PID" 2>/dev/null || die "backends did not start: $(cat "$OUT/backend.log")"
     sleep 0.1
 done
+grep -q dns_ready "$OUT/dns.log" && grep -q backend_ready "$OUT/backend.log" \
+    || die "DNS server or backends not ready after 5 s (see $OUT/dns.log, $OUT/backend.log)"
 printf 'nameserver %s\noptions timeout:1 attempts:2\n' "$DNS_IP" > "$OUT/resolv.conf"
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +287,7 @@ name = "bench backends"
 action = "allow"
 clients = ["127.0.0.0/8"]
 destinations = ["127.0.0.0/8"]
-ports = [$SINK_PORT, $SOURCE_PORT, $ECHO_PORT]
+ports = [$SINK_PORT, $SOURCE_PORT, $ECHO_PORT, $ONESHOT_PORT, $HOLD_PORT]
 EOF
 carousel_optional "connection limits" <<EOF
 [limits]
@@ -303,7 +313,7 @@ cat > "$CONF/squid.conf" <<EOF
 # the test server (dns_nameservers takes IP addresses only, so the server listens on port 53).
 http_port 127.0.0.1:$SQUID_PORT
 acl localnet src 127.0.0.0/8
-acl bench_ports port $SINK_PORT-$ECHO_PORT
+acl bench_ports port $SINK_PORT-$HOLD_PORT
 acl CONNECT method CONNECT
 http_access deny !bench_ports
 http_access allow localnet
@@ -341,6 +351,8 @@ Allow 127.0.0.0/8
 ConnectPort $SINK_PORT
 ConnectPort $SOURCE_PORT
 ConnectPort $ECHO_PORT
+ConnectPort $ONESHOT_PORT
+ConnectPort $HOLD_PORT
 DisableViaHeader Yes
 EOF
 
@@ -409,6 +421,8 @@ note_load() { # label: the machine's load when this proxy's turn starts (noise i
 }
 
 ECHO_T="$NAME:$ECHO_PORT"
+ONESHOT_T="$NAME:$ONESHOT_PORT"
+HOLD_T="$NAME:$HOLD_PORT"
 direct_targets() { # port -> ip:port,ip:port,...
     local out="" ip
     for ip in "${BACKEND_IPS[@]}"; do out="$out${out:+,}$ip:$1"; done
@@ -428,15 +442,15 @@ measure() { # label mode proxy-addr start-fn
     fi
     lg throughput "${common[@]}" --target "$NAME:$SOURCE_PORT" --target-up "$NAME:$SINK_PORT" \
         --bytes "$THR_BYTES" --repeat "$THR_REPEAT" --pid "$pid" --time-limit $STEP_LIMIT >/dev/null || true
-    lg rate "${common[@]}" --target "$ECHO_T" --count "$RATE_COUNT" --time-limit $STEP_LIMIT >/dev/null || true
-    lg latency "${common[@]}" --target "$ECHO_T" --concurrency "$LAT_C" --count "$LAT_COUNT" \
+    lg rate "${common[@]}" --target "$ONESHOT_T" --count "$RATE_COUNT" --pid "$pid" --time-limit $STEP_LIMIT >/dev/null || true
+    lg latency "${common[@]}" --target "$ONESHOT_T" --concurrency "$LAT_C" --count "$LAT_COUNT" \
         --time-limit $STEP_LIMIT >/dev/null || true
     stop_pid "$pid" TERM; forget_pid "$pid"
 
     log "$label: $IDLE_COUNT idle tunnels (fresh process)"
     "$start"; pid=$PROXY_PID
     if lg probe "${common[@]}" --target "$ECHO_T" --time-limit 20 >/dev/null; then
-        lg idle "${common[@]}" --target "$ECHO_T" --pid "$pid" --count "$IDLE_COUNT" \
+        lg idle "${common[@]}" --target "$HOLD_T" --pid "$pid" --count "$IDLE_COUNT" \
             --parallel 32 --settle 2 --time-limit $STEP_LIMIT >/dev/null || true
     fi
     stop_pid "$pid" TERM; forget_pid "$pid"
@@ -454,9 +468,9 @@ lg probe --mode direct --label direct --target "$DIRECT_ECHO" --time-limit 20 >/
 lg throughput --mode direct --label direct --target "$(direct_targets $SOURCE_PORT)" \
     --target-up "$(direct_targets $SINK_PORT)" --bytes "$THR_BYTES" --repeat "$THR_REPEAT" \
     --time-limit $STEP_LIMIT >/dev/null || true
-lg rate --mode direct --label direct --target "$DIRECT_ECHO" --count "$RATE_COUNT" \
+lg rate --mode direct --label direct --target "$(direct_targets $ONESHOT_PORT)" --count "$RATE_COUNT" \
     --time-limit $STEP_LIMIT >/dev/null || true
-lg latency --mode direct --label direct --target "$DIRECT_ECHO" --concurrency "$LAT_C" \
+lg latency --mode direct --label direct --target "$(direct_targets $ONESHOT_PORT)" --concurrency "$LAT_C" \
     --count "$LAT_COUNT" --time-limit $STEP_LIMIT >/dev/null || true
 
 measure carousel-connect connect "127.0.0.1:$CAROUSEL_HTTP" start_carousel
@@ -551,7 +565,12 @@ mkdir -p "$(dirname "$DOC")"
     echo "- **Topology.** Everything is on loopback: the load generator (\`bench/loadgen\`, one"
     echo "  tokio thread), a test DNS server (hickory-server) on $DNS_IP:53 serving \`$NAME\`"
     echo "  with A records ${BACKEND_IPS[*]} (TTL 300 s, AAAA → NODATA), and backends on each of"
-    echo "  those addresses (one tokio thread): sink :$SINK_PORT, source :$SOURCE_PORT, echo :$ECHO_PORT."
+    echo "  those addresses (one tokio thread): sink :$SINK_PORT, source :$SOURCE_PORT, echo :$ECHO_PORT"
+    echo "  (readiness probes), one-shot :$ONESHOT_PORT (32-byte echo, then closes) and hold :$HOLD_PORT"
+    echo "  (1-byte echoes until \`Q\`, then closes). The backends always close first, so TIME_WAIT"
+    echo "  sockets stay on the backend's and the proxy listener's side: Dante binds its outgoing"
+    echo "  socket to 127.0.0.1 port 0 before connecting, and with clients closing first it ran out"
+    echo "  of ephemeral ports (\`bindexternaladdr(): could not bind tcp port 0\`) in the idle test."
     echo "  Clients always ask for the *name* (CONNECT \`$NAME:port\`; SOCKS5 with a domain-name"
     echo "  address), so every proxy resolves it itself; the direct baseline dials the IP addresses"
     echo "  (rotated). One proxy runs at a time; client, proxy and backends share the $(nproc) cores."
@@ -569,12 +588,16 @@ mkdir -p "$(dirname "$DOC")"
     echo "  reports the byte count); the median MiB/s is reported."
     echo "- **CPU per GiB.** utime+stime (+ waited-for children) of the proxy's whole process tree"
     echo "  from /proc/PID/stat, before and after the throughput step, divided by the GiB moved."
-    echo "- **Connection rate.** $RATE_COUNT sequential cycles of: open tunnel, send 32 bytes, read"
-    echo "  the 32-byte echo, close. conn/s = cycles / wall time; its per-cycle p50 is the unloaded"
-    echo "  (C=1) latency."
-    echo "- **Latency.** C=$LAT_C concurrent clients, $LAT_COUNT cycles each (same cycle as above, each"
-    echo "  on a fresh tunnel); p50/p99 of the whole cycle. With one client thread, one backend thread"
-    echo "  and the proxy on $(nproc) cores this includes queueing; compare against direct's."
+    echo "- **Connection rate.** $RATE_COUNT sequential cycles of: open tunnel (connect + CONNECT or"
+    echo "  SOCKS5 handshake), send 32 bytes, read the 32-byte echo, wait for the backend's close to"
+    echo "  arrive through the proxy, close. conn/s = cycles / wall time; proxy CPU µs/conn = the"
+    echo "  proxy tree's CPU time over the step ÷ cycles. The per-cycle time from connect to echo,"
+    echo "  p50, is the unloaded (C=1) latency."
+    echo "- **Latency.** C=$LAT_C concurrent closed-loop clients, $LAT_COUNT cycles each (the cycle above,"
+    echo "  each on a fresh tunnel); p50/p99 of connect → echo. In a closed loop p50 ≈ C ÷ cycle"
+    echo "  rate (Little's law), so at C=$LAT_C this mostly measures capacity on $(nproc) shared cores (one"
+    echo "  client thread, one backend thread, the proxy); the C=1 numbers show the proxy's own"
+    echo "  added latency. The target is judged on both."
     echo "- **Memory per idle tunnel.** On a freshly started proxy: 64 warm-up tunnels, 2 s, read the"
     echo "  tree's memory; open $IDLE_COUNT tunnels (32 at a time, each checked with a 1-byte echo),"
     echo "  2 s, read again; (after − before) / tunnels. RSS is the sum of VmRSS over the process"
@@ -595,7 +618,7 @@ mkdir -p "$(dirname "$DOC")"
     echo "bench/run.sh$RUN_FLAG"
     echo "# which ran, with the DNS server and backends:"
     echo "carousel-loadgen dns --listen $DNS_IP:53 --record $NAME=$backend_csv --ttl 300 --time-limit 7200"
-    echo "carousel-loadgen backend --addrs $backend_csv --sink $SINK_PORT --source $SOURCE_PORT --echo $ECHO_PORT --time-limit 7200"
+    echo "carousel-loadgen backend --addrs $backend_csv --sink $SINK_PORT --source $SOURCE_PORT --echo $ECHO_PORT --oneshot $ONESHOT_PORT --hold $HOLD_PORT --time-limit 7200"
     echo "carousel run -c carousel.toml"
     echo "squid -N -f squid.conf"
     echo "unshare -m sh -c 'mount --bind resolv.conf /etc/resolv.conf && exec tinyproxy -d -c tinyproxy.conf'"

@@ -607,7 +607,11 @@ impl Listener {
         let _member = up.member.as_ref().map(|mb| mb.open_connection());
         let active = m.active_tunnels.with_label_values(&[protocol]);
         active.inc();
-        let stats = tunnel::run(client, &mut up.stream, early, self.proxy.tunnel_idle()).await;
+        let idle = self.proxy.tunnel_idle();
+        let stats = match tunnel::tcp_of(client) {
+            Some(raw) => tunnel::run_tcp(&raw, &up.stream, early, idle).await,
+            None => tunnel::run(client, &mut up.stream, early, idle).await,
+        };
         active.dec();
         m.tunnel_bytes.with_label_values(&["up"]).inc_by(stats.up);
         m.tunnel_bytes

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -94,7 +95,13 @@ pub fn build(
     for section in &config.listeners {
         let app = Listener::new(proxy.clone(), section, forwarder.clone());
         let mut service = Service::new(format!("carousel {}", section.address), app);
-        service.add_tcp(&section.address.to_string());
+        // No read buffer: tunnels take the socket over after the handshake, so no client bytes
+        // may wait in a Pingora read buffer (and idle tunnels hold no 64 KiB buffer each).
+        // Writes stay buffered (replies are flushed before a tunnel starts).
+        service.add_listener(
+            ListenerConfig::tcp(section.address.to_string())
+                .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)),
+        );
         server.add_service(service);
     }
     reload::mark_success();

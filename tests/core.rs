@@ -294,12 +294,7 @@ async fn forwarding_rewrites_and_strips_headers() {
         p = f.port
     );
     c.write_all(get.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = timeout(Duration::from_secs(5), c.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let resp = String::from_utf8_lossy(&buf[..n]).to_string();
+    let resp = read_response(&mut c).await;
     assert!(
         resp.starts_with("HTTP/1.1 200") && resp.ends_with("b11\n"),
         "{resp}"
@@ -318,6 +313,35 @@ async fn forwarding_rewrites_and_strips_headers() {
         rest.starts_with("HTTP/1.1 200") && rest.trim_end().ends_with("b12"),
         "{rest}"
     );
+}
+
+/// Reads one HTTP/1.1 response (head and Content-Length body) from `c`, bounded by a timeout.
+async fn read_response(c: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    let work = async {
+        while !buf.ends_with(b"\r\n\r\n") {
+            if c.read(&mut byte).await.unwrap() == 0 {
+                break;
+            }
+            buf.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        c.read_exact(&mut body).await.unwrap();
+        buf.extend_from_slice(&body);
+    };
+    timeout(Duration::from_secs(5), work)
+        .await
+        .expect("response in time");
+    String::from_utf8_lossy(&buf).to_string()
 }
 
 fn assert_even(

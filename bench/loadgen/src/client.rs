@@ -164,6 +164,17 @@ async fn exchange(s: &mut TcpStream, msg: &[u8], t: Duration) -> io::Result<()> 
     .map_err(|_| other("exchange timed out"))?
 }
 
+/// Waits (bounded) until the far side closes, so the backend, not this client, closes first and
+/// keeps the TIME_WAIT socket. Any data is discarded.
+async fn drain_eof(s: &mut TcpStream, t: Duration) {
+    let mut scratch = [0u8; 4096];
+    let _ = tokio::time::timeout(t, async {
+        while s.read(&mut scratch).await.unwrap_or(0) > 0 {}
+    })
+    .await;
+}
+
+/// The ping of the rate and latency tests: exactly the one-shot backend's message size.
 const MSG: &[u8; 32] = b"carousel-bench ping 0123456789\r\n";
 
 /// Percentile (nearest rank) of sorted microsecond samples.
@@ -272,7 +283,9 @@ pub async fn throughput(
             }
             let res = tokio::time::timeout(left, async {
                 let mut s = c.open(r).await?;
-                transfer(&mut s, dir, bytes).await
+                let t = transfer(&mut s, dir, bytes).await?;
+                drain_eof(&mut s, c.op_timeout).await;
+                Ok::<_, io::Error>(t)
             })
             .await
             .map_err(|_| other("throughput: time limit"))
@@ -314,9 +327,17 @@ pub async fn throughput(
     Ok(())
 }
 
-/// Connection rate: `count` sequential (open tunnel, 32-byte echo, close) cycles.
-pub async fn rate(c: &Client, label: &str, count: usize, limit: Duration) -> io::Result<()> {
+/// Connection rate: `count` sequential (open tunnel, 32-byte echo, backend closes) cycles; the
+/// per-cycle latency sample ends when the echo has arrived.
+pub async fn rate(
+    c: &Client,
+    label: &str,
+    count: usize,
+    pid: Option<i32>,
+    limit: Duration,
+) -> io::Result<()> {
     let deadline = Instant::now() + limit;
+    let cpu0 = pid.map(procfs::cpu_seconds);
     let start = Instant::now();
     let mut lat = Vec::with_capacity(count);
     let mut errors = 0usize;
@@ -328,11 +349,14 @@ pub async fn rate(c: &Client, label: &str, count: usize, limit: Duration) -> io:
         let t = Instant::now();
         let r = async {
             let mut s = c.open(i).await?;
-            exchange(&mut s, MSG, c.op_timeout).await
+            exchange(&mut s, MSG, c.op_timeout).await?;
+            let answered = t.elapsed();
+            drain_eof(&mut s, c.op_timeout).await;
+            Ok::<_, io::Error>(answered)
         }
         .await;
         match r {
-            Ok(()) => lat.push(t.elapsed().as_micros() as u64),
+            Ok(answered) => lat.push(answered.as_micros() as u64),
             Err(e) => {
                 errors += 1;
                 last_err = e.to_string();
@@ -340,8 +364,15 @@ pub async fn rate(c: &Client, label: &str, count: usize, limit: Duration) -> io:
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = match (pid, cpu0) {
+        (Some(p), Some(c0)) => Some(procfs::cpu_seconds(p) - c0),
+        _ => None,
+    };
+    let done = lat.len();
     lat.sort_unstable();
     emit(json!({
+        "proxy_cpu_s": cpu,
+        "proxy_cpu_us_per_conn": cpu.filter(|_| done > 0).map(|c| c * 1e6 / done as f64),
         "test": "rate", "label": label, "mode": c.mode.name(), "requested": count,
         "done": lat.len(), "errors": errors, "last_error": last_err, "elapsed_s": elapsed,
         "per_s": lat.len() as f64 / elapsed,
@@ -381,12 +412,14 @@ pub async fn latency(
                     let mut s = c.open(i).await?;
                     let t1 = Instant::now();
                     exchange(&mut s, MSG, c.op_timeout).await?;
-                    Ok::<_, io::Error>(t1.elapsed())
+                    let done = (t0.elapsed(), t1.elapsed());
+                    drain_eof(&mut s, c.op_timeout).await;
+                    Ok::<_, io::Error>(done)
                 }
                 .await;
                 match r {
-                    Ok(x) => {
-                        total.push(t0.elapsed().as_micros() as u64);
+                    Ok((cycle, x)) => {
+                        total.push(cycle.as_micros() as u64);
                         xchg.push(x.as_micros() as u64);
                     }
                     Err(e) => {
@@ -446,7 +479,10 @@ pub async fn idle(
     // Warm-up: lazily created state (DNS cache, worker pools, buffers) is not per-tunnel cost.
     for i in 0..64 {
         if let Ok(mut s) = c.open(i).await {
-            let _ = exchange(&mut s, MSG, c.op_timeout).await;
+            let _ = exchange(&mut s, b"w", c.op_timeout).await;
+            if s.write_all(b"Q").await.is_ok() {
+                drain_eof(&mut s, c.op_timeout).await;
+            }
         }
     }
     tokio::time::sleep(settle).await;
@@ -506,6 +542,18 @@ pub async fn idle(
         }
     }
     let opened = held.len();
+    // Close: ask every backend to close first (`Q`), then wait (bounded) for the EOFs.
+    let close_deadline = Instant::now() + Duration::from_secs(60);
+    for s in held.iter_mut() {
+        let _ = tokio::time::timeout(c.op_timeout, s.write_all(b"Q")).await;
+    }
+    for s in held.iter_mut() {
+        let left = close_deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        drain_eof(s, left.min(c.op_timeout)).await;
+    }
     drop(held);
     tokio::time::sleep(settle).await;
     let closed = procfs::memory(pid);

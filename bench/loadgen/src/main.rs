@@ -44,7 +44,7 @@ enum Cmd {
         #[arg(long, default_value_t = 10800.0)]
         time_limit: f64,
     },
-    /// Loopback backends: `--sink`, `--source` and `--echo` listeners on every `--addr`.
+    /// Loopback backends: sink, source, echo, one-shot and hold listeners on every `--addr`.
     Backend {
         /// Loopback IPv4 addresses to listen on (comma-separated).
         #[arg(long, value_delimiter = ',', required = true)]
@@ -55,9 +55,15 @@ enum Cmd {
         /// Port of the source (reads a u64 length, sends that many bytes).
         #[arg(long)]
         source: u16,
-        /// Port of the echo server.
+        /// Port of the echo server (echoes until the client closes).
         #[arg(long)]
         echo: u16,
+        /// Port of the one-shot server (32-byte echo, then the backend closes first).
+        #[arg(long)]
+        oneshot: u16,
+        /// Port of the hold server (1-byte echoes until `Q`, then the backend closes first).
+        #[arg(long)]
+        hold: u16,
         /// Stop after this many seconds.
         #[arg(long, default_value_t = 10800.0)]
         time_limit: f64,
@@ -84,14 +90,19 @@ enum Cmd {
         #[arg(long)]
         pid: Option<i32>,
     },
-    /// Sequential (open tunnel, 32-byte echo, close) cycles per second.
+    /// Sequential (open tunnel, 32-byte echo, close) cycles per second; `--target` should be a
+    /// one-shot backend (it closes first).
     Rate {
         #[command(flatten)]
         c: ClientArgs,
         #[arg(long, default_value_t = 2000)]
         count: usize,
+        /// Proxy process whose CPU time (with its descendants) is measured.
+        #[arg(long)]
+        pid: Option<i32>,
     },
-    /// Latency of (fresh tunnel, 32-byte echo) cycles under `--concurrency` clients.
+    /// Latency of (fresh tunnel, 32-byte echo) cycles under `--concurrency` clients; `--target`
+    /// should be a one-shot backend.
     Latency {
         #[command(flatten)]
         c: ClientArgs,
@@ -102,7 +113,7 @@ enum Cmd {
         count: usize,
     },
     /// Proxy memory per idle tunnel: RSS/PSS of the proxy's process tree before and after
-    /// opening `--count` tunnels.
+    /// opening `--count` tunnels; `--target` must be a hold backend.
     Idle {
         #[command(flatten)]
         c: ClientArgs,
@@ -199,6 +210,8 @@ async fn run(cmd: Cmd) -> io::Result<()> {
             sink,
             source,
             echo,
+            oneshot,
+            hold,
             time_limit,
         } => {
             let mut binds = Vec::new();
@@ -209,6 +222,8 @@ async fn run(cmd: Cmd) -> io::Result<()> {
                 binds.push((SocketAddr::from((ip, sink)), servers::Role::Sink));
                 binds.push((SocketAddr::from((ip, source)), servers::Role::Source));
                 binds.push((SocketAddr::from((ip, echo)), servers::Role::Echo));
+                binds.push((SocketAddr::from((ip, oneshot)), servers::Role::OneShot));
+                binds.push((SocketAddr::from((ip, hold)), servers::Role::Hold));
             }
             servers::backend(binds, Duration::from_secs_f64(time_limit)).await
         }
@@ -224,8 +239,8 @@ async fn run(cmd: Cmd) -> io::Result<()> {
             let up = c.client(&target_up)?;
             client::throughput(&down, &up, &c.label, bytes, repeat, pid, c.limit()).await
         }
-        Cmd::Rate { c, count } => {
-            client::rate(&c.client(&c.target)?, &c.label, count, c.limit()).await
+        Cmd::Rate { c, count, pid } => {
+            client::rate(&c.client(&c.target)?, &c.label, count, pid, c.limit()).await
         }
         Cmd::Latency {
             c,

@@ -16,9 +16,11 @@ struct Row {
     rate: Option<f64>,
     rate_p50: Option<f64>,
     rate_errors: u64,
+    rate_cpu_us: Option<f64>,
     lat_p50: Option<f64>,
     lat_p99: Option<f64>,
     lat_errors: u64,
+    lat_c: Option<u64>,
     idle_opened: Option<u64>,
     idle_requested: Option<u64>,
     idle_rss: Option<f64>,
@@ -90,11 +92,13 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
                 r.rate = f(&v, "per_s").filter(|x| *x > 0.0);
                 r.rate_p50 = f(&v, "p50_us");
                 r.rate_errors = u(&v, "errors");
+                r.rate_cpu_us = f(&v, "proxy_cpu_us_per_conn");
             }
             "latency" => {
                 r.lat_p50 = f(&v, "p50_us").filter(|x| *x > 0.0);
                 r.lat_p99 = f(&v, "p99_us").filter(|x| *x > 0.0);
                 r.lat_errors = u(&v, "errors");
+                r.lat_c = v.get("concurrency").and_then(Value::as_u64);
             }
             "load" => r.load1 = f(&v, "load1"),
             "idle" => {
@@ -115,13 +119,13 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
     let _ = writeln!(
         w,
         "| run | mode | throughput down MiB/s | throughput up MiB/s | proxy CPU s/GiB | \
-         conn/s (sequential) | conn p50 µs (C=1) | latency p50 µs (C) | latency p99 µs (C) | \
+         conn/s (sequential) | proxy CPU µs/conn | conn p50 µs (C=1) | latency p50 µs (C) | latency p99 µs (C) | \
          idle tunnels opened | KiB/idle tunnel (RSS) | KiB/idle tunnel (PSS) | processes | \
          load avg at start |"
     );
     let _ = writeln!(
         w,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for ((_, label), r) in &rows {
         let errs = if r.rate_errors + r.lat_errors > 0 {
@@ -135,12 +139,13 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
         };
         let _ = writeln!(
             w,
-            "| {label}{errs} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {label}{errs} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.mode,
             opt(r.down, 0),
             opt(r.up, 0),
             opt(r.cpu_per_gib, 2),
             opt(r.rate, 0),
+            opt(r.rate_cpu_us, 0),
             opt(r.rate_p50, 0),
             opt(r.lat_p50, 0),
             opt(r.lat_p99, 0),
@@ -189,16 +194,19 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
     let _ = writeln!(
         w,
         "Every number is carousel's advantage: > 1.00 means carousel is better. For throughput \
-         and conn/s that is carousel ÷ peer; for latency, CPU per GiB and memory per idle tunnel \
-         (lower is better) it is peer ÷ carousel.\n"
+         and conn/s that is carousel ÷ peer; for latency, CPU per GiB, CPU per connection and \
+         memory per idle tunnel (lower is better) it is peer ÷ carousel.\n"
     );
     let _ = writeln!(
         w,
         "| carousel vs | mode | throughput down | throughput up | conn/s | latency p50 | \
-         latency p99 | CPU/GiB | memory/idle tunnel (RSS) | memory/idle tunnel (PSS) | \
+         latency p99 | CPU/GiB | CPU/conn | memory/idle tunnel (RSS) | memory/idle tunnel (PSS) | \
          better in |"
     );
-    let _ = writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        w,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     let mut ahead_all = true;
     for ((rank, label), peer) in &rows {
         if *rank != 2 {
@@ -214,6 +222,7 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
             ratio(peer.lat_p50, c.lat_p50),
             ratio(peer.lat_p99, c.lat_p99),
             ratio(peer.cpu_per_gib, c.cpu_per_gib),
+            ratio(peer.rate_cpu_us, c.rate_cpu_us),
             ratio(peer.idle_rss, c.idle_rss),
             ratio(peer.idle_pss, c.idle_pss),
         ];
@@ -309,13 +318,23 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
             .cloned()
             .unwrap_or_default();
         let added = sub(c.lat_p50, direct.lat_p50);
+        let cc = c.lat_c.map(|x| x.to_string()).unwrap_or_else(|| "?".into());
         let _ = writeln!(
             w,
-            "| added latency p50 ≤ 100 µs over direct ({mode}) | {} µs ({} vs {} µs) | {} |",
+            "| added latency p50 ≤ 100 µs over direct ({mode}, C={cc}) | {} µs ({} vs {} µs) | {} |",
             opt(added, 0),
             opt(c.lat_p50, 0),
             opt(direct.lat_p50, 0),
             mark(added.map(|a| a <= 100.0))
+        );
+        let added1 = sub(c.rate_p50, direct.rate_p50);
+        let _ = writeln!(
+            w,
+            "| added latency p50 ≤ 100 µs over direct ({mode}, C=1) | {} µs ({} vs {} µs) | {} |",
+            opt(added1, 0),
+            opt(c.rate_p50, 0),
+            opt(direct.rate_p50, 0),
+            mark(added1.map(|a| a <= 100.0))
         );
     }
     let _ = writeln!(

@@ -155,15 +155,27 @@ pub async fn wait_for_stop(limit: Duration) {
     }
 }
 
+/// Size of the request/response message of the `oneshot` role (the client's ping).
+pub const ONESHOT_LEN: usize = 32;
+
 /// What a backend port does with a connection.
+///
+/// Every role except `Echo` closes its side *first*, so TIME_WAIT sockets stay on the backend's
+/// (and the proxy listener's) side. Proxies that bind their outgoing socket before connecting
+/// (Dante) would otherwise run out of ephemeral ports after tens of thousands of short tunnels.
 #[derive(Clone, Copy, Debug)]
 pub enum Role {
-    /// Reads a u64 length (big-endian), then that many bytes, then answers with the byte count.
+    /// Reads a u64 length (big-endian), then that many bytes, answers with the byte count and
+    /// closes.
     Sink,
-    /// Reads a u64 length (big-endian), writes that many bytes, closes its side.
+    /// Reads a u64 length (big-endian), writes that many bytes, closes.
     Source,
-    /// Echoes every byte back until EOF.
+    /// Echoes every byte back until the client closes (readiness probes).
     Echo,
+    /// Reads exactly [`ONESHOT_LEN`] bytes, sends them back, closes.
+    OneShot,
+    /// Echoes single bytes until it receives `Q`, then closes (idle tunnels).
+    Hold,
 }
 
 fn listener(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -210,9 +222,7 @@ async fn serve_conn(mut s: TcpStream, role: Role) -> io::Result<()> {
                 total += n as u64;
             }
             s.write_all(&total.to_be_bytes()).await?;
-            // Wait (bounded) for the client to close first.
-            let _ = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf[..1])).await;
-            Ok(())
+            s.shutdown().await
         }
         Role::Source => {
             let mut len = [0u8; 8];
@@ -224,15 +234,22 @@ async fn serve_conn(mut s: TcpStream, role: Role) -> io::Result<()> {
                 s.write_all(&buf[..n]).await?;
                 left -= n as u64;
             }
-            s.shutdown().await?;
-            // Wait (bounded) for the client to close so the client, not the backend, ends up in
-            // TIME_WAIT.
-            let mut scratch = [0u8; 64];
-            let _ = tokio::time::timeout(Duration::from_secs(30), async {
-                while s.read(&mut scratch).await.unwrap_or(0) > 0 {}
-            })
-            .await;
-            Ok(())
+            s.shutdown().await
+        }
+        Role::OneShot => {
+            let mut msg = [0u8; ONESHOT_LEN];
+            s.read_exact(&mut msg).await?;
+            s.write_all(&msg).await?;
+            s.shutdown().await
+        }
+        Role::Hold => {
+            let mut b = [0u8; 1];
+            loop {
+                if s.read(&mut b).await? == 0 || b[0] == b'Q' {
+                    return s.shutdown().await;
+                }
+                s.write_all(&b).await?;
+            }
         }
     }
 }
