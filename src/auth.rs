@@ -29,6 +29,14 @@ pub enum AuthError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The path is not a regular file of acceptable size.
+    #[error("{file}: {reason}")]
+    Unusable {
+        /// The path.
+        file: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// A line is not `user:bcrypt-hash`.
     #[error("{file}:{line}: user `{user}`: {reason}")]
     Line {
@@ -42,6 +50,9 @@ pub enum AuthError {
         reason: String,
     },
 }
+
+/// Largest users file accepted (a million users is about 70 MB; this is for sanity, not scale).
+const MAX_USERS_FILE: u64 = 64 * 1024 * 1024;
 
 /// The users of an htpasswd file.
 #[derive(Default)]
@@ -62,6 +73,23 @@ impl Users {
     /// Loads `path`; every entry must be a bcrypt hash (`$2a$`, `$2b$`, `$2y$`).
     pub fn load(path: &Path) -> Result<Users, AuthError> {
         let file = path.display().to_string();
+        // Only a regular file of sane size: a FIFO or a device would block or never end.
+        let meta = std::fs::metadata(path).map_err(|source| AuthError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(AuthError::Unusable {
+                file,
+                reason: "not a regular file".into(),
+            });
+        }
+        if meta.len() > MAX_USERS_FILE {
+            return Err(AuthError::Unusable {
+                file,
+                reason: format!("larger than {MAX_USERS_FILE} bytes"),
+            });
+        }
         let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
             file: file.clone(),
             source,

@@ -23,6 +23,12 @@ use crate::config::TlsSection;
 pub fn load_certified_key(t: &TlsSection) -> Result<Arc<CertifiedKey>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    for p in [&t.cert, &t.key] {
+        // A FIFO or device would block the reload; only regular files are read.
+        if !p.is_file() {
+            return Err(format!("{}: not a regular file", p.display()));
+        }
+    }
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&t.cert)
         .map_err(|e| format!("{}: {e}", t.cert.display()))?
         .collect::<Result<_, _>>()

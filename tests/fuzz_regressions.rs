@@ -15,7 +15,6 @@ use carousel::config::{Config, ConfigError};
 /// `access.users_file`, promptly.
 #[cfg(unix)]
 #[test]
-#[ignore = "fails until F1 is fixed: Config::parse blocks on a FIFO named by access.users_file"]
 fn config_parse_does_not_block_on_a_fifo_users_file() {
     let fifo = std::env::temp_dir().join(format!(
         "carousel-fuzz-regression-{}.fifo",
