@@ -364,17 +364,8 @@ impl Listener {
             Ok((up, rule)) => {
                 metrics::request("connect", "ok");
                 write_reply(&mut stream, http::connect_established()).await;
-                self.tunnel(
-                    "connect",
-                    &who,
-                    &mut stream,
-                    up,
-                    rule,
-                    &early,
-                    &target,
-                    started,
-                )
-                .await;
+                self.tunnel("connect", &who, stream, up, rule, &early, &target, started)
+                    .await;
             }
             Err(e) => {
                 self.finish_refused(
@@ -441,7 +432,7 @@ impl Listener {
                 self.tunnel(
                     "socks4",
                     &who,
-                    &mut stream,
+                    stream,
                     up,
                     rule,
                     &early,
@@ -567,7 +558,7 @@ impl Listener {
                 self.tunnel(
                     "socks5",
                     &who,
-                    &mut stream,
+                    stream,
                     up,
                     rule,
                     &early,
@@ -596,7 +587,7 @@ impl Listener {
         &self,
         protocol: &'static str,
         who: &Requester,
-        client: &mut Stream,
+        mut client: Stream,
         mut up: Connected,
         rule: String,
         early: &[u8],
@@ -608,9 +599,14 @@ impl Listener {
         let active = m.active_tunnels.with_label_values(&[protocol]);
         active.inc();
         let idle = self.proxy.tunnel_idle();
-        let stats = match tunnel::tcp_of(client) {
-            Some(raw) => tunnel::run_tcp(&raw, &up.stream, early, idle).await,
-            None => tunnel::run(client, &mut up.stream, early, idle).await,
+        let stats = match tunnel::tcp_of(&client) {
+            Some(raw) => {
+                // The duplicate is all the tunnel needs: closing Pingora's descriptor keeps
+                // the tunnel at two descriptors (client and upstream).
+                drop(client);
+                tunnel::run_tcp(&raw, &up.stream, early, idle).await
+            }
+            None => tunnel::run(&mut client, &mut up.stream, early, idle).await,
         };
         active.dec();
         m.tunnel_bytes.with_label_values(&["up"]).inc_by(stats.up);

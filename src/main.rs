@@ -83,6 +83,7 @@ fn run(path: Option<PathBuf>, upgrade: bool) -> anyhow::Result<()> {
     };
     init_tracing(&config.log.level);
     tracing::info!("{}", config.summary());
+    raise_fd_limit(config.limits.max_connections);
     let server =
         carousel::server::build(Arc::new(config), path, upgrade).context("starting carousel")?;
     server.run_forever()
@@ -98,6 +99,37 @@ fn demo(seconds: u64) -> anyhow::Result<carousel::demo::Summary> {
         &exe,
         std::time::Duration::from_secs(seconds.clamp(2, 120)),
     ))?)
+}
+
+/// Raises the open-file limit to its hard maximum (each tunnel holds two descriptors) and warns
+/// when `limits.max_connections` could still run the process out of descriptors, where new
+/// clients would wait in the accept queue instead of getting a clear 503.
+fn raise_fd_limit(max_connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            let _ = libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        }
+    }
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(256);
+    if lim.rlim_cur < needed {
+        tracing::warn!(
+            open_file_limit = lim.rlim_cur,
+            max_connections,
+            "open-file limit below 2 × limits.max_connections + 256: lower max_connections or raise LimitNOFILE"
+        );
+    }
 }
 
 fn init_tracing(level: &str) {

@@ -464,6 +464,9 @@ pub async fn latency(
     Ok(())
 }
 
+/// Failed opens after which the idle test stops opening more tunnels.
+const MAX_IDLE_ERRORS: u64 = 64;
+
 /// Memory per idle tunnel: warm up, measure the proxy tree, open `count` tunnels (each checked
 /// with one echo), let the proxy settle, measure again, close everything, measure once more.
 pub async fn idle(
@@ -502,6 +505,11 @@ pub async fn idle(
             let mut held = Vec::new();
             loop {
                 if Instant::now() >= deadline {
+                    break;
+                }
+                // A proxy that stops accepting (e.g. out of descriptors) would otherwise cost an
+                // op timeout per remaining tunnel: give up after MAX_IDLE_ERRORS failures.
+                if errors.load(Ordering::Relaxed) >= MAX_IDLE_ERRORS {
                     break;
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -568,6 +576,7 @@ pub async fn idle(
     emit(json!({
         "test": "idle", "label": label, "mode": c.mode.name(), "requested": count,
         "opened": opened, "errors": errors.load(Ordering::Relaxed), "last_error": last_err,
+        "gave_up": errors.load(Ordering::Relaxed) >= MAX_IDLE_ERRORS,
         "open_s": open_s, "checked_alive": alive,
         "rss_before_kib": before.rss_kib, "rss_after_kib": after.rss_kib,
         "rss_closed_kib": closed.rss_kib,

@@ -306,9 +306,10 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
         let ok = c.idle_rss.map(|b| all && b <= 32.0 * 1024.0);
         let _ = writeln!(
             w,
-            "| {idle_target} idle tunnels at ≤ 32 KiB each ({mode}) | {} KiB/tunnel RSS, {} opened | {} |",
+            "| {idle_target} idle tunnels at ≤ 32 KiB each ({mode}) | {} KiB/tunnel RSS, {} of {} opened | {} |",
             kib(c.idle_rss),
             c.idle_opened.map(|o| o.to_string()).unwrap_or_else(|| "–".into()),
+            c.idle_requested.map(|o| o.to_string()).unwrap_or_else(|| "–".into()),
             mark(ok)
         );
     }
