@@ -478,3 +478,67 @@ fn nameserver(sa: SocketAddr) -> NameServerConfig {
     }
     ns
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testbed::dns::DnsServer;
+
+    fn settings(dns: SocketAddr) -> DnsSection {
+        DnsSection {
+            nameservers: vec![dns],
+            timeout_ms: 2000,
+            attempts: 1,
+            min_ttl_seconds: 1,
+            ..DnsSection::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn lookups_of_new_names_are_bounded() {
+        let dns = DnsServer::start().await;
+        dns.set_a("a.test", &["127.0.0.11".parse().unwrap()], 30);
+        dns.set_a("b.test", &["127.0.0.12".parse().unwrap()], 30);
+        dns.set_delay(Duration::from_millis(300));
+        let r = Resolver::new(&settings(dns.addr()), 1).unwrap();
+        let (a, b) = tokio::join!(r.resolve("a.test"), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            r.resolve("b.test").await
+        });
+        assert_eq!(
+            &*a.unwrap().addrs,
+            &["127.0.0.11".parse::<IpAddr>().unwrap()]
+        );
+        assert!(matches!(b, Err(ResolveError::Overloaded)), "{b:?}");
+        // Once the first lookup is done the slot is free again.
+        assert!(r.resolve("b.test").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn rotation_moves_one_step_per_request() {
+        let dns = DnsServer::start().await;
+        let ips: Vec<std::net::Ipv4Addr> = ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        dns.set_a("r.test", &ips, 30);
+        let r = Resolver::new(&settings(dns.addr()), 4).unwrap();
+        let firsts: Vec<IpAddr> = futures_first(&r, 6).await;
+        assert_eq!(
+            firsts[0..3]
+                .iter()
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
+            3
+        );
+        assert_eq!(firsts[0..3], firsts[3..6]);
+    }
+
+    async fn futures_first(r: &Arc<Resolver>, n: usize) -> Vec<IpAddr> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(r.resolve("r.test").await.unwrap().rotated().next().unwrap());
+        }
+        out
+    }
+}

@@ -610,3 +610,62 @@ async fn https_proxy_listener_serves_and_reloads_its_certificate() {
     .await;
     assert_ne!(out.status, 0, "the old certificate is still served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_file_is_reloaded_on_sighup() {
+    let dir = std::env::temp_dir().join(format!("carousel-sec-reload-{}", std::process::id()));
+    let users = users_file(&dir);
+    let f = fixture(|_| auth_access(&users)).await;
+    let target = format!("{NAME}:{}", f.port);
+    let me = ip4(1);
+    let r = connect_on(
+        connect_from(me, f.proxy.http).await,
+        &target,
+        Some(("alice", PASSWORD)),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // The password changes in the file; after SIGHUP only the new one works.
+    let hash = bcrypt::hash("n3w-secret", 4).unwrap();
+    std::fs::write(&users, format!("alice:{hash}\n")).unwrap();
+    f.proxy.signal("HUP");
+    for _ in 0..100 {
+        if f.proxy
+            .metric("carousel_config_reloads_total{result=\"ok\"}")
+            .await
+            >= 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = connect_on(
+        connect_from(me, f.proxy.http).await,
+        &target,
+        Some(("alice", PASSWORD)),
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 407"),
+        "old password still accepted: {r}"
+    );
+    let r = connect_on(
+        connect_from(me, f.proxy.http).await,
+        &target,
+        Some(("alice", "n3w-secret")),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // Control characters in a header value are refused on the forwarding path.
+    let mut s = TcpStream::connect(f.proxy.http).await.unwrap();
+    s.write_all(
+        format!("GET http://{target}/ HTTP/1.1\r\nHost: {target}\r\nX-Evil: a\x01b\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+}
