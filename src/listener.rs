@@ -360,39 +360,24 @@ impl Listener {
                 }
             }
         }
-        match self.proxy.open(&who, &target).await {
-            Ok((up, rule)) => {
-                metrics::request("connect", "ok");
-                write_reply(&mut stream, http::connect_established()).await;
-                self.tunnel("connect", &who, stream, up, rule, &early, &target, started)
-                    .await;
-            }
-            Err(e) => {
-                self.finish_refused(
-                    "connect",
-                    &who,
-                    Some(&target),
-                    e.outcome(),
-                    e.to_string(),
-                    started,
-                );
+        let realm = self.proxy.runtime().config.access.realm.clone();
+        self.open_and_tunnel(
+            "connect",
+            &who,
+            stream,
+            &target,
+            &early,
+            started,
+            |_| http::connect_established().to_vec(),
+            |e| {
                 if matches!(e, OpenError::AuthRequired) {
-                    write_reply(
-                        &mut stream,
-                        &proxy_auth_required(&self.proxy.runtime().config.access.realm),
-                    )
-                    .await;
-                    return;
+                    return proxy_auth_required(&realm);
                 }
-                let status = http_status(&e);
-                tracing::info!(%target, error = %e, "CONNECT failed");
-                write_reply(
-                    &mut stream,
-                    &http::response(status, reason(status), &e.to_string()),
-                )
-                .await;
-            }
-        }
+                let status = http_status(e);
+                http::response(status, reason(status), &e.to_string())
+            },
+        )
+        .await;
     }
 
     async fn socks4(&self, mut stream: Stream, client: Option<IpAddr>, deadline: Instant) {
@@ -425,35 +410,17 @@ impl Listener {
             return;
         }
         // SOCKS4's user id is not a credential: a rule that needs a user refuses it.
-        match self.proxy.open(&who, &req.target).await {
-            Ok((up, rule)) => {
-                metrics::request("socks4", "ok");
-                write_reply(&mut stream, &socks4::reply(true)).await;
-                self.tunnel(
-                    "socks4",
-                    &who,
-                    stream,
-                    up,
-                    rule,
-                    &early,
-                    &req.target,
-                    started,
-                )
-                .await;
-            }
-            Err(e) => {
-                tracing::info!(target = %req.target, error = %e, "SOCKS4 request failed");
-                self.finish_refused(
-                    "socks4",
-                    &who,
-                    Some(&req.target),
-                    e.outcome(),
-                    e.to_string(),
-                    started,
-                );
-                write_reply(&mut stream, &socks4::reply(false)).await;
-            }
-        }
+        self.open_and_tunnel(
+            "socks4",
+            &who,
+            stream,
+            &req.target,
+            &early,
+            started,
+            |_| socks4::reply(true).to_vec(),
+            |_| socks4::reply(false).to_vec(),
+        )
+        .await;
     }
 
     async fn socks5(&self, mut stream: Stream, client: Option<IpAddr>, deadline: Instant) {
@@ -550,34 +517,51 @@ impl Listener {
             .await;
             return;
         }
-        match self.proxy.open(&who, &req.target).await {
+        self.open_and_tunnel(
+            "socks5",
+            &who,
+            stream,
+            &req.target,
+            &early,
+            started,
+            |up| socks5::reply(socks5::Reply::Succeeded, up.stream.local_addr().ok()),
+            |e| socks5::reply(socks5_reply(e), None),
+        )
+        .await;
+    }
+
+    /// The end every tunnel protocol shares: open the target, answer in the protocol's own words
+    /// (`ok` / `fail` build the reply), then carry the bytes.
+    #[allow(clippy::too_many_arguments)]
+    async fn open_and_tunnel(
+        &self,
+        protocol: &'static str,
+        who: &Requester,
+        mut stream: Stream,
+        target: &Target,
+        early: &[u8],
+        started: Instant,
+        ok: impl FnOnce(&Connected) -> Vec<u8>,
+        fail: impl FnOnce(&OpenError) -> Vec<u8>,
+    ) {
+        match self.proxy.open(who, target).await {
             Ok((up, rule)) => {
-                metrics::request("socks5", "ok");
-                let bound = up.stream.local_addr().ok();
-                write_reply(&mut stream, &socks5::reply(socks5::Reply::Succeeded, bound)).await;
-                self.tunnel(
-                    "socks5",
-                    &who,
-                    stream,
-                    up,
-                    rule,
-                    &early,
-                    &req.target,
-                    started,
-                )
-                .await;
+                metrics::request(protocol, "ok");
+                write_reply(&mut stream, &ok(&up)).await;
+                self.tunnel(protocol, who, stream, up, rule, early, target, started)
+                    .await;
             }
             Err(e) => {
-                tracing::info!(target = %req.target, error = %e, "SOCKS5 request failed");
+                tracing::info!(%target, error = %e, protocol, "request failed");
                 self.finish_refused(
-                    "socks5",
-                    &who,
-                    Some(&req.target),
+                    protocol,
+                    who,
+                    Some(target),
                     e.outcome(),
                     e.to_string(),
                     started,
                 );
-                write_reply(&mut stream, &socks5::reply(socks5_reply(&e), None)).await;
+                write_reply(&mut stream, &fail(&e)).await;
             }
         }
     }
