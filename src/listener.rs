@@ -89,6 +89,19 @@ async fn write_reply(stream: &mut Stream, bytes: &[u8]) {
     let _ = stream.flush().await;
 }
 
+/// Puts bytes already read back in front of the stream, for pingora-proxy to read again.
+/// `None` (the connection is dropped) for a stream type that cannot take them back.
+fn unread(stream: Stream, bytes: &[u8]) -> Option<Stream> {
+    let any = stream.into_any();
+    match any.downcast::<pingora::protocols::l4::stream::Stream>() {
+        Ok(mut l4) => {
+            l4.rewind(bytes);
+            Some(l4)
+        }
+        Err(any) => crate::tls::unread(any, bytes),
+    }
+}
+
 fn peer_ip(stream: &Stream) -> Option<IpAddr> {
     let digest = stream.get_socket_digest()?;
     let addr = digest.peer_addr()?;
@@ -148,18 +161,21 @@ impl ServerApp for Listener {
             } else {
                 Duration::from_secs(60)
             };
-            let mut first = [0u8; 1];
-            match tokio::time::timeout(wait, stream.try_peek(&mut first)).await {
-                Ok(Ok(true)) => {}
-                _ => return None,
+            // One read decides the protocol; the bytes are handed on, never read twice.
+            let mut buf = BytesMut::with_capacity(2048);
+            if read_more(&mut stream, &mut buf, Instant::now() + wait)
+                .await
+                .is_err()
+            {
+                return None;
             }
             let deadline = Instant::now() + handshake;
-            match first[0] {
+            match buf[0] {
                 0x04 | 0x05 if first_request && self.socks => {
-                    if first[0] == 4 {
-                        self.socks4(stream, client, deadline).await;
+                    if buf[0] == 4 {
+                        self.socks4(stream, buf, client, deadline).await;
                     } else {
-                        self.socks5(stream, client, deadline).await;
+                        self.socks5(stream, buf, client, deadline).await;
                     }
                     return None;
                 }
@@ -171,18 +187,19 @@ impl ServerApp for Listener {
                 }
                 _ => {}
             }
-            let mut method = [0u8; 8];
-            match tokio::time::timeout_at(deadline, stream.try_peek(&mut method)).await {
-                Ok(Ok(true)) => {}
-                _ => return None,
+            const CONNECT: &[u8] = b"CONNECT ";
+            while buf.len() < CONNECT.len() && CONNECT.starts_with(&buf) {
+                if read_more(&mut stream, &mut buf, deadline).await.is_err() {
+                    return None;
+                }
             }
-            if &method == b"CONNECT " {
-                self.connect(stream, client, deadline).await;
+            if buf.starts_with(CONNECT) {
+                self.connect(stream, buf, client, deadline).await;
                 return None;
             }
             // Plain HTTP: one request through pingora-proxy, then come back here so a CONNECT
             // may follow on the same connection.
-            let mut session = ServerSession::new_http1(stream);
+            let mut session = ServerSession::new_http1(unread(stream, &buf)?);
             session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
             let reused = self.forwarder.process_new_http(session, shutdown).await?;
             let (next, _settings) = reused.consume();
@@ -300,10 +317,15 @@ impl Listener {
         });
     }
 
-    async fn connect(&self, mut stream: Stream, client: Option<IpAddr>, deadline: Instant) {
+    async fn connect(
+        &self,
+        mut stream: Stream,
+        mut buf: BytesMut,
+        client: Option<IpAddr>,
+        deadline: Instant,
+    ) {
         let started = Instant::now();
         let mut who = Requester { client, user: None };
-        let mut buf = BytesMut::with_capacity(1024);
         let Ok(parsed) = read_until(&mut stream, &mut buf, deadline, http::parse_head).await else {
             return;
         };
@@ -380,10 +402,15 @@ impl Listener {
         .await;
     }
 
-    async fn socks4(&self, mut stream: Stream, client: Option<IpAddr>, deadline: Instant) {
+    async fn socks4(
+        &self,
+        mut stream: Stream,
+        mut buf: BytesMut,
+        client: Option<IpAddr>,
+        deadline: Instant,
+    ) {
         let started = Instant::now();
         let who = Requester { client, user: None };
-        let mut buf = BytesMut::with_capacity(512);
         let Ok(parsed) = read_until(&mut stream, &mut buf, deadline, socks4::parse_request).await
         else {
             return;
@@ -423,10 +450,15 @@ impl Listener {
         .await;
     }
 
-    async fn socks5(&self, mut stream: Stream, client: Option<IpAddr>, deadline: Instant) {
+    async fn socks5(
+        &self,
+        mut stream: Stream,
+        mut buf: BytesMut,
+        client: Option<IpAddr>,
+        deadline: Instant,
+    ) {
         let started = Instant::now();
         let mut who = Requester { client, user: None };
-        let mut buf = BytesMut::with_capacity(512);
         let Ok(Ok((methods, used))) =
             read_until(&mut stream, &mut buf, deadline, socks5::parse_greeting).await
         else {

@@ -100,6 +100,16 @@ impl Acceptor {
     }
 }
 
+/// Puts bytes back in front of a TLS client stream (`any` came from `Stream::into_any`);
+/// `None` if it is not one.
+pub fn unread(any: Box<dyn std::any::Any>, bytes: &[u8]) -> Option<Stream> {
+    let mut tls = any.downcast::<TlsClient>().ok()?;
+    let mut front = bytes.to_vec();
+    front.extend_from_slice(&tls.rewind);
+    tls.rewind = front;
+    Some(tls)
+}
+
 /// A client's decrypted TLS stream, presented as a Pingora stream.
 struct TlsClient {
     inner: tokio_rustls::server::TlsStream<Stream>,
