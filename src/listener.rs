@@ -625,10 +625,8 @@ impl Listener {
             None => tunnel::run(&mut client, &mut up.stream, early, idle).await,
         };
         active.dec();
-        m.tunnel_bytes.with_label_values(&["up"]).inc_by(stats.up);
-        m.tunnel_bytes
-            .with_label_values(&["down"])
-            .inc_by(stats.down);
+        m.tunnel_up.inc_by(stats.up);
+        m.tunnel_down.inc_by(stats.down);
         self.proxy.log(&Entry {
             client: who.client,
             user: who.user.clone(),

@@ -57,7 +57,29 @@ pub struct Metrics {
     pub overload: IntCounterVec,
     /// Build information.
     pub build_info: IntGaugeVec,
+    /// `carousel_requests_total` children for every protocol × outcome, resolved at start-up so
+    /// the request path does no label hashing.
+    request_handles: Vec<((&'static str, &'static str), IntCounter)>,
+    /// Tunnel byte counters (up, down), resolved at start-up.
+    pub tunnel_up: IntCounter,
+    /// Tunnel byte counter, server to client.
+    pub tunnel_down: IntCounter,
 }
+
+/// Every `protocol` label value.
+pub const PROTOCOLS: [&str; 4] = ["http", "connect", "socks4", "socks5"];
+/// Every `outcome` label value.
+pub const OUTCOMES: [&str; 9] = [
+    "ok",
+    "denied",
+    "auth_failed",
+    "dns_error",
+    "connect_error",
+    "timeout",
+    "bad_request",
+    "overload",
+    "error",
+];
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -84,8 +106,28 @@ fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histogram
 impl Metrics {
     fn new() -> Self {
         let r = Registry::new();
+        let requests = counter(
+            &r,
+            "carousel_requests_total",
+            "Client requests by protocol and outcome.",
+            &["protocol", "outcome"],
+        );
+        let tunnel_bytes = counter(
+            &r,
+            "carousel_tunnel_bytes_total",
+            "Bytes carried by tunnels, by direction (up: client to server).",
+            &["direction"],
+        );
+        let request_handles = PROTOCOLS
+            .iter()
+            .flat_map(|p| OUTCOMES.iter().map(move |o| (*p, *o)))
+            .map(|(p, o)| ((p, o), requests.with_label_values(&[p, o])))
+            .collect();
         let m = Metrics {
-            requests: counter(&r, "carousel_requests_total", "Client requests by protocol and outcome.", &["protocol", "outcome"]),
+            tunnel_up: tunnel_bytes.with_label_values(&["up"]),
+            tunnel_down: tunnel_bytes.with_label_values(&["down"]),
+            requests,
+            request_handles,
             connect_attempts: counter(&r, "carousel_connect_attempts_total", "Upstream connect attempts by cluster, member and result (cluster and member empty outside clusters).", &["cluster", "member", "result"]),
             connect_duration: histogram(&r, "carousel_connect_duration_seconds", "Time to establish an upstream connection.", &["cluster"]),
             failovers: counter(&r, "carousel_failovers_total", "Requests that moved on to the next address after a failed connect.", &["cluster"]),
@@ -101,7 +143,7 @@ impl Metrics {
             dns_stale: counter(&r, "carousel_dns_stale_answers_total", "Requests answered from an address set past its TTL because DNS failed.", &["kind"]),
             cluster_dns_stale: gauge(&r, "carousel_cluster_dns_stale", "1 while a cluster serves its last good member set because DNS fails.", &["cluster"]),
             active_tunnels: gauge(&r, "carousel_active_tunnels", "Open tunnels by protocol.", &["protocol"]),
-            tunnel_bytes: counter(&r, "carousel_tunnel_bytes_total", "Bytes carried by tunnels, by direction (up: client to server).", &["direction"]),
+            tunnel_bytes,
             reloads: counter(&r, "carousel_config_reloads_total", "Configuration reloads by result.", &["result"]),
             last_reload_success: {
                 let g = IntGauge::new("carousel_config_last_reload_success_timestamp_seconds", "Unix time of the last successful configuration load.").expect("valid metric");
@@ -120,9 +162,6 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        for d in ["up", "down"] {
-            m.tunnel_bytes.with_label_values(&[d]);
-        }
         for r in ["ok", "error"] {
             m.reloads.with_label_values(&[r]);
         }
@@ -145,10 +184,15 @@ pub fn metrics() -> &'static Metrics {
 
 /// Records the outcome of one client request.
 pub fn request(protocol: &str, outcome: &str) {
-    metrics()
-        .requests
-        .with_label_values(&[protocol, outcome])
-        .inc();
+    let m = metrics();
+    match m
+        .request_handles
+        .iter()
+        .find(|((p, o), _)| *p == protocol && *o == outcome)
+    {
+        Some((_, c)) => c.inc(),
+        None => m.requests.with_label_values(&[protocol, outcome]).inc(),
+    }
 }
 
 /// A histogram handle for observing a duration, resolved once.

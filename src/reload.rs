@@ -31,11 +31,7 @@ pub fn reload(proxy: &Arc<Proxy>, path: Option<&Path>) -> Result<(), String> {
     };
     let new = match result {
         Ok(c) => c,
-        Err(e) => {
-            metrics().reloads.with_label_values(&["error"]).inc();
-            tracing::error!(error = %e, "reload failed; keeping the running configuration");
-            return Err(e.to_string());
-        }
+        Err(e) => return Err(fail(e.to_string())),
     };
     let old = proxy.config();
     let restart_needed = |what: &str| {
@@ -86,9 +82,10 @@ pub fn reload(proxy: &Arc<Proxy>, path: Option<&Path>) -> Result<(), String> {
     Ok(())
 }
 
+/// Logs a failed reload, then counts it (so the line exists once the counter says so).
 fn fail(msg: String) -> String {
-    metrics().reloads.with_label_values(&["error"]).inc();
     tracing::error!(error = %msg, "reload failed; keeping the running configuration");
+    metrics().reloads.with_label_values(&["error"]).inc();
     msg
 }
 

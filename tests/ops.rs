@@ -307,14 +307,19 @@ async fn sighup_reload_swaps_clusters_and_keeps_state() {
             == 1.0
     })
     .await;
-    let log = proxy.log_text();
+    // The log is read from the process's stderr pipe in the background: wait for the line.
     let file = proxy.config.display().to_string();
-    assert!(
-        log.lines().any(|l| l.contains(&file)
-            && l.contains("conect_timeout_ms")
-            && l.contains("key `dial")),
-        "{log}"
-    );
+    let logged = || {
+        proxy.log_text().lines().any(|l| {
+            l.contains(&file) && l.contains("conect_timeout_ms") && l.contains("key `dial")
+        })
+    };
+    poll(
+        "reload error logged with file, key and line",
+        Duration::from_secs(5),
+        || async { logged() },
+    )
+    .await;
     assert_eq!(
         who(proxy.socks, "other.cluster.test", port).await.unwrap(),
         "b11"

@@ -224,6 +224,18 @@ address = "{admin}"
         );
     }
 
+    /// Waits (bounded: 5 s) until the captured log contains `needle`; log lines arrive through a
+    /// pipe read in the background, so a line may trail the event that caused it.
+    pub async fn wait_log(&self, needle: &str) -> bool {
+        for _ in 0..100 {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
     /// Everything carousel logged so far.
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
