@@ -90,6 +90,9 @@ pub struct Connected {
     pub cluster: String,
 }
 
+/// Size at which expired failure entries are swept.
+const PRUNE_AT: usize = 10_000;
+
 /// Addresses that recently failed to connect, shared by every request: they are tried last until
 /// the memory expires, so one client's failure spares the next client the wait.
 pub struct FailureMemory {
@@ -108,7 +111,12 @@ impl FailureMemory {
 
     /// Records a failed connect to `addr`.
     pub fn mark_failed(&self, addr: SocketAddr) {
-        self.failed.insert(addr, Instant::now() + self.ttl);
+        let now = Instant::now();
+        // Clients choose the addresses: expired entries are swept before the map grows large.
+        if self.failed.len() >= PRUNE_AT {
+            self.failed.retain(|_, until| *until > now);
+        }
+        self.failed.insert(addr, now + self.ttl);
     }
 
     /// Records a successful connect: `addr` is good again.

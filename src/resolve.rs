@@ -357,11 +357,28 @@ impl Resolver {
                         error,
                         until: Instant::now() + self.timing.negative_ttl,
                     })));
+                    self.forget_failed_later(name, entry);
                 } else {
                     tracing::debug!(%name, %error, "refresh failed; serving last good set");
                 }
             }
         }
+    }
+
+    /// Client-supplied names that fail must not pile up: a failed entry is dropped once its
+    /// negative TTL is over (unless a later lookup succeeded meanwhile).
+    fn forget_failed_later(self: &Arc<Self>, name: &str, entry: &Arc<NameEntry>) {
+        let this = Arc::clone(self);
+        let entry = Arc::clone(entry);
+        let name = name.to_string();
+        let wait = self.timing.negative_ttl + Duration::from_millis(100);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            this.names.remove_if(&name, |_, e| {
+                Arc::ptr_eq(e, &entry)
+                    && matches!(e.state.load().as_deref(), Some(State::Failed { until, .. }) if Instant::now() >= *until)
+            });
+        });
     }
 
     /// Starts the background refresh loop for `name` unless one is running.
@@ -512,6 +529,29 @@ mod tests {
         assert!(matches!(b, Err(ResolveError::Overloaded)), "{b:?}");
         // Once the first lookup is done the slot is free again.
         assert!(r.resolve("b.test").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn failed_names_do_not_pile_up() {
+        let dns = DnsServer::start().await;
+        let mut cfg = settings(dns.addr());
+        cfg.negative_ttl_seconds = 1;
+        let r = Resolver::new(&cfg, 64).unwrap();
+        for i in 0..20 {
+            assert!(r.resolve(&format!("missing-{i}.test")).await.is_err());
+        }
+        assert_eq!(r.names(), 20);
+        for _ in 0..40 {
+            if r.names() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            r.names(),
+            0,
+            "failed names were kept past their negative TTL"
+        );
     }
 
     #[tokio::test]
