@@ -130,18 +130,7 @@ async fn who(via: Via, proxy: &Carousel, host: &str, port: u16) -> Result<String
                 s.write_all(&[5, 1, 0]).await.map_err(|e| e.to_string())?;
                 let mut m = [0u8; 2];
                 s.read_exact(&mut m).await.map_err(|e| e.to_string())?;
-                let mut req = vec![5, 1, 0];
-                match host.parse::<Ipv4Addr>() {
-                    Ok(ip) => {
-                        req.push(1);
-                        req.extend_from_slice(&ip.octets());
-                    }
-                    Err(_) => {
-                        req.extend_from_slice(&[3, host.len() as u8]);
-                        req.extend_from_slice(host.as_bytes());
-                    }
-                }
-                req.extend_from_slice(&port.to_be_bytes());
+                let req = support::socks5_connect(host, port);
                 s.write_all(&req).await.map_err(|e| e.to_string())?;
                 let mut r = [0u8; 10];
                 s.read_exact(&mut r).await.map_err(|e| e.to_string())?;

@@ -410,9 +410,7 @@ async fn socks5_reply_code(proxy: SocketAddr, host: &str, port: u16) -> u8 {
     let mut m = [0u8; 2];
     s.read_exact(&mut m).await.unwrap();
     assert_eq!(m, [5, 0]);
-    let mut req = vec![5, 1, 0, 3, host.len() as u8];
-    req.extend_from_slice(host.as_bytes());
-    req.extend_from_slice(&port.to_be_bytes());
+    let req = support::socks5_connect(host, port);
     s.write_all(&req).await.unwrap();
     let mut r = [0u8; 10];
     timeout(Duration::from_secs(10), s.read_exact(&mut r))

@@ -118,18 +118,7 @@ async fn socks5_on(mut s: TcpStream, host: &str, port: u16, auth: Option<(&str, 
             return 0xF0 | (r[1] & 0x0F);
         }
     }
-    let mut req = vec![5, 1, 0];
-    match host.parse::<Ipv4Addr>() {
-        Ok(ip) => {
-            req.push(1);
-            req.extend_from_slice(&ip.octets());
-        }
-        Err(_) => {
-            req.extend_from_slice(&[3, host.len() as u8]);
-            req.extend_from_slice(host.as_bytes());
-        }
-    }
-    req.extend_from_slice(&port.to_be_bytes());
+    let req = support::socks5_connect(host, port);
     s.write_all(&req).await.unwrap();
     let mut r = [0u8; 10];
     match timeout(Duration::from_secs(5), s.read_exact(&mut r)).await {

@@ -93,3 +93,21 @@ pub async fn curl(args: &[&str]) -> CurlOutput {
         },
     }
 }
+
+/// A SOCKS5 CONNECT request for `host:port`: an IPv4 literal as ATYP 1, anything else as a
+/// domain name (ATYP 3).
+pub fn socks5_connect(host: &str, port: u16) -> Vec<u8> {
+    let mut req = vec![5, 1, 0];
+    match host.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) => {
+            req.push(1);
+            req.extend_from_slice(&ip.octets());
+        }
+        Err(_) => {
+            req.extend_from_slice(&[3, host.len() as u8]);
+            req.extend_from_slice(host.as_bytes());
+        }
+    }
+    req.extend_from_slice(&port.to_be_bytes());
+    req
+}
