@@ -8,6 +8,7 @@
 #   bench/run.sh --peers squid,dante   only these peers (of squid,dante,tinyproxy,microsocks;
 #                           "none" for carousel and direct only)
 #   CAROUSEL_BIN=path bench/run.sh   measure that carousel binary instead of building one
+#   CAROUSEL_THREADS=n, CAROUSEL_SERVER_EXTRA='key = value'   carousel [server] settings to try
 #
 # Needs root (apt-get, DNS on port 53, a private mount namespace per libc-resolver peer).
 # Installs the missing peers with apt-get, builds carousel (cargo build --release) and the load
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1 ;;
         --doc) DOC="${2:?--doc needs a file}"; shift ;;
         --peers) ONLY_PEERS="${2:?--peers needs a list}"; shift ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -241,7 +242,8 @@ cat > "$CONF/carousel.toml" <<EOF
 # carousel: two listeners (HTTP/CONNECT and SOCKS), the test DNS server, IPv4 only (the bench
 # zone has no AAAA records), loopback clients.
 [server]
-threads = $(nproc)
+threads = ${CAROUSEL_THREADS:-$(nproc)}
+${CAROUSEL_SERVER_EXTRA:-}
 grace_period_seconds = 0
 graceful_shutdown_timeout_seconds = 1
 pid_file = "$OUT/carousel.pid"

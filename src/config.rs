@@ -289,6 +289,10 @@ fn default_serve_stale() -> u64 {
 pub struct ServerSection {
     /// Worker threads per listener service.
     pub threads: usize,
+    /// Whether a listener's worker threads share one work-stealing scheduler (`true`) or each run
+    /// their own single-threaded one (`false`: no cross-thread wake-ups, connections stay on the
+    /// thread that accepted them).
+    pub work_stealing: bool,
     /// Seconds of grace before shutdown / upgrade stops accepting.
     pub grace_period_seconds: u64,
     /// Seconds in-flight work gets after the grace period.
@@ -305,6 +309,7 @@ impl Default for ServerSection {
     fn default() -> Self {
         Self {
             threads: 2,
+            work_stealing: true,
             grace_period_seconds: 5,
             graceful_shutdown_timeout_seconds: 5,
             handshake_timeout_ms: 10_000,
@@ -434,12 +439,23 @@ impl Default for DialSection {
 pub struct TunnelSection {
     /// Seconds without traffic before a tunnel is closed.
     pub idle_timeout_seconds: u64,
+    /// Capacity of each splice(2) pipe, bytes (0: the kernel's default, 64 KiB).
+    pub pipe_size_bytes: usize,
+    /// Most splice pipes the process holds at once; unset: derived from the kernel's per-user
+    /// pipe budget; 0: never splice (always copy through user space).
+    pub max_pipes: Option<usize>,
 }
+
+/// The splice pipe size carousel asks for unless configured: the largest an unprivileged process
+/// may have by default (`fs.pipe-max-size`), measured fastest in `bench/run.sh`.
+pub const DEFAULT_PIPE_SIZE: usize = 1 << 20;
 
 impl Default for TunnelSection {
     fn default() -> Self {
         Self {
             idle_timeout_seconds: 300,
+            pipe_size_bytes: DEFAULT_PIPE_SIZE,
+            max_pipes: None,
         }
     }
 }
@@ -684,6 +700,13 @@ impl Config {
         }
         if self.tunnel.idle_timeout_seconds == 0 {
             return err("tunnel.idle_timeout_seconds", "must be greater than 0");
+        }
+        let pipe = self.tunnel.pipe_size_bytes;
+        if pipe != 0 && !(4096..=(256 << 20)).contains(&pipe) {
+            return err(
+                "tunnel.pipe_size_bytes",
+                "must be 0 (kernel default) or between 4096 and 268435456",
+            );
         }
         for (i, r) in self.access.rules.iter().enumerate() {
             let k = |f: &str| format!("access.rule[{i}].{f}");
@@ -1011,5 +1034,20 @@ mod tests {
             e.contains("dns.max_ttl_seconds") && e.contains("f:6"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn pipe_size_is_bounded_and_zero_means_kernel_default() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:1\"\nprotocols = [\"http\"]\n[tunnel]\n";
+        let e = Config::parse(&format!("{base}pipe_size_bytes = 100\n"), "f")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("f:5") && e.contains("tunnel.pipe_size_bytes"),
+            "{e}"
+        );
+        let c = Config::parse(&format!("{base}pipe_size_bytes = 0\nmax_pipes = 0\n"), "f").unwrap();
+        assert_eq!((c.tunnel.pipe_size_bytes, c.tunnel.max_pipes), (0, Some(0)));
+        assert_eq!(Config::embedded().tunnel.pipe_size_bytes, DEFAULT_PIPE_SIZE);
     }
 }

@@ -614,15 +614,15 @@ impl Listener {
         let _member = up.member.as_ref().map(|mb| mb.open_connection());
         let active = m.active_tunnels.with_label_values(&[protocol]);
         active.inc();
-        let idle = self.proxy.tunnel_idle();
+        let opts = self.proxy.tunnel_options();
         let stats = match tunnel::tcp_of(&client) {
             Some(raw) => {
                 // The duplicate is all the tunnel needs: closing Pingora's descriptor keeps
                 // the tunnel at two descriptors (client and upstream).
                 drop(client);
-                tunnel::run_tcp(&raw, &up.stream, early, idle).await
+                tunnel::run_tcp(&raw, &up.stream, early, opts).await
             }
-            None => tunnel::run(&mut client, &mut up.stream, early, idle).await,
+            None => tunnel::run(&mut client, &mut up.stream, early, opts.idle).await,
         };
         active.dec();
         m.tunnel_up.inc_by(stats.up);

@@ -27,6 +27,7 @@ pub fn server_conf(config: &Config) -> ServerConf {
     let s = &config.server;
     ServerConf {
         threads: s.threads,
+        work_stealing: s.work_stealing,
         grace_period_seconds: Some(s.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
         pid_file: s.pid_file.clone(),

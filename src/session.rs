@@ -196,6 +196,8 @@ pub struct Runtime {
     pub policy: Policy,
     /// Connect bounds.
     pub dial: DialSettings,
+    /// How tunnels move bytes (the pipe budget is worked out once per load).
+    pub tunnel: crate::tunnel::Options,
 }
 
 impl Runtime {
@@ -204,6 +206,7 @@ impl Runtime {
         Self {
             policy: Policy::new(&config),
             dial: DialSettings::from(&config.dial),
+            tunnel: crate::tunnel::Options::from_config(&config.tunnel),
             config,
         }
     }
@@ -273,9 +276,9 @@ impl Proxy {
         self.runtime.load().config.clone()
     }
 
-    /// How long a tunnel may idle.
-    pub fn tunnel_idle(&self) -> Duration {
-        Duration::from_secs(self.runtime.load().config.tunnel.idle_timeout_seconds)
+    /// How a tunnel opened now moves bytes and when it idles out.
+    pub fn tunnel_options(&self) -> crate::tunnel::Options {
+        self.runtime.load().tunnel
     }
 
     /// Whether `client` may connect at all.

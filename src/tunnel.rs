@@ -30,6 +30,62 @@ pub struct TunnelStats {
     pub idled_out: bool,
 }
 
+/// How a tunnel moves bytes, from `[tunnel]`; read when the tunnel opens, so a reload applies to
+/// new tunnels only.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// No bytes either way for this long closes the tunnel.
+    pub idle: Duration,
+    /// Capacity asked for each splice pipe (0: the kernel's default). Bigger pipes move more per
+    /// syscall and wake-up.
+    pub pipe_size: usize,
+    /// Pipes the whole process may hold (pooled or busy); past it a direction copies through user
+    /// space, so the kernel's per-user pipe budget is never exhausted. 0 turns splice off.
+    pub max_pipes: usize,
+}
+
+impl Options {
+    /// The options `[tunnel]` asks for; an unset `max_pipes` becomes the automatic budget.
+    pub fn from_config(t: &crate::config::TunnelSection) -> Self {
+        Self {
+            idle: Duration::from_secs(t.idle_timeout_seconds),
+            pipe_size: t.pipe_size_bytes,
+            max_pipes: t
+                .max_pipes
+                .unwrap_or_else(|| auto_max_pipes(t.pipe_size_bytes, user_pipe_pages())),
+        }
+    }
+
+    /// Options with the default pipe settings and the given idle timeout (tests, tools).
+    pub fn with_idle(idle: Duration) -> Self {
+        Self {
+            idle,
+            pipe_size: crate::config::DEFAULT_PIPE_SIZE,
+            max_pipes: 64,
+        }
+    }
+}
+
+/// The kernel's soft budget of pipe pages per user (`fs.pipe-user-pages-soft`; 0 = none).
+/// A user past it gets two-page pipes and may not grow them, so carousel stays well inside it.
+fn user_pipe_pages() -> usize {
+    std::fs::read_to_string("/proc/sys/fs/pipe-user-pages-soft")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(16_384)
+}
+
+/// Pipes of `pipe_size` bytes that fit in half of a per-user budget of `pages` 4 KiB pages (the
+/// other half is left to everything else the user runs); at least 4, at most 4,096.
+pub fn auto_max_pipes(pipe_size: usize, pages: usize) -> usize {
+    const MOST: usize = 4096;
+    if pages == 0 {
+        return MOST;
+    }
+    let per_pipe = (if pipe_size == 0 { 64 * 1024 } else { pipe_size }).div_ceil(4096);
+    (pages / 2 / per_pipe).clamp(4, MOST)
+}
+
 /// Size of one copy chunk.
 const CHUNK: usize = 64 * 1024;
 /// Buffers a worker thread keeps for reuse.
@@ -108,8 +164,34 @@ async fn write_all(to: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One direction (portable): wait until `from` is readable, borrow a chunk, move everything available,
-/// give the chunk back; on end of stream, half-close `to`.
+/// Moves everything `from` has right now to `to` through a pooled chunk. `Ok(true)` at end of
+/// stream (after half-closing `to`).
+async fn copy_available(
+    from: &TcpStream,
+    to: &TcpStream,
+    clock: &Clock,
+    bytes: &AtomicU64,
+) -> std::io::Result<bool> {
+    let mut chunk = Chunk::take();
+    loop {
+        match from.try_read(chunk.buf()) {
+            Ok(0) => {
+                let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+                return Ok(true);
+            }
+            Ok(n) => {
+                write_all(to, &chunk.buf()[..n]).await?;
+                bytes.fetch_add(n as u64, Ordering::Relaxed);
+                clock.touch();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One direction (portable): wait until `from` is readable, borrow a chunk, move everything
+/// available, give the chunk back; on end of stream, half-close `to`.
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
@@ -118,43 +200,42 @@ async fn pump(
 ) -> std::io::Result<()> {
     loop {
         from.readable().await?;
-        let mut chunk = Chunk::take();
-        loop {
-            match from.try_read(chunk.buf()) {
-                Ok(0) => {
-                    let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
-                    return Ok(());
-                }
-                Ok(n) => {
-                    write_all(to, &chunk.buf()[..n]).await?;
-                    bytes.fetch_add(n as u64, Ordering::Relaxed);
-                    clock.touch();
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
+        if copy_available(from, to, clock, bytes).await? {
+            return Ok(());
         }
     }
 }
 
-/// splice(2) plumbing: a pipe pool and the two moves (socket → pipe, pipe → socket).
+/// splice(2) plumbing: a bounded pipe pool and the two moves (socket → pipe, pipe → socket).
 #[cfg(target_os = "linux")]
 mod splice {
     use std::cell::RefCell;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    /// Pipes a worker thread keeps for reuse (each is two descriptors).
+    /// Empty pipes a worker thread keeps for reuse (each is two descriptors).
     const POOL: usize = 16;
-    /// Most bytes one splice call moves (the default pipe capacity).
-    const MAX: usize = 64 * 1024;
+
+    /// Pipes that exist in the process (pooled or busy), held against `Options::max_pipes`.
+    static OPEN: AtomicUsize = AtomicUsize::new(0);
 
     /// A pipe with nothing in it (only empty pipes go back to the pool).
     pub struct Pipe {
         read: OwnedFd,
         write: OwnedFd,
+        /// The capacity that was asked for (pooled pipes of another size are not reused).
+        asked: usize,
+        /// The capacity the kernel granted: the most one splice call moves.
+        pub capacity: usize,
+    }
+
+    impl Drop for Pipe {
+        fn drop(&mut self) {
+            OPEN.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     thread_local! {
@@ -162,22 +243,46 @@ mod splice {
     }
 
     impl Pipe {
-        pub fn take() -> std::io::Result<Pipe> {
-            if let Some(p) = PIPES.with(|p| p.borrow_mut().pop()) {
-                return Ok(p);
+        /// A pipe of `size` bytes from the pool or new; `None` when `max` pipes already exist.
+        pub fn take(size: usize, max: usize) -> std::io::Result<Option<Pipe>> {
+            while let Some(p) = PIPES.with(|p| p.borrow_mut().pop()) {
+                if p.asked == size {
+                    return Ok(Some(p));
+                }
+            }
+            if OPEN.fetch_add(1, Ordering::Relaxed) >= max {
+                OPEN.fetch_sub(1, Ordering::Relaxed);
+                return Ok(None);
             }
             let mut fds = [0; 2];
             // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
             if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+                OPEN.fetch_sub(1, Ordering::Relaxed);
                 return Err(std::io::Error::last_os_error());
             }
             // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-            Ok(unsafe {
-                Pipe {
-                    read: OwnedFd::from_raw_fd(fds[0]),
-                    write: OwnedFd::from_raw_fd(fds[1]),
-                }
-            })
+            let (read, write) =
+                unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            if size > 0 {
+                // Refused past fs.pipe-max-size or the user's pipe budget: the pipe keeps the
+                // kernel's default size, which works, only with more calls per byte.
+                // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own; failure is a -1 return.
+                let _ = unsafe {
+                    libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int)
+                };
+            }
+            // SAFETY: F_GETPIPE_SZ on a pipe descriptor we own.
+            let granted = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
+            Ok(Some(Pipe {
+                read,
+                write,
+                asked: size,
+                capacity: if granted > 0 {
+                    granted as usize
+                } else {
+                    64 * 1024
+                },
+            }))
         }
 
         /// Returns an empty pipe to the pool.
@@ -211,10 +316,10 @@ mod splice {
         }
     }
 
-    /// Moves what `from` has (up to one pipe's worth) into the pipe; 0 means end of stream.
-    pub fn fill(from: &TcpStream, pipe: &Pipe) -> std::io::Result<usize> {
+    /// Moves what `from` has (up to `room` bytes) into the pipe; 0 means end of stream.
+    pub fn fill(from: &TcpStream, pipe: &Pipe, room: usize) -> std::io::Result<usize> {
         from.try_io(Interest::READABLE, || {
-            splice(from.as_raw_fd(), pipe.write.as_raw_fd(), MAX)
+            splice(from.as_raw_fd(), pipe.write.as_raw_fd(), room)
         })
     }
 
@@ -230,14 +335,17 @@ mod splice {
 #[cfg(target_os = "linux")]
 struct Unsupported;
 
-/// One direction with splice(2): wait until `from` is readable, borrow an empty pipe, move
-/// everything available through it, give it back empty; on end of stream, half-close `to`.
+/// One direction with splice(2): wait until `from` is readable, borrow an empty pipe, then keep
+/// both sockets flowing (fill the pipe while there is room and data, drain it while `to` takes
+/// bytes, wait only when neither can move); give the pipe back once it is empty and `from` has
+/// nothing more; on end of stream, half-close `to`.
 #[cfg(target_os = "linux")]
 async fn pump_splice(
     from: &TcpStream,
     to: &TcpStream,
     clock: &Clock,
     bytes: &AtomicU64,
+    opts: &Options,
 ) -> Result<std::io::Result<()>, Unsupported> {
     use std::io::ErrorKind::WouldBlock;
     let mut moved = false;
@@ -245,44 +353,81 @@ async fn pump_splice(
         if let Err(e) = from.readable().await {
             return Ok(Err(e));
         }
-        let pipe = match splice::Pipe::take() {
-            Ok(p) => p,
+        let pipe = match splice::Pipe::take(opts.pipe_size, opts.max_pipes) {
+            Ok(Some(p)) => p,
+            // Every pipe the budget allows is busy: this round copies instead.
+            Ok(None) => match copy_available(from, to, clock, bytes).await {
+                Ok(true) => return Ok(Ok(())),
+                Ok(false) => continue,
+                Err(e) => return Ok(Err(e)),
+            },
             Err(_) if !moved => return Err(Unsupported),
             Err(e) => return Ok(Err(e)),
         };
+        // Bytes in the pipe, and whether `from` has ended.
+        let (mut held, mut eof) = (0usize, false);
         loop {
-            let n = match splice::fill(from, &pipe) {
-                Ok(0) => {
-                    pipe.give();
-                    let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
-                    return Ok(Ok(()));
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == WouldBlock => break,
-                Err(e)
-                    if !moved
-                        && matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) =>
-                {
-                    return Err(Unsupported)
-                }
-                Err(e) => return Ok(Err(e)),
-            };
-            moved = true;
-            let mut left = n;
-            while left > 0 {
-                match splice::drain(&pipe, to, left) {
-                    Ok(m) => left -= m,
-                    Err(e) if e.kind() == WouldBlock => {
-                        if let Err(e) = to.writable().await {
-                            return Ok(Err(e));
-                        }
+            let mut progressed = false;
+            if !eof && held < pipe.capacity {
+                match splice::fill(from, &pipe, pipe.capacity - held) {
+                    Ok(0) => {
+                        eof = true;
+                        progressed = true;
+                    }
+                    Ok(n) => {
+                        held += n;
+                        moved = true;
+                        progressed = true;
+                        clock.touch();
+                    }
+                    Err(e) if e.kind() == WouldBlock => {}
+                    Err(e)
+                        if !moved
+                            && matches!(
+                                e.raw_os_error(),
+                                Some(libc::EINVAL) | Some(libc::ENOSYS)
+                            ) =>
+                    {
+                        return Err(Unsupported)
                     }
                     // The pipe may still hold bytes: it is dropped, never pooled.
                     Err(e) => return Ok(Err(e)),
                 }
             }
-            bytes.fetch_add(n as u64, Ordering::Relaxed);
-            clock.touch();
+            if held > 0 {
+                match splice::drain(&pipe, to, held) {
+                    Ok(m) => {
+                        held -= m;
+                        bytes.fetch_add(m as u64, Ordering::Relaxed);
+                        progressed = true;
+                    }
+                    Err(e) if e.kind() == WouldBlock => {}
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
+            if held == 0 && eof {
+                pipe.give();
+                let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+                return Ok(Ok(()));
+            }
+            if progressed {
+                continue;
+            }
+            if held == 0 {
+                // Nothing to move: an idle direction holds no pipe.
+                break;
+            }
+            let waited = if eof || held == pipe.capacity {
+                to.writable().await
+            } else {
+                tokio::select! {
+                    r = to.writable() => r,
+                    r = from.readable() => r,
+                }
+            };
+            if let Err(e) = waited {
+                return Ok(Err(e));
+            }
         }
         pipe.give();
     }
@@ -298,10 +443,11 @@ async fn pump_any(
     to: &TcpStream,
     clock: &Clock,
     bytes: &AtomicU64,
+    opts: &Options,
 ) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
-    if SPLICE_WORKS.load(Ordering::Relaxed) {
-        match pump_splice(from, to, clock, bytes).await {
+    if opts.max_pipes > 0 && SPLICE_WORKS.load(Ordering::Relaxed) {
+        match pump_splice(from, to, clock, bytes, opts).await {
             Err(Unsupported) => {
                 tracing::warn!("splice(2) refused by the kernel; tunnels copy through user space");
                 SPLICE_WORKS.store(false, Ordering::Relaxed);
@@ -309,6 +455,8 @@ async fn pump_any(
             Ok(r) => return r,
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = opts;
     pump(from, to, clock, bytes).await
 }
 
@@ -318,7 +466,7 @@ pub async fn run_tcp(
     client: &TcpStream,
     upstream: &TcpStream,
     early: &[u8],
-    idle: Duration,
+    opts: Options,
 ) -> TunnelStats {
     let mut stats = TunnelStats::default();
     if !early.is_empty() {
@@ -331,8 +479,8 @@ pub async fn run_tcp(
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let both = async {
         // A clean end of stream half-closes and waits for the other direction; an error ends both.
-        let a = pump_any(client, upstream, &clock, &up);
-        let b = pump_any(upstream, client, &clock, &down);
+        let a = pump_any(client, upstream, &clock, &up, &opts);
+        let b = pump_any(upstream, client, &clock, &down, &opts);
         tokio::pin!(a, b);
         let (mut a_done, mut b_done) = (false, false);
         while !(a_done && b_done) {
@@ -344,7 +492,7 @@ pub async fn run_tcp(
     };
     tokio::select! {
         _ = both => {}
-        _ = clock.idle(idle) => stats.idled_out = true,
+        _ = clock.idle(opts.idle) => stats.idled_out = true,
     }
     stats.up += up.load(Ordering::Relaxed);
     stats.down += down.load(Ordering::Relaxed);
@@ -447,9 +595,9 @@ pub fn tcp_of(stream: &pingora::protocols::Stream) -> Option<TcpStream> {
     let owned = unsafe { BorrowedFd::borrow_raw(fd) }
         .try_clone_to_owned()
         .ok()?;
-    let std = std::net::TcpStream::from(owned);
-    std.set_nonblocking(true).ok()?;
-    TcpStream::from_std(std).ok()
+    // The duplicate shares the open file description, and with it O_NONBLOCK (tokio set it on
+    // the original), so no further system call is needed before handing it to tokio.
+    TcpStream::from_std(std::net::TcpStream::from(owned)).ok()
 }
 
 #[cfg(test)]
@@ -473,7 +621,7 @@ mod tests {
                 &client_side,
                 &upstream_side,
                 b"early ",
-                Duration::from_secs(5),
+                Options::with_idle(Duration::from_secs(5)),
             )
             .await
         });
@@ -499,6 +647,40 @@ mod tests {
         assert!(!stats.idled_out);
     }
 
+    #[test]
+    fn pipe_budget_stays_inside_half_the_user_allowance() {
+        // Linux default: 16,384 pages per user.
+        assert_eq!(auto_max_pipes(1 << 20, 16_384), 32);
+        assert_eq!(auto_max_pipes(0, 16_384), 512);
+        assert_eq!(auto_max_pipes(256 << 10, 16_384), 128);
+        assert_eq!(auto_max_pipes(1 << 20, 100), 4);
+        assert_eq!(auto_max_pipes(4096, 0), 4096);
+    }
+
+    /// With the pipe budget spent, a splice direction still moves every byte (by copying).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_spent_pipe_budget_falls_back_to_copying() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, mut server) = pair().await;
+        let opts = Options {
+            max_pipes: 0,
+            ..Options::with_idle(Duration::from_secs(5))
+        };
+        let moved = tokio::spawn(async move {
+            let (clock, bytes) = (Clock::new(), AtomicU64::new(0));
+            let r = pump_splice(&client_side, &upstream_side, &clock, &bytes, &opts).await;
+            (r.is_ok_and(|r| r.is_ok()), bytes.load(Ordering::Relaxed))
+        });
+        let payload: Vec<u8> = (0..500_000u32).map(|i| (i % 253) as u8).collect();
+        client.write_all(&payload).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, payload);
+        assert_eq!(moved.await.unwrap(), (true, payload.len() as u64));
+    }
+
     #[tokio::test]
     async fn idle_tunnels_close() {
         let (_client, client_side) = pair().await;
@@ -507,7 +689,7 @@ mod tests {
             &client_side,
             &upstream_side,
             b"",
-            Duration::from_millis(100),
+            Options::with_idle(Duration::from_millis(100)),
         )
         .await;
         assert!(stats.idled_out);

@@ -272,6 +272,7 @@ pub async fn throughput(
 ) -> io::Result<()> {
     let deadline = Instant::now() + limit;
     let cpu0 = pid.map(procfs::cpu_seconds);
+    let machine0 = procfs::machine_ticks();
     let wall0 = Instant::now();
     let mut moved = 0u64;
     let mut runs: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
@@ -302,6 +303,7 @@ pub async fn throughput(
         }
     }
     let wall = wall0.elapsed().as_secs_f64();
+    let busy = procfs::busy_percent(machine0, procfs::machine_ticks());
     let cpu = match (pid, cpu0) {
         (Some(p), Some(c0)) => Some(procfs::cpu_seconds(p) - c0),
         _ => None,
@@ -323,6 +325,7 @@ pub async fn throughput(
         "down_median_mib_s": median(&runs[0]), "up_median_mib_s": median(&runs[1]),
         "proxy_cpu_s": cpu,
         "proxy_cpu_s_per_gib": cpu.filter(|_| gib > 0.0).map(|c| c / gib),
+        "machine_busy_pct": busy,
     }));
     Ok(())
 }

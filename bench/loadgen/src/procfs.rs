@@ -68,6 +68,30 @@ pub fn cpu_seconds(root: i32) -> f64 {
     ticks as f64 / clock_ticks()
 }
 
+/// The whole machine's CPU ticks from /proc/stat: (busy, total), busy being everything but idle
+/// and iowait. Two readings give how busy both cores were over a step.
+pub fn machine_ticks() -> (u64, u64) {
+    let text = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0, 0);
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
+}
+
+/// Busy share of the machine between two `machine_ticks` readings, in percent.
+pub fn busy_percent(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
+    let total = after.1.checked_sub(before.1)?;
+    let busy = after.0.checked_sub(before.0)?;
+    (total > 0).then(|| 100.0 * busy as f64 / total as f64)
+}
+
 /// Memory of the tree.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Mem {

@@ -13,6 +13,7 @@ struct Row {
     down: Option<f64>,
     up: Option<f64>,
     cpu_per_gib: Option<f64>,
+    busy: Option<f64>,
     rate: Option<f64>,
     rate_p50: Option<f64>,
     rate_errors: u64,
@@ -87,6 +88,7 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
                 r.down = f(&v, "down_median_mib_s").filter(|x| *x > 0.0);
                 r.up = f(&v, "up_median_mib_s").filter(|x| *x > 0.0);
                 r.cpu_per_gib = f(&v, "proxy_cpu_s_per_gib");
+                r.busy = f(&v, "machine_busy_pct");
             }
             "rate" => {
                 r.rate = f(&v, "per_s").filter(|x| *x > 0.0);
@@ -118,14 +120,14 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
     let _ = writeln!(w, "### Raw results\n");
     let _ = writeln!(
         w,
-        "| run | mode | throughput down MiB/s | throughput up MiB/s | proxy CPU s/GiB | \
+        "| run | mode | throughput down MiB/s | throughput up MiB/s | proxy CPU s/GiB | machine CPU busy % (throughput) | \
          conn/s (sequential) | proxy CPU µs/conn | conn p50 µs (C=1) | latency p50 µs (C) | latency p99 µs (C) | \
          idle tunnels opened | KiB/idle tunnel (RSS) | KiB/idle tunnel (PSS) | processes | \
          load avg at start |"
     );
     let _ = writeln!(
         w,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for ((_, label), r) in &rows {
         let errs = if r.rate_errors + r.lat_errors > 0 {
@@ -139,11 +141,12 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
         };
         let _ = writeln!(
             w,
-            "| {label}{errs} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {label}{errs} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.mode,
             opt(r.down, 0),
             opt(r.up, 0),
             opt(r.cpu_per_gib, 2),
+            opt(r.busy, 0),
             opt(r.rate, 0),
             opt(r.rate_cpu_us, 0),
             opt(r.rate_p50, 0),
