@@ -8,7 +8,9 @@
 #   bench/run.sh --peers squid,dante   only these peers (of squid,dante,tinyproxy,microsocks;
 #                           "none" for carousel and direct only)
 #   CAROUSEL_BIN=path bench/run.sh   measure that carousel binary instead of building one
-#   CAROUSEL_THREADS=n, CAROUSEL_SERVER_EXTRA='key = value'   carousel [server] settings to try
+#   bench/run.sh --steps throughput,rate   only these steps (of throughput,rate,latency,idle)
+#   CAROUSEL_THREADS=n, CAROUSEL_SERVER_EXTRA='key = value', CAROUSEL_TUNNEL_EXTRA='key = value'
+#                           carousel [server] / [tunnel] settings to try
 #
 # Needs root (apt-get, DNS on port 53, a private mount namespace per libc-resolver peer).
 # Installs the missing peers with apt-get, builds carousel (cargo build --release) and the load
@@ -23,12 +25,14 @@ cd "$ROOT"
 QUICK=0
 DOC=""
 ONLY_PEERS="squid,dante,tinyproxy,microsocks"
+STEPS="throughput,rate,latency,idle"
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --doc) DOC="${2:?--doc needs a file}"; shift ;;
         --peers) ONLY_PEERS="${2:?--peers needs a list}"; shift ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --steps) STEPS="${2:?--steps needs a list}"; shift ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -54,11 +58,23 @@ STEP_LIMIT=300                     # seconds any one measurement may take
 
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 if [ "$QUICK" = 1 ]; then RUN_FLAG=" --quick"; RUN_SUFFIX="-quick"; else RUN_FLAG=""; RUN_SUFFIX=""; fi
+# The report quotes the exact invocation, including the variant settings.
+[ "$ONLY_PEERS" = "squid,dante,tinyproxy,microsocks" ] || RUN_FLAG="$RUN_FLAG --peers $ONLY_PEERS"
+[ "$STEPS" = "throughput,rate,latency,idle" ] || RUN_FLAG="$RUN_FLAG --steps $STEPS"
+RUN_ENV=""
+for v in CAROUSEL_THREADS CAROUSEL_SERVER_EXTRA CAROUSEL_TUNNEL_EXTRA; do
+    [ -z "${!v:-}" ] || RUN_ENV="$RUN_ENV$v='${!v}' "
+done
 OUT="$ROOT/bench/out/$STAMP$RUN_SUFFIX"
 RES="$OUT/results.jsonl"
 CMDS="$OUT/commands.txt"
 if [ -z "$DOC" ]; then
-    if [ "$QUICK" = 1 ]; then DOC="$OUT/BENCHMARKS.md"; else DOC="$ROOT/docs/BENCHMARKS.md"; fi
+    # Only a full run of every step replaces the committed report.
+    if [ "$QUICK" = 1 ] || [ "$STEPS" != "throughput,rate,latency,idle" ]; then
+        DOC="$OUT/BENCHMARKS.md"
+    else
+        DOC="$ROOT/docs/BENCHMARKS.md"
+    fi
 fi
 mkdir -p "$OUT"
 : > "$RES"; : > "$CMDS"
@@ -263,6 +279,7 @@ ip_strategy = "ipv4_only"
 
 [tunnel]
 idle_timeout_seconds = 600
+${CAROUSEL_TUNNEL_EXTRA:-}
 
 [access]
 allow_clients = ["127.0.0.0/8"]
@@ -408,6 +425,10 @@ start_microsocks() {
 
 # ---------------------------------------------------------------------------------------------
 # 6. Measurements.
+want() { # step: whether --steps asked for it
+    case ",$STEPS," in *",$1,"*) return 0 ;; *) return 1 ;; esac
+}
+
 lg() { # run one bounded loadgen step, keep its command line and JSON output
     echo "carousel-loadgen $*" >> "$CMDS"
     timeout --foreground --kill-after=10 $((STEP_LIMIT + 60)) "$LG" --threads 1 "$@" | tee -a "$RES"
@@ -442,20 +463,22 @@ measure() { # label mode proxy-addr start-fn
         skip "$label" "proxy did not carry a tunnel within 20 s"
         stop_pid "$pid" TERM; forget_pid "$pid"; return 0
     fi
-    lg throughput "${common[@]}" --target "$NAME:$SOURCE_PORT" --target-up "$NAME:$SINK_PORT" \
-        --bytes "$THR_BYTES" --repeat "$THR_REPEAT" --pid "$pid" --time-limit $STEP_LIMIT >/dev/null || true
-    lg rate "${common[@]}" --target "$ONESHOT_T" --count "$RATE_COUNT" --pid "$pid" --time-limit $STEP_LIMIT >/dev/null || true
-    lg latency "${common[@]}" --target "$ONESHOT_T" --concurrency "$LAT_C" --count "$LAT_COUNT" \
-        --time-limit $STEP_LIMIT >/dev/null || true
+    want throughput && { lg throughput "${common[@]}" --target "$NAME:$SOURCE_PORT" --target-up "$NAME:$SINK_PORT" \
+        --bytes "$THR_BYTES" --repeat "$THR_REPEAT" --pid "$pid" --time-limit $STEP_LIMIT >/dev/null || true; }
+    want rate && { lg rate "${common[@]}" --target "$ONESHOT_T" --count "$RATE_COUNT" --pid "$pid" --time-limit $STEP_LIMIT >/dev/null || true; }
+    want latency && { lg latency "${common[@]}" --target "$ONESHOT_T" --concurrency "$LAT_C" --count "$LAT_COUNT" \
+        --time-limit $STEP_LIMIT >/dev/null || true; }
     stop_pid "$pid" TERM; forget_pid "$pid"
 
-    log "$label: $IDLE_COUNT idle tunnels (fresh process)"
-    "$start"; pid=$PROXY_PID
-    if lg probe "${common[@]}" --target "$ECHO_T" --time-limit 20 >/dev/null; then
-        lg idle "${common[@]}" --target "$HOLD_T" --pid "$pid" --count "$IDLE_COUNT" \
-            --parallel 32 --settle 2 --time-limit $STEP_LIMIT >/dev/null || true
+    if want idle; then
+        log "$label: $IDLE_COUNT idle tunnels (fresh process)"
+        "$start"; pid=$PROXY_PID
+        if lg probe "${common[@]}" --target "$ECHO_T" --time-limit 20 >/dev/null; then
+            lg idle "${common[@]}" --target "$HOLD_T" --pid "$pid" --count "$IDLE_COUNT" \
+                --parallel 32 --settle 2 --time-limit $STEP_LIMIT >/dev/null || true
+        fi
+        stop_pid "$pid" TERM; forget_pid "$pid"
     fi
-    stop_pid "$pid" TERM; forget_pid "$pid"
     # Let closed tunnels' TIME_WAIT sockets and the proxy's exit settle before the next peer.
     sleep 2
 }
@@ -467,13 +490,13 @@ note_load direct
 DIRECT_ECHO=$(direct_targets $ECHO_PORT)
 lg probe --mode direct --label direct --target "$DIRECT_ECHO" --time-limit 20 >/dev/null \
     || die "backends do not answer directly"
-lg throughput --mode direct --label direct --target "$(direct_targets $SOURCE_PORT)" \
+want throughput && { lg throughput --mode direct --label direct --target "$(direct_targets $SOURCE_PORT)" \
     --target-up "$(direct_targets $SINK_PORT)" --bytes "$THR_BYTES" --repeat "$THR_REPEAT" \
-    --time-limit $STEP_LIMIT >/dev/null || true
-lg rate --mode direct --label direct --target "$(direct_targets $ONESHOT_PORT)" --count "$RATE_COUNT" \
-    --time-limit $STEP_LIMIT >/dev/null || true
-lg latency --mode direct --label direct --target "$(direct_targets $ONESHOT_PORT)" --concurrency "$LAT_C" \
-    --count "$LAT_COUNT" --time-limit $STEP_LIMIT >/dev/null || true
+    --time-limit $STEP_LIMIT >/dev/null || true; }
+want rate && { lg rate --mode direct --label direct --target "$(direct_targets $ONESHOT_PORT)" --count "$RATE_COUNT" \
+    --time-limit $STEP_LIMIT >/dev/null || true; }
+want latency && { lg latency --mode direct --label direct --target "$(direct_targets $ONESHOT_PORT)" --concurrency "$LAT_C" \
+    --count "$LAT_COUNT" --time-limit $STEP_LIMIT >/dev/null || true; }
 
 measure carousel-connect connect "127.0.0.1:$CAROUSEL_HTTP" start_carousel
 measure carousel-socks5 socks5 "127.0.0.1:$CAROUSEL_SOCKS" start_carousel
@@ -519,7 +542,7 @@ mkdir -p "$(dirname "$DOC")"
     echo "# Benchmarks"
     echo
     echo "carousel against Squid, Dante, tinyproxy and microsocks, and against a direct"
-    echo "connection, on one machine over loopback. Produced by \`bench/run.sh$RUN_FLAG\`"
+    echo "connection, on one machine over loopback. Produced by \`${RUN_ENV}bench/run.sh$RUN_FLAG\`"
     echo "(run $STAMP, $ELAPSED s including builds). Numbers on a shared 2-core machine are noisy:"
     echo "compare ratios from the same run, not absolute numbers across runs."
     echo
@@ -618,7 +641,7 @@ mkdir -p "$(dirname "$DOC")"
     echo "## Commands"
     echo
     echo '```sh'
-    echo "bench/run.sh$RUN_FLAG"
+    echo "${RUN_ENV}bench/run.sh$RUN_FLAG"
     echo "# which ran, with the DNS server and backends:"
     echo "carousel-loadgen dns --listen $DNS_IP:53 --record $NAME=$backend_csv --ttl 300 --time-limit 7200"
     echo "carousel-loadgen backend --addrs $backend_csv --sink $SINK_PORT --source $SOURCE_PORT --echo $ECHO_PORT --oneshot $ONESHOT_PORT --hold $HOLD_PORT --time-limit 7200"

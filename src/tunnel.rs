@@ -55,15 +55,6 @@ impl Options {
                 .unwrap_or_else(|| auto_max_pipes(t.pipe_size_bytes, user_pipe_pages())),
         }
     }
-
-    /// Options with the default pipe settings and the given idle timeout (tests, tools).
-    pub fn with_idle(idle: Duration) -> Self {
-        Self {
-            idle,
-            pipe_size: crate::config::DEFAULT_PIPE_SIZE,
-            max_pipes: 64,
-        }
-    }
 }
 
 /// The kernel's soft budget of pipe pages per user (`fs.pipe-user-pages-soft`; 0 = none).
@@ -605,6 +596,15 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
+    /// The default pipe size, a budget no test exhausts, and `idle`.
+    fn opts_with_idle(idle: Duration) -> Options {
+        Options {
+            idle,
+            pipe_size: crate::config::DEFAULT_PIPE_SIZE,
+            max_pipes: 64,
+        }
+    }
+
     async fn pair() -> (TcpStream, TcpStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
@@ -621,7 +621,7 @@ mod tests {
                 &client_side,
                 &upstream_side,
                 b"early ",
-                Options::with_idle(Duration::from_secs(5)),
+                opts_with_idle(Duration::from_secs(5)),
             )
             .await
         });
@@ -657,6 +657,22 @@ mod tests {
         assert_eq!(auto_max_pipes(4096, 0), 4096);
     }
 
+    /// A pipe gets the asked capacity where the kernel allows it (up to fs.pipe-max-size for an
+    /// unprivileged process), and a pooled pipe of another size is not handed out again.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn pipes_get_the_asked_capacity() {
+        let limit: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20);
+        let big = splice::Pipe::take(1 << 20, usize::MAX).unwrap().unwrap();
+        assert!(big.capacity >= (1 << 20).min(limit), "{}", big.capacity);
+        big.give();
+        let small = splice::Pipe::take(64 << 10, usize::MAX).unwrap().unwrap();
+        assert_eq!(small.capacity, 64 << 10);
+    }
+
     /// With the pipe budget spent, a splice direction still moves every byte (by copying).
     #[cfg(target_os = "linux")]
     #[tokio::test]
@@ -665,7 +681,7 @@ mod tests {
         let (upstream_side, mut server) = pair().await;
         let opts = Options {
             max_pipes: 0,
-            ..Options::with_idle(Duration::from_secs(5))
+            ..opts_with_idle(Duration::from_secs(5))
         };
         let moved = tokio::spawn(async move {
             let (clock, bytes) = (Clock::new(), AtomicU64::new(0));
@@ -689,7 +705,7 @@ mod tests {
             &client_side,
             &upstream_side,
             b"",
-            Options::with_idle(Duration::from_millis(100)),
+            opts_with_idle(Duration::from_millis(100)),
         )
         .await;
         assert!(stats.idled_out);
