@@ -439,8 +439,30 @@ skip() { # label reason
     printf '{"test":"skipped","label":"%s","reason":"%s"}\n' "$1" "$2" >> "$RES"
 }
 
-note_load() { # label: the machine's load when this proxy's turn starts (noise indicator)
-    printf '{"test":"load","label":"%s","load1":%s}\n' "$1" "$(cut -d' ' -f1 /proc/loadavg)" >> "$RES"
+time_wait_count() {
+    ss -Htan state time-wait 2>/dev/null | wc -l
+}
+
+# Every short-lived tunnel leaves TIME_WAIT sockets (60 s on Linux): a rate test leaves tens of
+# thousands, and the next contestant's connects then run ~20% slower (measured: carousel CONNECT
+# 5,300 -> 4,000 conn/s with 54,000 TIME_WAIT sockets left by earlier steps). So every
+# contestant starts from a drained table: wait (bounded) until few are left.
+TW_SETTLED=2000
+TW_WAIT_LIMIT=90
+settle_time_wait() {
+    local i n
+    n=$(time_wait_count)
+    for ((i = 0; i < TW_WAIT_LIMIT && n > TW_SETTLED; i++)); do
+        sleep 1
+        n=$(time_wait_count)
+    done
+    [ "$i" = 0 ] || log "waited ${i} s for TIME_WAIT sockets to drain ($n left)"
+}
+
+note_load() { # label: the machine's load and TIME_WAIT sockets when this proxy's turn starts
+    settle_time_wait
+    printf '{"test":"load","label":"%s","load1":%s,"time_wait":%s}\n' "$1" \
+        "$(cut -d' ' -f1 /proc/loadavg)" "$(time_wait_count)" >> "$RES"
 }
 
 ECHO_T="$NAME:$ECHO_PORT"

@@ -28,6 +28,7 @@ struct Row {
     idle_pss: Option<f64>,
     idle_procs: Option<u64>,
     load1: Option<f64>,
+    time_wait: Option<f64>,
 }
 
 fn f(v: &Value, k: &str) -> Option<f64> {
@@ -102,7 +103,10 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
                 r.lat_errors = u(&v, "errors");
                 r.lat_c = v.get("concurrency").and_then(Value::as_u64);
             }
-            "load" => r.load1 = f(&v, "load1"),
+            "load" => {
+                r.load1 = f(&v, "load1");
+                r.time_wait = f(&v, "time_wait");
+            }
             "idle" => {
                 r.idle_opened = Some(u(&v, "opened"));
                 r.idle_requested = Some(u(&v, "requested"));
@@ -123,11 +127,11 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
         "| run | mode | throughput down MiB/s | throughput up MiB/s | proxy CPU s/GiB | machine CPU busy % (throughput) | \
          conn/s (sequential) | proxy CPU µs/conn | conn p50 µs (C=1) | latency p50 µs (C) | latency p99 µs (C) | \
          idle tunnels opened | KiB/idle tunnel (RSS) | KiB/idle tunnel (PSS) | processes | \
-         load avg at start |"
+         load avg at start | TIME_WAIT sockets at start |"
     );
     let _ = writeln!(
         w,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for ((_, label), r) in &rows {
         let errs = if r.rate_errors + r.lat_errors > 0 {
@@ -141,7 +145,7 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
         };
         let _ = writeln!(
             w,
-            "| {label}{errs} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {label}{errs} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.mode,
             opt(r.down, 0),
             opt(r.up, 0),
@@ -159,6 +163,7 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "–".into()),
             opt(r.load1, 2),
+            opt(r.time_wait, 0),
         );
     }
 
