@@ -657,6 +657,12 @@ mkdir -p "$(dirname "$DOC")"
         echo "  open-file hard limit here is $(ulimit -Hn) and cannot be raised (no CAP_SYS_RESOURCE in"
         echo "  this container); a proxy needs at least two descriptors per tunnel."
     fi
+    echo "- **Same start for everyone.** One proxy runs at a time, and each (direct included) starts"
+    echo "  only once the TIME_WAIT sockets earlier steps left behind have drained to ≤ $TW_SETTLED"
+    echo "  (waiting at most ${TW_WAIT_LIMIT} s; the count at the start is in the raw table). Tens of"
+    echo "  thousands of them slow every later contestant's connects by about a fifth."
+    echo "- **CPU busy.** The whole machine's busy share (/proc/stat, all but idle and iowait) over"
+    echo "  the throughput step: below 100% means the transfer waits on hand-offs, not on CPU."
     echo "- **Bounds.** Every step has a count and a time limit (${STEP_LIMIT} s), every connect and"
     echo "  exchange a 10 s timeout; every process the script starts is stopped when it exits."
     echo
