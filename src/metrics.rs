@@ -47,6 +47,10 @@ pub struct Metrics {
     pub active_tunnels: IntGaugeVec,
     /// Tunnel bytes by direction (`up` client→server, `down`).
     pub tunnel_bytes: IntCounterVec,
+    /// Splice pipes the process holds (pooled or busy), against `tunnel.max_pipes`.
+    pub tunnel_pipes: IntGauge,
+    /// Transfer rounds that copied through user space because every pipe was busy.
+    pub tunnel_pipe_budget_spent: IntCounter,
     /// Configuration reloads by result.
     pub reloads: IntCounterVec,
     /// Time of the last successful (re)load.
@@ -144,6 +148,16 @@ impl Metrics {
             cluster_dns_stale: gauge(&r, "carousel_cluster_dns_stale", "1 while a cluster serves its last good member set because DNS fails.", &["cluster"]),
             active_tunnels: gauge(&r, "carousel_active_tunnels", "Open tunnels by protocol.", &["protocol"]),
             tunnel_bytes,
+            tunnel_pipes: {
+                let g = IntGauge::new("carousel_tunnel_pipes", "Splice pipes held by the process, pooled or busy (bounded by tunnel.max_pipes).").expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            tunnel_pipe_budget_spent: {
+                let c = IntCounter::new("carousel_tunnel_pipe_budget_exhausted_total", "Tunnel transfer rounds copied through user space because every pipe tunnel.max_pipes allows was busy.").expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             reloads: counter(&r, "carousel_config_reloads_total", "Configuration reloads by result.", &["result"]),
             last_reload_success: {
                 let g = IntGauge::new("carousel_config_last_reload_success_timestamp_seconds", "Unix time of the last successful configuration load.").expect("valid metric");

@@ -200,18 +200,27 @@ async fn pump(
 /// splice(2) plumbing: a bounded pipe pool and the two moves (socket → pipe, pipe → socket).
 #[cfg(target_os = "linux")]
 mod splice {
-    use std::cell::RefCell;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
 
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    /// Empty pipes a worker thread keeps for reuse (each is two descriptors).
-    const POOL: usize = 16;
+    /// Empty pipes kept for reuse (each is two descriptors).
+    const POOL: usize = 64;
 
     /// Pipes that exist in the process (pooled or busy), held against `Options::max_pipes`.
     static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+    /// Empty pipes, shared by all worker threads so an idle pipe on one thread never counts
+    /// against the budget while another thread has to copy. Held only for a push or a pop.
+    static IDLE: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+    fn idle() -> std::sync::MutexGuard<'static, Vec<Pipe>> {
+        // A panic while holding the lock cannot leave the Vec inconsistent: use it anyway.
+        IDLE.lock().unwrap_or_else(|e| e.into_inner())
+    }
 
     /// A pipe with nothing in it (only empty pipes go back to the pool).
     pub struct Pipe {
@@ -226,19 +235,19 @@ mod splice {
     impl Drop for Pipe {
         fn drop(&mut self) {
             OPEN.fetch_sub(1, Ordering::Relaxed);
+            crate::metrics::metrics().tunnel_pipes.dec();
         }
-    }
-
-    thread_local! {
-        static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
     }
 
     impl Pipe {
         /// A pipe of `size` bytes from the pool or new; `None` when `max` pipes already exist.
         pub fn take(size: usize, max: usize) -> std::io::Result<Option<Pipe>> {
-            while let Some(p) = PIPES.with(|p| p.borrow_mut().pop()) {
-                if p.asked == size {
-                    return Ok(Some(p));
+            loop {
+                let pooled = idle().pop();
+                match pooled {
+                    Some(p) if p.asked == size => return Ok(Some(p)),
+                    Some(_) => {} // another size (before a reload): closed
+                    None => break,
                 }
             }
             if OPEN.fetch_add(1, Ordering::Relaxed) >= max {
@@ -251,6 +260,7 @@ mod splice {
                 OPEN.fetch_sub(1, Ordering::Relaxed);
                 return Err(std::io::Error::last_os_error());
             }
+            crate::metrics::metrics().tunnel_pipes.inc();
             // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
             let (read, write) =
                 unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
@@ -276,14 +286,12 @@ mod splice {
             }))
         }
 
-        /// Returns an empty pipe to the pool.
+        /// Returns an empty pipe to the pool (or closes it when the pool is full).
         pub fn give(self) {
-            PIPES.with(|p| {
-                let mut p = p.borrow_mut();
-                if p.len() < POOL {
-                    p.push(self);
-                }
-            });
+            let mut idle = idle();
+            if idle.len() < POOL {
+                idle.push(self);
+            }
         }
     }
 
@@ -347,11 +355,14 @@ async fn pump_splice(
         let pipe = match splice::Pipe::take(opts.pipe_size, opts.max_pipes) {
             Ok(Some(p)) => p,
             // Every pipe the budget allows is busy: this round copies instead.
-            Ok(None) => match copy_available(from, to, clock, bytes).await {
-                Ok(true) => return Ok(Ok(())),
-                Ok(false) => continue,
-                Err(e) => return Ok(Err(e)),
-            },
+            Ok(None) => {
+                crate::metrics::metrics().tunnel_pipe_budget_spent.inc();
+                match copy_available(from, to, clock, bytes).await {
+                    Ok(true) => return Ok(Ok(())),
+                    Ok(false) => continue,
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
             Err(_) if !moved => return Err(Unsupported),
             Err(e) => return Ok(Err(e)),
         };
@@ -673,16 +684,21 @@ mod tests {
         assert_eq!(small.capacity, 64 << 10);
     }
 
-    /// With the pipe budget spent, a splice direction still moves every byte (by copying).
+    /// With the pipe budget spent, a splice direction still moves every byte (by copying), and
+    /// the copy rounds are counted.
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_spent_pipe_budget_falls_back_to_copying() {
         let (mut client, client_side) = pair().await;
         let (upstream_side, mut server) = pair().await;
+        // A size no other test asks for, so no pooled pipe can serve it: the budget of 0 decides.
         let opts = Options {
             max_pipes: 0,
+            pipe_size: 3 * 4096,
             ..opts_with_idle(Duration::from_secs(5))
         };
+        let spent = || crate::metrics::metrics().tunnel_pipe_budget_spent.get();
+        let before = spent();
         let moved = tokio::spawn(async move {
             let (clock, bytes) = (Clock::new(), AtomicU64::new(0));
             let r = pump_splice(&client_side, &upstream_side, &clock, &bytes, &opts).await;
@@ -695,6 +711,7 @@ mod tests {
         server.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, payload);
         assert_eq!(moved.await.unwrap(), (true, payload.len() as u64));
+        assert!(spent() > before, "no copy round was counted");
     }
 
     #[tokio::test]

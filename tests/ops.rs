@@ -53,6 +53,20 @@ where
     panic!("{what}: not within {limit:?}");
 }
 
+/// Writes `text` as the configuration, sends SIGHUP and waits (bounded) until the reload counter
+/// for `result` (`ok` or `error`) reaches `count`.
+async fn reload(proxy: &Carousel, text: &str, result: &str, count: f64) {
+    proxy.rewrite(text);
+    proxy.signal("HUP");
+    let series = format!("carousel_config_reloads_total{{result=\"{result}\"}}");
+    poll(
+        &format!("reload {result} #{count}"),
+        Duration::from_secs(5),
+        || async { proxy.metric(&series).await == count },
+    )
+    .await;
+}
+
 /// One SOCKS5 request with a remote name: the backend's name.
 async fn who(proxy: SocketAddr, host: &str, port: u16) -> Result<String, String> {
     let work = async {
@@ -248,22 +262,15 @@ async fn sighup_reload_swaps_clusters_and_keeps_state() {
         .unwrap();
     tunnel.write_all(b"ECHO\n").await.unwrap();
     // Reload: the cluster's settings change (slow checks now), another cluster is added.
-    proxy.rewrite(&proxy.config_text(
+    let text = proxy.config_text(
         DEFAULT_ACCESS,
         &format!(
             "{}{}",
             cluster(NAME, port, 60_000),
             cluster("other.cluster.test", port, 200)
         ),
-    ));
-    proxy.signal("HUP");
-    poll("reload ok", Duration::from_secs(5), || async {
-        proxy
-            .metric("carousel_config_reloads_total{result=\"ok\"}")
-            .await
-            == 1.0
-    })
-    .await;
+    );
+    reload(&proxy, &text, "ok", 1.0).await;
     let (_, body) = proxy.admin_get("/status").await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let names: Vec<&str> = v["clusters"]
@@ -298,15 +305,7 @@ async fn sighup_reload_swaps_clusters_and_keeps_state() {
     let bad = proxy
         .config_text(DEFAULT_ACCESS, "")
         .replace("connect_timeout_ms = 300", "conect_timeout_ms = 300");
-    proxy.rewrite(&bad);
-    proxy.signal("HUP");
-    poll("reload error", Duration::from_secs(5), || async {
-        proxy
-            .metric("carousel_config_reloads_total{result=\"error\"}")
-            .await
-            == 1.0
-    })
-    .await;
+    reload(&proxy, &bad, "error", 1.0).await;
     // The log is read from the process's stderr pipe in the background: wait for the line.
     let file = proxy.config.display().to_string();
     let logged = || {
@@ -325,15 +324,8 @@ async fn sighup_reload_swaps_clusters_and_keeps_state() {
         "b11"
     );
     // Removing a cluster: it disappears from status; the name is then an ordinary name.
-    proxy.rewrite(&proxy.config_text(DEFAULT_ACCESS, &cluster(NAME, port, 200)));
-    proxy.signal("HUP");
-    poll("second reload ok", Duration::from_secs(5), || async {
-        proxy
-            .metric("carousel_config_reloads_total{result=\"ok\"}")
-            .await
-            == 2.0
-    })
-    .await;
+    let text = proxy.config_text(DEFAULT_ACCESS, &cluster(NAME, port, 200));
+    reload(&proxy, &text, "ok", 2.0).await;
     let (_, body) = proxy.admin_get("/status").await;
     assert!(!body.contains("other.cluster.test"), "{body}");
     assert!(
@@ -543,4 +535,88 @@ async fn check_command_reports_file_key_and_line() {
         "{stderr}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tunnel.max_pipes` lowered to 1 by a reload: a tunnel whose server stopped reading keeps the
+/// only pipe, and other tunnels go on by copying through user space, byte-exact; the copies are
+/// counted and the process never holds more pipes than the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_pipe_budget_still_carries_every_byte() {
+    let (dns, port, _backends) = backends().await;
+    let proxy = Carousel::start(dns.addr(), "").await;
+    let text = proxy.config_text(DEFAULT_ACCESS, "");
+    let limited = text.replace(
+        "idle_timeout_seconds = 30\n",
+        "idle_timeout_seconds = 30\nmax_pipes = 1\n",
+    );
+    assert_ne!(
+        text, limited,
+        "the harness config has no [tunnel] idle timeout line"
+    );
+    reload(&proxy, &limited, "ok", 1.0).await;
+
+    // A server that accepts and never reads: the tunnel to it stalls holding a pipe.
+    let deaf = tokio::net::TcpListener::bind((ip4(15), 0)).await.unwrap();
+    let deaf_addr = deaf.local_addr().unwrap();
+    let keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while held.len() < 4 {
+            match deaf.accept().await {
+                Ok((s, _)) => held.push(s),
+                Err(_) => break,
+            }
+        }
+        held
+    });
+    let mut stalled = tokio_socks::tcp::Socks5Stream::connect(proxy.socks, deaf_addr)
+        .await
+        .unwrap();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![7u8; 64 * 1024];
+        // At most 256 MiB; in practice it blocks once the socket buffers on the way are full.
+        for _ in 0..4096 {
+            if stalled.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    // Echo tunnels until one of them had to copy (bounded: 200 rounds, 20 s).
+    let body: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let started = Instant::now();
+    let mut rounds = 0;
+    while proxy
+        .metric("carousel_tunnel_pipe_budget_exhausted_total")
+        .await
+        == 0.0
+    {
+        assert!(
+            rounds < 200 && started.elapsed() < Duration::from_secs(20),
+            "no transfer copied after {rounds} rounds with one pipe held"
+        );
+        rounds += 1;
+        let s = tokio_socks::tcp::Socks5Stream::connect(proxy.socks, (NAME, port))
+            .await
+            .unwrap();
+        let (mut r, mut w) = tokio::io::split(s);
+        let payload = body.clone();
+        let send = tokio::spawn(async move {
+            w.write_all(b"ECHO\n").await.unwrap();
+            w.write_all(&payload).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        let mut back = Vec::new();
+        timeout(Duration::from_secs(10), r.read_to_end(&mut back))
+            .await
+            .expect("echo within 10 s")
+            .unwrap();
+        send.await.unwrap();
+        assert!(back == body, "round {rounds}: echo differs");
+    }
+    assert!(
+        proxy.metric("carousel_tunnel_pipes").await <= 1.0,
+        "more pipes than the budget of 1"
+    );
+    writer.abort();
+    keep.abort();
 }

@@ -51,6 +51,8 @@ COUNTERS_GAUGES = {
     "carousel_cluster_dns_stale",
     "carousel_active_tunnels",
     "carousel_tunnel_bytes_total",
+    "carousel_tunnel_pipes",
+    "carousel_tunnel_pipe_budget_exhausted_total",
     "carousel_config_reloads_total",
     "carousel_config_last_reload_success_timestamp_seconds",
     "carousel_auth_failures_total",
