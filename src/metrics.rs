@@ -97,6 +97,18 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     g
 }
 
+fn plain_gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn plain_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let buckets = vec![
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -148,27 +160,11 @@ impl Metrics {
             cluster_dns_stale: gauge(&r, "carousel_cluster_dns_stale", "1 while a cluster serves its last good member set because DNS fails.", &["cluster"]),
             active_tunnels: gauge(&r, "carousel_active_tunnels", "Open tunnels by protocol.", &["protocol"]),
             tunnel_bytes,
-            tunnel_pipes: {
-                let g = IntGauge::new("carousel_tunnel_pipes", "Splice pipes held by the process, pooled or busy (bounded by tunnel.max_pipes).").expect("valid metric");
-                r.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
-            tunnel_pipe_budget_spent: {
-                let c = IntCounter::new("carousel_tunnel_pipe_budget_exhausted_total", "Tunnel transfer rounds copied through user space because every pipe tunnel.max_pipes allows was busy.").expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            tunnel_pipes: plain_gauge(&r, "carousel_tunnel_pipes", "Splice pipes held by the process, pooled or busy (bounded by tunnel.max_pipes)."),
+            tunnel_pipe_budget_spent: plain_counter(&r, "carousel_tunnel_pipe_budget_exhausted_total", "Tunnel transfer rounds copied through user space because every pipe tunnel.max_pipes allows was busy."),
             reloads: counter(&r, "carousel_config_reloads_total", "Configuration reloads by result.", &["result"]),
-            last_reload_success: {
-                let g = IntGauge::new("carousel_config_last_reload_success_timestamp_seconds", "Unix time of the last successful configuration load.").expect("valid metric");
-                r.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
-            auth_failures: {
-                let c = IntCounter::new("carousel_auth_failures_total", "Failed proxy authentications.").expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            last_reload_success: plain_gauge(&r, "carousel_config_last_reload_success_timestamp_seconds", "Unix time of the last successful configuration load."),
+            auth_failures: plain_counter(&r, "carousel_auth_failures_total", "Failed proxy authentications."),
             overload: counter(&r, "carousel_overload_rejections_total", "Requests refused by a limit.", &["limit"]),
             build_info: gauge(&r, "carousel_build_info", "Build information.", &["version"]),
             registry: r,
