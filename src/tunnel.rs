@@ -3,8 +3,8 @@
 //!
 //! Plain-TCP clients take the fast path: both ends as tokio `TcpStream`s, each direction waiting
 //! for readiness *without* holding a buffer. On Linux the bytes then move with splice(2) through a
-//! 1 MiB pipe borrowed from a shared, budgeted pool (zero-copy: they never enter user space); elsewhere
-//! through a pooled 64 KiB buffer. An idle tunnel holds neither a pipe nor a buffer, so thousands
+//! 1 MiB pipe borrowed from a shared, budgeted pool (zero-copy: they never enter user space);
+//! elsewhere, or past the budget, through a pooled 64 KiB buffer. An idle tunnel holds neither a pipe nor a buffer, so thousands
 //! of idle chat connections cost little, and a busy one makes few, large syscalls. TLS clients
 //! (the HTTPS-proxy listener) use the generic copy over their decrypting stream.
 
