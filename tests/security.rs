@@ -64,8 +64,15 @@ async fn connect_from(src: Ipv4Addr, to: SocketAddr) -> TcpStream {
     s.connect(to).await.unwrap()
 }
 
-/// CONNECT through `s`; returns the whole answer head (and body when the proxy closes).
-async fn connect_on(mut s: TcpStream, target: &str, auth: Option<(&str, &str)>) -> String {
+/// CONNECT from a client bound to `src`; returns the whole answer head (and body when the proxy
+/// closes).
+async fn connect_on(
+    src: Ipv4Addr,
+    proxy: SocketAddr,
+    target: &str,
+    auth: Option<(&str, &str)>,
+) -> String {
+    let mut s = connect_from(src, proxy).await;
     let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
     if let Some((u, p)) = auth {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
@@ -89,9 +96,17 @@ async fn connect_on(mut s: TcpStream, target: &str, auth: Option<(&str, &str)>) 
     String::from_utf8_lossy(&out).to_string()
 }
 
-/// SOCKS5 CONNECT on `s` (optionally with username/password); returns the reply code, or
-/// 0xF0 + status when authentication itself failed, or 0xFF when no method was acceptable.
-async fn socks5_on(mut s: TcpStream, host: &str, port: u16, auth: Option<(&str, &str)>) -> u8 {
+/// SOCKS5 CONNECT from a client bound to `src` (optionally with username/password); returns the
+/// reply code, or 0xF0 + status when authentication itself failed, or 0xFF when no method was
+/// acceptable.
+async fn socks5_on(
+    src: Ipv4Addr,
+    proxy: SocketAddr,
+    host: &str,
+    port: u16,
+    auth: Option<(&str, &str)>,
+) -> u8 {
+    let mut s = connect_from(src, proxy).await;
     let methods: &[u8] = if auth.is_some() {
         &[5, 2, 0, 2]
     } else {
@@ -127,7 +142,9 @@ async fn socks5_on(mut s: TcpStream, host: &str, port: u16, auth: Option<(&str, 
     }
 }
 
-async fn socks4a_on(mut s: TcpStream, host: &str, port: u16) -> u8 {
+/// SOCKS4a CONNECT from a client bound to `src`; returns the reply code.
+async fn socks4a_on(src: Ipv4Addr, proxy: SocketAddr, host: &str, port: u16) -> u8 {
+    let mut s = connect_from(src, proxy).await;
     let mut req = vec![4, 1];
     req.extend_from_slice(&port.to_be_bytes());
     req.extend_from_slice(&[0, 0, 0, 1, b'u', 0]);
@@ -161,24 +178,19 @@ async fn clients_outside_the_allowed_networks_are_refused() {
     .await;
     let outsider = ip4(2);
     let r = connect_on(
-        connect_from(outsider, f.proxy.http).await,
+        outsider,
+        f.proxy.http,
         &format!("127.0.0.11:{}", f.port),
         None,
     )
     .await;
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     assert_eq!(
-        socks5_on(
-            connect_from(outsider, f.proxy.socks).await,
-            "127.0.0.11",
-            f.port,
-            None
-        )
-        .await,
+        socks5_on(outsider, f.proxy.socks, "127.0.0.11", f.port, None).await,
         0x02
     );
     assert_eq!(
-        socks4a_on(connect_from(outsider, f.proxy.socks).await, NAME, f.port).await,
+        socks4a_on(outsider, f.proxy.socks, NAME, f.port).await,
         0x5B
     );
     let out = curl(&[
@@ -194,7 +206,8 @@ async fn clients_outside_the_allowed_networks_are_refused() {
     assert!(out.stdout_str().ends_with("403"), "{}", out.stdout_str());
     // The allowed client is served.
     let r = connect_on(
-        connect_from(ip4(1), f.proxy.http).await,
+        ip4(1),
+        f.proxy.http,
         &format!("127.0.0.11:{}", f.port),
         None,
     )
@@ -213,46 +226,25 @@ async fn only_listed_destinations_pass_and_protected_ones_need_explicit_rules() 
     })
     .await;
     let me = ip4(1);
-    let ok = connect_on(
-        connect_from(me, f.proxy.http).await,
-        &format!("{NAME}:{}", f.port),
-        None,
-    )
-    .await;
+    let ok = connect_on(me, f.proxy.http, &format!("{NAME}:{}", f.port), None).await;
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     // A disallowed destination, by rule.
-    let r = connect_on(
-        connect_from(me, f.proxy.http).await,
-        &format!("other.test:{}", f.port),
-        None,
-    )
-    .await;
+    let r = connect_on(me, f.proxy.http, &format!("other.test:{}", f.port), None).await;
     assert!(
         r.starts_with("HTTP/1.1 403") && r.contains("block-other"),
         "{r}"
     );
     assert_eq!(
-        socks5_on(
-            connect_from(me, f.proxy.socks).await,
-            "other.test",
-            f.port,
-            None
-        )
-        .await,
+        socks5_on(me, f.proxy.socks, "other.test", f.port, None).await,
         0x02
     );
     assert_eq!(
-        socks4a_on(connect_from(me, f.proxy.socks).await, "other.test", f.port).await,
+        socks4a_on(me, f.proxy.socks, "other.test", f.port).await,
         0x5B
     );
     // The right name on another port: not listed.
     let other_port = f.port.wrapping_add(1).max(1);
-    let r = connect_on(
-        connect_from(me, f.proxy.http).await,
-        &format!("127.0.0.11:{other_port}"),
-        None,
-    )
-    .await;
+    let r = connect_on(me, f.proxy.http, &format!("127.0.0.11:{other_port}"), None).await;
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     // The metadata address, the admin port and carousel's own listener: "*" does not reach them.
     for target in [
@@ -261,45 +253,22 @@ async fn only_listed_destinations_pass_and_protected_ones_need_explicit_rules() 
         f.proxy.http.to_string(),
         "[::1]:80".into(),
     ] {
-        let r = connect_on(connect_from(me, f.proxy.http).await, &target, None).await;
+        let r = connect_on(me, f.proxy.http, &target, None).await;
         assert!(r.starts_with("HTTP/1.1 403"), "{target}: {r}");
     }
     assert_eq!(
-        socks5_on(
-            connect_from(me, f.proxy.socks).await,
-            "169.254.169.254",
-            80,
-            None
-        )
-        .await,
+        socks5_on(me, f.proxy.socks, "169.254.169.254", 80, None).await,
         0x02
     );
     assert_eq!(
-        socks5_on(
-            connect_from(me, f.proxy.socks).await,
-            "127.0.0.1",
-            f.proxy.admin.port(),
-            None
-        )
-        .await,
+        socks5_on(me, f.proxy.socks, "127.0.0.1", f.proxy.admin.port(), None).await,
         0x02
     );
     // A name that resolves to a protected address is refused after resolution.
-    let r = connect_on(
-        connect_from(me, f.proxy.http).await,
-        "meta.cluster.test:80",
-        None,
-    )
-    .await;
+    let r = connect_on(me, f.proxy.http, "meta.cluster.test:80", None).await;
     assert!(r.starts_with("HTTP/1.1 403"), "{r}");
     assert_eq!(
-        socks5_on(
-            connect_from(me, f.proxy.socks).await,
-            "meta.cluster.test",
-            80,
-            None
-        )
-        .await,
+        socks5_on(me, f.proxy.socks, "meta.cluster.test", 80, None).await,
         0x02
     );
     let out = curl(&[
@@ -339,7 +308,7 @@ async fn credentials_are_required_checked_and_never_logged() {
     let me = ip4(1);
     let target = format!("{NAME}:{}", f.port);
     // No credentials: 407 with a challenge; SOCKS5 without user/pass: not allowed; SOCKS4: rejected.
-    let r = connect_on(connect_from(me, f.proxy.http).await, &target, None).await;
+    let r = connect_on(me, f.proxy.http, &target, None).await;
     assert!(
         r.starts_with("HTTP/1.1 407") && r.contains("Proxy-Authenticate: Basic realm=\"carousel\""),
         "{r}"
@@ -353,25 +322,15 @@ async fn credentials_are_required_checked_and_never_logged() {
     ])
     .await;
     assert!(out.stdout_str().ends_with("407"), "{}", out.stdout_str());
-    assert_eq!(
-        socks5_on(connect_from(me, f.proxy.socks).await, NAME, f.port, None).await,
-        0x02
-    );
-    assert_eq!(
-        socks4a_on(connect_from(me, f.proxy.socks).await, NAME, f.port).await,
-        0x5B
-    );
+    assert_eq!(socks5_on(me, f.proxy.socks, NAME, f.port, None).await, 0x02);
+    assert_eq!(socks4a_on(me, f.proxy.socks, NAME, f.port).await, 0x5B);
     // Wrong credentials: 407 again, SOCKS5 authentication failure.
-    let r = connect_on(
-        connect_from(me, f.proxy.http).await,
-        &target,
-        Some(("alice", "wrong-password")),
-    )
-    .await;
+    let r = connect_on(me, f.proxy.http, &target, Some(("alice", "wrong-password"))).await;
     assert!(r.starts_with("HTTP/1.1 407"), "{r}");
     assert_eq!(
         socks5_on(
-            connect_from(me, f.proxy.socks).await,
+            me,
+            f.proxy.socks,
             NAME,
             f.port,
             Some(("alice", "wrong-password"))
@@ -381,21 +340,10 @@ async fn credentials_are_required_checked_and_never_logged() {
         0xF0
     );
     // Right credentials: every protocol that can carry them is served.
-    let r = connect_on(
-        connect_from(me, f.proxy.http).await,
-        &target,
-        Some(("alice", PASSWORD)),
-    )
-    .await;
+    let r = connect_on(me, f.proxy.http, &target, Some(("alice", PASSWORD))).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert_eq!(
-        socks5_on(
-            connect_from(me, f.proxy.socks).await,
-            NAME,
-            f.port,
-            Some(("alice", PASSWORD))
-        )
-        .await,
+        socks5_on(me, f.proxy.socks, NAME, f.port, Some(("alice", PASSWORD))).await,
         0
     );
     let with_user = format!(
@@ -457,24 +405,15 @@ async fn connection_limits_answer_fast_and_spare_open_tunnels() {
         assert!(head.starts_with(b"HTTP/1.1 200"));
         tunnels.push(s);
     }
-    let r = connect_on(connect_from(me, f.proxy.http).await, &target, None).await;
+    let r = connect_on(me, f.proxy.http, &target, None).await;
     assert!(r.starts_with("HTTP/1.1 503"), "{r}");
     assert_eq!(
-        socks5_on(
-            connect_from(me, f.proxy.socks).await,
-            "127.0.0.11",
-            f.port,
-            None
-        )
-        .await,
+        socks5_on(me, f.proxy.socks, "127.0.0.11", f.port, None).await,
         0x01
     );
-    assert_eq!(
-        socks4a_on(connect_from(me, f.proxy.socks).await, NAME, f.port).await,
-        0x5B
-    );
+    assert_eq!(socks4a_on(me, f.proxy.socks, NAME, f.port).await, 0x5B);
     // Another client address has its own allowance.
-    let r = connect_on(connect_from(ip4(3), f.proxy.http).await, &target, None).await;
+    let r = connect_on(ip4(3), f.proxy.http, &target, None).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     // The tunnels already open still work.
     for s in &mut tunnels {
@@ -614,12 +553,7 @@ async fn users_file_is_reloaded_on_sighup() {
     let f = fixture(|_| auth_access(&users)).await;
     let target = format!("{NAME}:{}", f.port);
     let me = ip4(1);
-    let r = connect_on(
-        connect_from(me, f.proxy.http).await,
-        &target,
-        Some(("alice", PASSWORD)),
-    )
-    .await;
+    let r = connect_on(me, f.proxy.http, &target, Some(("alice", PASSWORD))).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     // The password changes in the file; after SIGHUP only the new one works.
     let hash = bcrypt::hash("n3w-secret", 4).unwrap();
@@ -635,22 +569,12 @@ async fn users_file_is_reloaded_on_sighup() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = connect_on(
-        connect_from(me, f.proxy.http).await,
-        &target,
-        Some(("alice", PASSWORD)),
-    )
-    .await;
+    let r = connect_on(me, f.proxy.http, &target, Some(("alice", PASSWORD))).await;
     assert!(
         r.starts_with("HTTP/1.1 407"),
         "old password still accepted: {r}"
     );
-    let r = connect_on(
-        connect_from(me, f.proxy.http).await,
-        &target,
-        Some(("alice", "n3w-secret")),
-    )
-    .await;
+    let r = connect_on(me, f.proxy.http, &target, Some(("alice", "n3w-secret"))).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     // Control characters in a header value are refused on the forwarding path.
     let mut s = TcpStream::connect(f.proxy.http).await.unwrap();
