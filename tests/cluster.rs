@@ -41,7 +41,12 @@ impl Fixture {
         let extra = format!(
             "[[cluster]]\nname = \"{NAME}\"\nports = [{port}]\n{cluster_extra}\n[cluster.health]\n{health}\n[cluster.outlier]\n{outlier}\n"
         );
-        let proxy = Carousel::start(dns.addr(), &extra).await;
+        Self::ready(dns, port, backends, &extra).await
+    }
+
+    /// Starts carousel with `extra` and returns once `/readyz` says the clusters are discovered.
+    async fn ready(dns: DnsServer, port: u16, backends: Vec<Backend>, extra: &str) -> Fixture {
+        let proxy = Carousel::start(dns.addr(), extra).await;
         let f = Fixture {
             dns,
             port,
@@ -235,17 +240,7 @@ async fn blackholed_member_costs_at_most_the_first_request_a_timeout() {
     let extra = format!(
         "[[cluster]]\nname = \"{NAME}\"\nports = [{port}]\n[cluster.health]\ninterval_ms = 300\ntimeout_ms = 250\nfall = 2\n[cluster.outlier]\nconsecutive_failures = 1\n"
     );
-    let proxy = Carousel::start(dns.addr(), &extra).await;
-    let f = Fixture {
-        dns,
-        port,
-        backends: Vec::new(),
-        proxy,
-    };
-    f.wait_until("ready", Duration::from_secs(5), || async {
-        f.proxy.admin_get("/readyz").await.0 == 200
-    })
-    .await;
+    let f = Fixture::ready(dns, port, Vec::new(), &extra).await;
     let (served, errors) = run(&f, 90).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(served.len(), 90);
@@ -496,17 +491,7 @@ async fn srv_weights_are_honoured() {
     let extra = format!(
         "[[cluster]]\nname = \"{NAME}\"\nports = [{port}]\nsrv = \"_chat._tcp.cluster.test\"\n"
     );
-    let proxy = Carousel::start(dns.addr(), &extra).await;
-    let f = Fixture {
-        dns,
-        port,
-        backends,
-        proxy,
-    };
-    f.wait_until("ready", Duration::from_secs(5), || async {
-        f.proxy.admin_get("/readyz").await.0 == 200
-    })
-    .await;
+    let f = Fixture::ready(dns, port, backends, &extra).await;
     let (served, errors) = run(&f, 200).await;
     assert!(errors.is_empty(), "{errors:?}");
     let a = served.iter().filter(|s| *s == "b11").count() as f64;
