@@ -422,12 +422,9 @@ async fn socks5_reply_code(proxy: SocketAddr, host: &str, port: u16) -> u8 {
 
 async fn socks4a_reply_code(proxy: SocketAddr, host: &str, port: u16) -> u8 {
     let mut s = TcpStream::connect(proxy).await.unwrap();
-    let mut req = vec![4, 1];
-    req.extend_from_slice(&port.to_be_bytes());
-    req.extend_from_slice(&[0, 0, 0, 1, b'u', 0]);
-    req.extend_from_slice(host.as_bytes());
-    req.push(0);
-    s.write_all(&req).await.unwrap();
+    s.write_all(&support::socks4a_connect(host, port))
+        .await
+        .unwrap();
     let mut r = [0u8; 8];
     timeout(Duration::from_secs(10), s.read_exact(&mut r))
         .await

@@ -145,12 +145,9 @@ async fn socks5_on(
 /// SOCKS4a CONNECT from a client bound to `src`; returns the reply code.
 async fn socks4a_on(src: Ipv4Addr, proxy: SocketAddr, host: &str, port: u16) -> u8 {
     let mut s = connect_from(src, proxy).await;
-    let mut req = vec![4, 1];
-    req.extend_from_slice(&port.to_be_bytes());
-    req.extend_from_slice(&[0, 0, 0, 1, b'u', 0]);
-    req.extend_from_slice(host.as_bytes());
-    req.push(0);
-    s.write_all(&req).await.unwrap();
+    s.write_all(&support::socks4a_connect(host, port))
+        .await
+        .unwrap();
     let mut r = [0u8; 8];
     match timeout(Duration::from_secs(5), s.read_exact(&mut r)).await {
         Ok(Ok(_)) => r[1],

@@ -94,6 +94,17 @@ pub async fn curl(args: &[&str]) -> CurlOutput {
     }
 }
 
+/// A SOCKS4a CONNECT request for `host:port` (user id `u`; the 0.0.0.1 address that asks the
+/// proxy to resolve `host`).
+pub fn socks4a_connect(host: &str, port: u16) -> Vec<u8> {
+    let mut req = vec![4, 1];
+    req.extend_from_slice(&port.to_be_bytes());
+    req.extend_from_slice(&[0, 0, 0, 1, b'u', 0]);
+    req.extend_from_slice(host.as_bytes());
+    req.push(0);
+    req
+}
+
 /// A SOCKS5 CONNECT request for `host:port`: an IPv4 literal as ATYP 1, anything else as a
 /// domain name (ATYP 3).
 pub fn socks5_connect(host: &str, port: u16) -> Vec<u8> {
