@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 
 use crate::config::{AccessFormat, LogSection};
+use crate::outcome::{ClientProtocol, Outcome};
 
 /// One finished request.
 #[derive(Debug, Clone, Default)]
@@ -18,8 +19,8 @@ pub struct Entry {
     pub client: Option<IpAddr>,
     /// Authenticated user.
     pub user: Option<String>,
-    /// `http`, `connect`, `socks4`, `socks5`.
-    pub protocol: &'static str,
+    /// What the client spoke.
+    pub protocol: ClientProtocol,
     /// `host:port` as asked.
     pub target: String,
     /// The cluster that served it ("" if none).
@@ -28,8 +29,8 @@ pub struct Entry {
     pub member: Option<SocketAddr>,
     /// Connect attempts.
     pub attempts: u32,
-    /// `ok` or the failure outcome.
-    pub outcome: &'static str,
+    /// How it ended.
+    pub outcome: Outcome,
     /// The rule that decided, or the refusal reason.
     pub rule: String,
     /// Bytes client → server.
@@ -117,12 +118,12 @@ impl AccessLog {
                 "time": time,
                 "client": client,
                 "user": e.user,
-                "protocol": e.protocol,
+                "protocol": e.protocol.as_str(),
                 "target": e.target,
                 "cluster": e.cluster,
                 "member": member,
                 "attempts": e.attempts,
-                "outcome": e.outcome,
+                "outcome": e.outcome.as_str(),
                 "status": e.status,
                 "rule": e.rule,
                 "bytes_up": e.bytes_up,
@@ -133,11 +134,11 @@ impl AccessLog {
             AccessFormat::Text => format!(
                 "{time} {client} {user} {proto} {target} cluster={cluster} member={member} attempts={att} outcome={out} status={status} up={up} down={down} ms={ms:.1} rule={rule:?}",
                 user = e.user.as_deref().unwrap_or("-"),
-                proto = e.protocol,
+                proto = e.protocol.as_str(),
                 target = if e.target.is_empty() { "-" } else { &e.target },
                 cluster = if e.cluster.is_empty() { "-" } else { &e.cluster },
                 att = e.attempts,
-                out = e.outcome,
+                out = e.outcome.as_str(),
                 status = e.status,
                 up = e.bytes_up,
                 down = e.bytes_down,
@@ -190,9 +191,9 @@ mod tests {
             format: AccessFormat::Json,
         };
         let e = Entry {
-            protocol: "socks5",
+            protocol: ClientProtocol::Socks5,
             target: "a:1".into(),
-            outcome: "ok",
+            outcome: Outcome::Ok,
             user: Some("alice".into()),
             ..Default::default()
         };

@@ -81,8 +81,12 @@ impl Admin {
         v
     }
 
-    /// Ready when every listener accepts connections and every cluster finished its first discovery.
+    /// Ready when every listener accepts connections and every cluster finished its first
+    /// discovery, and not once shutdown has begun.
     async fn ready(&self) -> Result<(), String> {
+        if self.proxy.is_draining() {
+            return Err("draining: shutting down".into());
+        }
         for l in &self.proxy.config().listeners {
             let mut addr = l.address;
             if addr.ip().is_unspecified() {

@@ -1,7 +1,12 @@
 //! Proxy authentication: users from an htpasswd file with bcrypt hashes (what Squid's
 //! basic_ncsa_auth users already have), verified off the async runtime, cached briefly so bcrypt's
-//! deliberate slowness is paid once per user and minute, and failed attempts slowed per client.
-//! Passwords are never logged, stored in clear or echoed.
+//! deliberate slowness is paid once per user and minute.
+//!
+//! Guessing is bounded per client, across all of its connections: each client address has a
+//! budget of failed attempts (a token bucket); once it is spent the client is refused at once,
+//! without a bcrypt comparison, so one guesser neither gets more tries by opening connections in
+//! parallel nor takes the bcrypt workers from everyone else. Every comparison that does run costs
+//! the same for known and unknown users. Passwords are never logged, stored in clear or echoed.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -58,6 +63,9 @@ const MAX_USERS_FILE: u64 = 64 * 1024 * 1024;
 #[derive(Default)]
 pub struct Users {
     hashes: HashMap<String, String>,
+    /// A bcrypt hash of a random password at the users' highest cost, made on first need: an
+    /// unknown user is checked against it so that it costs what a known one does.
+    dummy: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for Users {
@@ -145,7 +153,24 @@ impl Users {
             }
             hashes.insert(user.to_string(), hash.to_string());
         }
-        Ok(Users { hashes })
+        Ok(Users {
+            hashes,
+            dummy: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The hash unknown users are compared against (see the field).
+    fn dummy_hash(&self) -> &str {
+        self.dummy.get_or_init(|| {
+            let cost = self
+                .hashes
+                .values()
+                .filter_map(|h| h.get(4..6)?.parse::<u32>().ok())
+                .max()
+                .unwrap_or(bcrypt::DEFAULT_COST);
+            let secret = format!("{:x}{:x}", fastrand::u64(..), fastrand::u64(..));
+            bcrypt::hash(secret, cost.clamp(4, 31)).unwrap_or_default()
+        })
     }
 
     /// Number of users.
@@ -159,26 +184,53 @@ impl Users {
     }
 }
 
+/// What a credential check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// The user and password are valid.
+    Valid,
+    /// They are not (unknown user or wrong password): one failed attempt spent.
+    Invalid,
+    /// The client spent its budget of failed attempts: refused at once, nothing was verified.
+    Throttled,
+}
+
+/// A client's budget of failed attempts: a token bucket refilled continuously.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
 /// Verifies credentials for every protocol.
 pub struct Authenticator {
     users: ArcSwap<Users>,
     cache: DashMap<String, (u64, Instant)>,
     cache_for: Duration,
     key: RandomState,
-    failures: DashMap<IpAddr, (u32, Instant)>,
+    /// Failed-attempt budgets by client address, shared by all of a client's connections.
+    budgets: DashMap<IpAddr, Bucket>,
+    failures_per_minute: std::sync::atomic::AtomicU32,
     bcrypt_slots: Semaphore,
+    bcrypt_runs: std::sync::atomic::AtomicU64,
 }
 
+/// Budgets kept before idle ones are swept (client-chosen state stays bounded).
+const MAX_BUDGETS: usize = 100_000;
+
 impl Authenticator {
-    /// An authenticator over `users`, remembering good credentials for `cache_for`.
-    pub fn new(users: Users, cache_for: Duration) -> Self {
+    /// An authenticator over `users`, remembering good credentials for `cache_for`, allowing each
+    /// client `failures_per_minute` failed attempts a minute (as a burst, refilled evenly).
+    pub fn new(users: Users, cache_for: Duration, failures_per_minute: u32) -> Self {
         Self {
             users: ArcSwap::from_pointee(users),
             cache: DashMap::new(),
             cache_for,
             key: RandomState::new(),
-            failures: DashMap::new(),
+            budgets: DashMap::new(),
+            failures_per_minute: failures_per_minute.max(1).into(),
             bcrypt_slots: Semaphore::new(4),
+            bcrypt_runs: 0.into(),
         }
     }
 
@@ -188,61 +240,111 @@ impl Authenticator {
         self.cache.clear();
     }
 
+    /// Applies a reloaded failure budget; budgets already spent stay spent.
+    pub fn set_failures_per_minute(&self, n: u32) {
+        self.failures_per_minute
+            .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Whether any users are configured; without them, credentials a client sends are ignored.
     pub fn enabled(&self) -> bool {
         !self.users.load().is_empty()
+    }
+
+    /// bcrypt comparisons run so far: every uncached check costs exactly one, known user or not,
+    /// so timing does not tell which user names exist.
+    pub fn bcrypt_runs(&self) -> u64 {
+        self.bcrypt_runs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn fingerprint(&self, user: &str, pass: &str) -> u64 {
         self.key.hash_one((user, pass))
     }
 
-    /// Whether `user`/`pass` is valid. bcrypt runs on the blocking pool, a few at a time.
-    pub async fn verify(&self, user: &str, pass: &str) -> bool {
+    /// Checks `user`/`pass` for `client`. A remembered good pair answers at once. Otherwise the
+    /// client must have a failed attempt left in its budget (one is taken now and given back if
+    /// the pair is valid), and one bcrypt comparison runs on the blocking pool, a few at a time:
+    /// against a dummy hash of the same cost for an unknown user.
+    pub async fn check(&self, client: Option<IpAddr>, user: &str, pass: &str) -> Check {
         let fp = self.fingerprint(user, pass);
         if let Some(hit) = self.cache.get(user) {
             if hit.0 == fp && Instant::now() < hit.1 {
-                return true;
+                return Check::Valid;
             }
         }
-        let Some(hash) = self.users.load().hashes.get(user).cloned() else {
-            return false;
+        if !self.take_attempt(client) {
+            metrics().auth_throttled.inc();
+            return Check::Throttled;
+        }
+        let users = self.users.load_full();
+        let known = users.hashes.get(user).cloned();
+        let ok = match self.bcrypt_slots.acquire().await {
+            Ok(_slot) => {
+                self.bcrypt_runs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let hash = known
+                    .clone()
+                    .unwrap_or_else(|| users.dummy_hash().to_string());
+                let pass = pass.to_string();
+                let same = tokio::task::spawn_blocking(move || {
+                    bcrypt::verify(pass, &hash).unwrap_or(false)
+                })
+                .await
+                .unwrap_or(false);
+                same && known.is_some()
+            }
+            Err(_) => false,
         };
-        let Ok(_slot) = self.bcrypt_slots.acquire().await else {
-            return false;
-        };
-        let pass = pass.to_string();
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pass, &hash).unwrap_or(false))
-            .await
-            .unwrap_or(false);
         if ok {
+            self.give_back(client);
             self.cache
                 .insert(user.to_string(), (fp, Instant::now() + self.cache_for));
+            Check::Valid
+        } else {
+            metrics().auth_failures.inc();
+            Check::Invalid
         }
-        ok
     }
 
-    /// Counts a failed attempt from `client` and waits a little longer each time, so guessing
-    /// passwords is slow; the count fades after a minute without failures.
-    pub async fn failed(&self, client: Option<IpAddr>) {
-        metrics().auth_failures.inc();
-        let Some(ip) = client else { return };
+    /// Takes one attempt from `client`'s budget; false when it is spent.
+    fn take_attempt(&self, client: Option<IpAddr>) -> bool {
+        let Some(ip) = client else { return true };
         let now = Instant::now();
-        let n = {
-            let mut e = self.failures.entry(ip).or_insert((0, now));
-            if now.duration_since(e.1) > Duration::from_secs(60) {
-                e.0 = 0;
-            }
-            e.0 = e.0.saturating_add(1);
-            e.1 = now;
-            e.0
-        };
-        if self.failures.len() > 100_000 {
-            self.failures
-                .retain(|_, v| now.duration_since(v.1) < Duration::from_secs(60));
+        let per_minute = f64::from(
+            self.failures_per_minute
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if self.budgets.len() >= MAX_BUDGETS {
+            // A budget that has refilled completely carries no information: drop it.
+            let full_after = Duration::from_secs(60);
+            self.budgets
+                .retain(|_, b| now.duration_since(b.at) < full_after);
         }
-        let delay = Duration::from_millis(200 * u64::from(n.min(10)));
-        tokio::time::sleep(delay).await;
+        let mut b = self.budgets.entry(ip).or_insert(Bucket {
+            tokens: per_minute,
+            at: now,
+        });
+        let refill = now.duration_since(b.at).as_secs_f64() * per_minute / 60.0;
+        b.tokens = (b.tokens + refill).min(per_minute);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Returns the attempt a valid login took: only failures spend the budget.
+    fn give_back(&self, client: Option<IpAddr>) {
+        let Some(ip) = client else { return };
+        let per_minute = f64::from(
+            self.failures_per_minute
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if let Some(mut b) = self.budgets.get_mut(&ip) {
+            b.tokens = (b.tokens + 1.0).min(per_minute);
+        }
     }
 }
 
@@ -287,17 +389,51 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn verify_and_cache() {
+    fn alice(per_minute: u32) -> Authenticator {
         let h = bcrypt::hash("s3cret", 4).unwrap();
-        let a = Authenticator::new(
+        Authenticator::new(
             Users::parse(&format!("alice:{h}"), "f").unwrap(),
             Duration::from_secs(60),
+            per_minute,
+        )
+    }
+
+    #[tokio::test]
+    async fn check_and_cache() {
+        let a = alice(10);
+        let c = Some("127.0.0.1".parse().unwrap());
+        assert_eq!(a.check(c, "alice", "s3cret").await, Check::Valid);
+        assert_eq!(a.bcrypt_runs(), 1);
+        assert_eq!(a.check(c, "alice", "s3cret").await, Check::Valid, "cached");
+        assert_eq!(a.bcrypt_runs(), 1, "a cached pair costs no bcrypt");
+        assert_eq!(a.check(c, "alice", "wrong").await, Check::Invalid);
+        assert_eq!(a.check(c, "mallory", "s3cret").await, Check::Invalid);
+        assert_eq!(
+            a.bcrypt_runs(),
+            3,
+            "an unknown user costs one bcrypt comparison, like a known one"
         );
-        assert!(a.verify("alice", "s3cret").await);
-        assert!(a.verify("alice", "s3cret").await, "cached");
-        assert!(!a.verify("alice", "wrong").await);
-        assert!(!a.verify("mallory", "s3cret").await);
+    }
+
+    #[tokio::test]
+    async fn a_spent_budget_refuses_without_bcrypt_and_spares_other_clients() {
+        let a = alice(3);
+        let guesser = Some("127.0.0.2".parse().unwrap());
+        let other = Some("127.0.0.3".parse().unwrap());
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            got.push(a.check(guesser, "alice", "guess").await);
+        }
+        assert_eq!(&got[..3], &[Check::Invalid; 3]);
+        assert_eq!(&got[3..], &[Check::Throttled; 3]);
+        assert_eq!(a.bcrypt_runs(), 3, "throttled attempts run no bcrypt");
+        // Even the right password waits for the budget to refill: it is a guess like any other.
+        assert_eq!(a.check(guesser, "alice", "s3cret").await, Check::Throttled);
+        assert_eq!(a.check(other, "alice", "s3cret").await, Check::Valid);
+        // Successful logins do not spend the budget.
+        for _ in 0..5 {
+            assert_eq!(a.check(other, "alice", "s3cret").await, Check::Valid);
+        }
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct Config {
     /// Established tunnels.
     #[serde(default)]
     pub tunnel: TunnelSection,
+    /// Forwarded (absolute-form) HTTP requests.
+    #[serde(default)]
+    pub forward: ForwardSection,
     /// Who may use the proxy.
     #[serde(default)]
     pub access: AccessSection,
@@ -264,6 +267,10 @@ pub struct ClusterSection {
     /// Send requests for a down member's IP address (on a cluster port) to a healthy member.
     #[serde(default)]
     pub rescue_member_ips: bool,
+    /// Forwarded HTTP requests to this cluster: milliseconds its members may take to start a
+    /// response (default: `forward.response_timeout_ms`).
+    #[serde(default)]
+    pub response_timeout_ms: Option<u64>,
     /// Lower TTL clamp for discovery, seconds (default: `dns.min_ttl_seconds`).
     #[serde(default)]
     pub min_ttl_seconds: Option<u64>,
@@ -388,6 +395,8 @@ pub struct DnsSection {
     pub stale_seconds: u64,
     /// Seconds after which an unused name is forgotten.
     pub idle_seconds: u64,
+    /// Most names kept at once; past it the least recently used are forgotten.
+    pub max_names: usize,
     /// Address families.
     pub ip_strategy: IpStrategy,
 }
@@ -403,6 +412,7 @@ impl Default for DnsSection {
             negative_ttl_seconds: 5,
             stale_seconds: 60,
             idle_seconds: 600,
+            max_names: 10_000,
             ip_strategy: IpStrategy::Ipv4AndIpv6,
         }
     }
@@ -430,6 +440,30 @@ impl Default for DialSection {
             max_attempts: 8,
             failure_memory_seconds: 30,
         }
+    }
+}
+
+/// Forwarded HTTP requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardSection {
+    /// Milliseconds the upstream may take to start its response (and between later reads)
+    /// before the client gets 504.
+    pub response_timeout_ms: u64,
+}
+
+impl Default for ForwardSection {
+    fn default() -> Self {
+        Self {
+            response_timeout_ms: 120_000,
+        }
+    }
+}
+
+impl ForwardSection {
+    /// The response timeout as a `Duration`.
+    pub fn response_timeout(&self) -> Duration {
+        Duration::from_millis(self.response_timeout_ms)
     }
 }
 
@@ -472,6 +506,9 @@ pub struct AccessSection {
     pub realm: String,
     /// Seconds a verified username/password pair is remembered (bcrypt is slow on purpose).
     pub auth_cache_seconds: u64,
+    /// Failed authentications one client address may make per minute, across all its
+    /// connections (a burst of this many, refilled evenly); past it the client is refused at once.
+    pub max_auth_failures_per_minute: u32,
     /// Ordered rules; the first that matches decides.
     #[serde(rename = "rule")]
     pub rules: Vec<RuleSection>,
@@ -487,6 +524,7 @@ impl Default for AccessSection {
             users_file: None,
             realm: "carousel".into(),
             auth_cache_seconds: 60,
+            max_auth_failures_per_minute: 10,
             rules: Vec::new(),
         }
     }
@@ -677,6 +715,9 @@ impl Config {
         if d.attempts == 0 {
             return err("dns.attempts", "must be at least 1");
         }
+        if d.max_names == 0 {
+            return err("dns.max_names", "must be at least 1");
+        }
         if d.min_ttl_seconds == 0 {
             return err("dns.min_ttl_seconds", "must be at least 1");
         }
@@ -697,6 +738,9 @@ impl Config {
         }
         if self.dial.max_attempts == 0 {
             return err("dial.max_attempts", "must be at least 1");
+        }
+        if self.forward.response_timeout_ms == 0 {
+            return err("forward.response_timeout_ms", "must be greater than 0");
         }
         if self.tunnel.idle_timeout_seconds == 0 {
             return err("tunnel.idle_timeout_seconds", "must be greater than 0");
@@ -727,6 +771,9 @@ impl Config {
             if !r.users.is_empty() && self.access.users_file.is_none() {
                 return err(&k("users"), "rules naming users need access.users_file");
             }
+        }
+        if self.access.max_auth_failures_per_minute == 0 {
+            return err("access.max_auth_failures_per_minute", "must be at least 1");
         }
         if let Some(path) = &self.access.users_file {
             if let Err(e) = crate::auth::Users::load(path) {
@@ -769,6 +816,9 @@ impl Config {
                         "must be `ip` or `ip:port`",
                     );
                 }
+            }
+            if c.response_timeout_ms == Some(0) {
+                return err(&k("response_timeout_ms"), "must be greater than 0");
             }
             let h = &c.health;
             if h.interval_ms == 0 || h.timeout_ms == 0 {

@@ -1,26 +1,29 @@
 //! Absolute-form HTTP forwarding (`GET http://host:port/path`) on pingora-proxy.
 //!
-//! pingora-proxy brings keep-alive on both sides, upstream connection reuse and hop-by-hop
-//! header handling; carousel supplies authentication, request hygiene, the target (from the
-//! absolute-form request line), the rotated candidate list, and try-next through
-//! `fail_to_connect` + retry.
+//! A request arrives here already admitted by the listener (head limits and hygiene, Host rules,
+//! authentication, policy and its planned candidates: see `listener/http.rs`), handed over as an
+//! [`Admitted`] in the session's user context. pingora-proxy brings keep-alive on both sides,
+//! upstream connection reuse and hop-by-hop header handling; this module supplies the candidates
+//! and try-next through `fail_to_connect` + retry, the origin-form rewrite, `Via`, the bound on
+//! the wait for the upstream's response, and the access line.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::prelude::*;
 use pingora::upstreams::peer::HttpPeer;
-use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use tokio::time::Instant;
 
 use crate::access_log::Entry;
-use crate::auth::parse_basic;
 use crate::cluster::member::ActiveGuard;
-use crate::dial::{DialSettings, FailKind};
-use crate::listener::http_status;
+use crate::dial::{DialFailure, DialSettings, FailKind};
+use crate::outcome::{ClientProtocol, Outcome};
 use crate::protocol::Target;
+use crate::reply::http_status;
 use crate::session::{Candidate, OpenError, Plan, Proxy, Requester};
 
 /// The pingora-proxy application for plain HTTP.
@@ -35,22 +38,45 @@ impl Forwarder {
     }
 }
 
+/// A request the listener admitted, with everything it decided, handed to pingora-proxy in the
+/// session's connection user context.
+pub struct Admitted {
+    /// Who asks (client and authenticated user).
+    pub who: Requester,
+    /// Where to.
+    pub target: Target,
+    /// The request target's authority as written: the `Host` sent upstream.
+    pub authority: String,
+    /// Origin-form path and query.
+    pub path: String,
+    /// When the request began (its first byte).
+    pub started: Instant,
+    /// Its candidates, in this request's order.
+    pub plan: Plan,
+    /// Set once pingora-proxy handed the request to this module: unset afterwards means Pingora's
+    /// own parser refused the head, which the listener then logs.
+    pub seen: Arc<AtomicBool>,
+}
+
 /// Per-request state across pingora-proxy's callbacks.
+#[derive(Default)]
 pub struct Ctx {
-    started: Instant,
+    started: Option<Instant>,
     who: Requester,
     target: Option<Target>,
+    authority: String,
     /// Origin-form path to send upstream.
-    path: Vec<u8>,
+    path: String,
     plan: Option<Plan>,
     dial: Option<DialSettings>,
+    response_timeout: Duration,
     current: Option<Candidate>,
     connected: Option<Candidate>,
     attempt_started: Option<Instant>,
     attempts: u32,
     deadline: Option<Instant>,
     failure: Option<(FailKind, String)>,
-    outcome: Option<&'static str>,
+    outcome: Option<Outcome>,
     why: String,
     _active: Option<ActiveGuard>,
 }
@@ -69,191 +95,51 @@ async fn reply(session: &mut Session, status: u16, line: &str) {
     let _ = session.write_response_body(Some(body), true).await;
 }
 
-/// Request smuggling and header injection guards, on the head as the client sent it (pingora
-/// reconciles Content-Length and Transfer-Encoding before filters run): one clear Content-Length
-/// or chunked, never both; no control characters in values.
-fn hygiene(raw_head: &[u8]) -> Result<(), &'static str> {
-    let head = match crate::protocol::http::parse_head(raw_head) {
-        Ok(Some((head, _))) => head,
-        // The head parsed once already (pingora read it); a mismatch here is not a hygiene issue.
-        _ => return Ok(()),
-    };
-    let cls: Vec<&[u8]> = head
-        .headers
-        .iter()
-        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .map(|(_, v)| v.as_slice())
-        .collect();
-    let te = head
-        .headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"));
-    if te && !cls.is_empty() {
-        return Err("both Content-Length and Transfer-Encoding");
-    }
-    if cls.len() > 1 {
-        return Err("more than one Content-Length");
-    }
-    if let Some(cl) = cls.first() {
-        let cl = cl.trim_ascii();
-        if cl.is_empty() || !cl.iter().all(u8::is_ascii_digit) || cl.len() > 18 {
-            return Err("invalid Content-Length");
-        }
-    }
-    for (_, v) in &head.headers {
-        if v.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-            return Err("control character in a header value");
-        }
-    }
-    Ok(())
-}
-
-impl Forwarder {
-    async fn refuse(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        status: u16,
-        outcome: &'static str,
-        line: &str,
-    ) -> Result<bool> {
-        ctx.outcome = Some(outcome);
-        ctx.why = line.to_string();
-        reply(session, status, line).await;
-        Ok(true)
-    }
-}
-
 #[async_trait]
 impl ProxyHttp for Forwarder {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
-            started: Instant::now(),
-            who: Requester::default(),
-            target: None,
-            path: Vec::new(),
-            plan: None,
-            dial: None,
-            current: None,
-            connected: None,
-            attempt_started: None,
-            attempts: 0,
-            deadline: None,
-            failure: None,
-            outcome: None,
-            why: String::new(),
-            _active: None,
-        }
+        Ctx::default()
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Ctx,
+        prev: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        let Ok(a) = prev.downcast::<Admitted>() else {
+            return;
+        };
+        let a = *a;
+        a.seen.store(true, Ordering::Release);
+        let rt = self.proxy.runtime();
+        let response_timeout = a
+            .plan
+            .cluster
+            .as_ref()
+            .and_then(|c| c.cfg.response_timeout_ms)
+            .map_or(rt.config.forward.response_timeout(), Duration::from_millis);
+        ctx.started = Some(a.started);
+        ctx.who = a.who;
+        ctx.target = Some(a.target);
+        ctx.authority = a.authority;
+        ctx.path = a.path;
+        ctx.plan = Some(a.plan);
+        ctx.deadline = Some(Instant::now() + rt.dial.deadline);
+        ctx.dial = Some(rt.dial);
+        ctx.response_timeout = response_timeout;
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.who.client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| crate::policy::canonical(a.ip()));
-        if let Err(e) = self.proxy.check_client(ctx.who.client) {
-            return self
-                .refuse(session, ctx, 403, "denied", &e.to_string())
-                .await;
+        if ctx.plan.is_none() {
+            // Every request reaches pingora-proxy through the listener, which admits it first.
+            ctx.outcome = Some(Outcome::BadRequest);
+            ctx.why = "request was not admitted".into();
+            reply(session, 400, "bad request: not admitted").await;
+            return Ok(true);
         }
-        let raw_head = session
-            .as_downstream()
-            .as_http1()
-            .map(|h| h.get_headers_raw_bytes())
-            .unwrap_or_default();
-        if let Err(why) = hygiene(&raw_head) {
-            return self
-                .refuse(
-                    session,
-                    ctx,
-                    400,
-                    "bad_request",
-                    &format!("bad request: {why}"),
-                )
-                .await;
-        }
-        let raw = session.req_header().raw_path().to_vec();
-        let (scheme, authority, path) = match raw_target_authority(&raw) {
-            RawTargetAuthority::Absolute {
-                scheme,
-                authority,
-                path_and_query,
-            } => (
-                scheme.to_ascii_lowercase(),
-                authority.to_vec(),
-                path_and_query.to_vec(),
-            ),
-            _ => {
-                let line =
-                    "carousel is a proxy: send an absolute URL (http://host/path) or CONNECT";
-                return self.refuse(session, ctx, 400, "bad_request", line).await;
-            }
-        };
-        if scheme != b"http" {
-            return self
-                .refuse(
-                    session,
-                    ctx,
-                    400,
-                    "bad_request",
-                    "only http:// URLs are forwarded; use CONNECT for https",
-                )
-                .await;
-        }
-        let authority = String::from_utf8_lossy(&authority).into_owned();
-        // Userinfo in the URL is never forwarded nor logged.
-        let hostport = authority.rsplit('@').next().unwrap_or_default();
-        let Some(target) = split_host_port(hostport, 80) else {
-            return self
-                .refuse(
-                    session,
-                    ctx,
-                    400,
-                    "bad_request",
-                    &format!("invalid target authority {hostport:?}"),
-                )
-                .await;
-        };
-        ctx.target = Some(target.clone());
-        let credentials = session
-            .req_header()
-            .headers
-            .get("proxy-authorization")
-            .map(|v| v.as_bytes().to_vec());
-        if let Some(value) = credentials.filter(|_| self.proxy.auth.enabled()) {
-            match parse_basic(&value) {
-                Some((user, pass)) if self.proxy.auth.verify(&user, &pass).await => {
-                    ctx.who.user = Some(user)
-                }
-                _ => {
-                    self.proxy.auth.failed(ctx.who.client).await;
-                    return self
-                        .ask_credentials(session, ctx, "invalid credentials")
-                        .await;
-                }
-            }
-        }
-        ctx.path = if path.is_empty() { b"/".to_vec() } else { path };
-        let plan = match self.proxy.plan(&ctx.who, &target).await {
-            Ok(p) => p,
-            Err(OpenError::AuthRequired) => {
-                return self
-                    .ask_credentials(session, ctx, "credentials required")
-                    .await
-            }
-            Err(e) => {
-                tracing::info!(%target, error = %e, "forward refused");
-                return self
-                    .refuse(session, ctx, http_status(&e), e.outcome(), &e.to_string())
-                    .await;
-            }
-        };
-        let dial = self.proxy.runtime().dial;
-        ctx.deadline = Some(Instant::now() + dial.deadline);
-        ctx.dial = Some(dial);
-        ctx.plan = Some(plan);
         Ok(false)
     }
 
@@ -276,7 +162,7 @@ impl ProxyHttp for Forwarder {
         let Some(candidate) = next else {
             if ctx.attempts == 0 {
                 ctx.failure = Some((FailKind::Other, "no allowed address".into()));
-                ctx.outcome = Some("denied");
+                ctx.outcome = Some(Outcome::Denied);
             }
             return Err(Error::explain(
                 ErrorType::ConnectError,
@@ -286,6 +172,9 @@ impl ProxyHttp for Forwarder {
         ctx.attempts += 1;
         let mut peer = HttpPeer::new(candidate.addr, false, String::new());
         peer.options.connection_timeout = Some(dial.per_attempt.min(deadline - now));
+        // Bounds the wait for the response head (and each later read): a silent upstream is
+        // answered 504 instead of holding the client for as long as it waits.
+        peer.options.read_timeout = Some(ctx.response_timeout);
         ctx.current = Some(candidate);
         ctx.attempt_started = Some(now);
         Ok(Box::new(peer))
@@ -335,7 +224,7 @@ impl ProxyHttp for Forwarder {
             ctx._active = c.member.as_ref().map(|m| m.open_connection());
             ctx.connected = Some(c);
         }
-        ctx.outcome = Some("ok");
+        ctx.outcome = Some(Outcome::Ok);
         Ok(())
     }
 
@@ -345,7 +234,7 @@ impl ProxyHttp for Forwarder {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        req.set_raw_path(&ctx.path)?;
+        req.set_raw_path(ctx.path.as_bytes())?;
         let proxy_headers: Vec<String> = req
             .headers
             .keys()
@@ -355,10 +244,9 @@ impl ProxyHttp for Forwarder {
         for name in proxy_headers {
             req.remove_header(&name);
         }
-        if req.headers.get("host").is_none() {
-            if let Some(t) = &ctx.target {
-                req.insert_header("Host", t.to_string())?;
-            }
+        if req.headers.get("host").is_none() && !ctx.authority.is_empty() {
+            // Absent, or replaced by the target's authority (RFC 9112 §3.2.2).
+            req.insert_header("Host", ctx.authority.as_str())?;
         }
         let version = match session.req_header().version {
             http::Version::HTTP_10 => "1.0",
@@ -379,13 +267,13 @@ impl ProxyHttp for Forwarder {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let outcome = ctx.outcome.unwrap_or("error");
-        crate::metrics::request("http", outcome);
+        let outcome = ctx.outcome.unwrap_or(Outcome::Error);
+        crate::metrics::request(ClientProtocol::Http, outcome);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.proxy.log(&Entry {
             client: ctx.who.client,
             user: ctx.who.user.clone(),
-            protocol: "http",
+            protocol: ClientProtocol::Http,
             target: ctx
                 .target
                 .as_ref()
@@ -409,7 +297,7 @@ impl ProxyHttp for Forwarder {
             },
             bytes_up: session.body_bytes_read() as u64,
             bytes_down: session.body_bytes_sent() as u64,
-            duration: ctx.started.elapsed(),
+            duration: ctx.started.map(|t| t.elapsed()).unwrap_or_default(),
             status,
         });
     }
@@ -426,6 +314,16 @@ impl ProxyHttp for Forwarder {
             };
         }
         let (status, line) = match (&ctx.failure, e.esource()) {
+            (_, ErrorSource::Upstream) if e.etype() == &ErrorType::ReadTimedout => {
+                ctx.outcome = Some(Outcome::Timeout);
+                (
+                    504,
+                    format!(
+                        "upstream sent no response within {:?}",
+                        ctx.response_timeout
+                    ),
+                )
+            }
             (Some((FailKind::Other, detail)), _) if ctx.attempts == 0 => (
                 403,
                 format!(
@@ -437,7 +335,7 @@ impl ProxyHttp for Forwarder {
                 ),
             ),
             (Some((kind, detail)), _) => {
-                let err = OpenError::Dial(crate::dial::DialFailure {
+                let err = OpenError::Dial(DialFailure {
                     kind: *kind,
                     attempts: ctx.attempts,
                     detail: detail.clone(),
@@ -446,17 +344,14 @@ impl ProxyHttp for Forwarder {
                 (http_status(&err), err.to_string())
             }
             (None, ErrorSource::Downstream) => {
+                ctx.outcome = Some(Outcome::BadRequest);
                 (400, format!("bad request: {}", e.etype().as_str()))
             }
             (None, _) => (502, format!("upstream error: {}", e.etype().as_str())),
         };
         tracing::info!(target = ?ctx.target.as_ref().map(|t| t.to_string()), status, error = %line, "forward failed");
-        if ctx.outcome.is_none() || ctx.outcome == Some("ok") {
-            ctx.outcome = Some(if status == 400 {
-                "bad_request"
-            } else {
-                "connect_error"
-            });
+        if ctx.outcome.is_none() || ctx.outcome == Some(Outcome::Ok) {
+            ctx.outcome = Some(Outcome::Error);
         }
         ctx.why = line.clone();
         reply(session, status, &line).await;
@@ -464,48 +359,5 @@ impl ProxyHttp for Forwarder {
             error_code: status,
             can_reuse_downstream: false,
         }
-    }
-}
-
-impl Forwarder {
-    async fn ask_credentials(
-        &self,
-        session: &mut Session,
-        ctx: &mut Ctx,
-        why: &str,
-    ) -> Result<bool> {
-        ctx.outcome = Some("auth_failed");
-        ctx.why = why.to_string();
-        let realm = self.proxy.runtime().config.access.realm.clone();
-        let mut resp = ResponseHeader::build(407, Some(4))?;
-        resp.insert_header(
-            "Proxy-Authenticate",
-            format!("Basic realm=\"{}\"", realm.replace(['"', '\r', '\n'], "")),
-        )?;
-        let body = Bytes::from_static(b"proxy authentication required\n");
-        resp.insert_header("Content-Type", "text/plain")?;
-        resp.insert_header("Content-Length", body.len().to_string())?;
-        resp.insert_header("Connection", "close")?;
-        session.set_keepalive(None);
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await?;
-        Ok(true)
-    }
-}
-
-/// Splits `host[:port]` / `[v6][:port]` with a default port.
-fn split_host_port(s: &str, default_port: u16) -> Option<Target> {
-    if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None if after.is_empty() => default_port,
-            None => return None,
-        };
-        return Target::from_host_port(host, port);
-    }
-    match s.rsplit_once(':') {
-        Some((h, p)) => Target::from_host_port(h, p.parse().ok()?),
-        None => Target::from_host_port(s, default_port),
     }
 }

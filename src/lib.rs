@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod access_log;
+pub mod address;
 pub mod admin;
 pub mod auth;
 pub mod cluster;
@@ -14,9 +15,11 @@ pub mod forward;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
+pub mod outcome;
 pub mod policy;
 pub mod protocol;
 pub mod reload;
+pub mod reply;
 pub mod resolve;
 pub mod server;
 pub mod session;

@@ -84,9 +84,10 @@ fn run(path: Option<PathBuf>, upgrade: bool) -> anyhow::Result<()> {
     init_tracing(&config.log.level);
     tracing::info!("{}", config.summary());
     raise_fd_limit(config.limits.max_connections);
-    let server =
+    let carousel =
         carousel::server::build(Arc::new(config), path, upgrade).context("starting carousel")?;
-    server.run_forever()
+    carousel.run();
+    Ok(())
 }
 
 fn demo(seconds: u64) -> anyhow::Result<carousel::demo::Summary> {

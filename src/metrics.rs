@@ -4,6 +4,8 @@
 
 use std::sync::LazyLock;
 
+use crate::outcome::{ClientProtocol, Outcome};
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -39,6 +41,14 @@ pub struct Metrics {
     pub dns_lookups: IntCounterVec,
     /// DNS lookup duration by kind.
     pub dns_duration: HistogramVec,
+    /// Names the resolver keeps (bounded by `dns.max_names`).
+    pub dns_names: IntGauge,
+    /// Names forgotten to stay within `dns.max_names`.
+    pub dns_names_evicted: IntCounter,
+    /// Background refreshes of names in use.
+    pub dns_refreshes: IntCounter,
+    /// DNS lookups in flight (bounded by `limits.max_concurrent_dns_lookups`).
+    pub dns_in_flight: IntGauge,
     /// Answers served from a set past its TTL because DNS failed.
     pub dns_stale: IntCounterVec,
     /// 1 while a cluster serves its last good member set because DNS fails.
@@ -57,33 +67,20 @@ pub struct Metrics {
     pub last_reload_success: IntGauge,
     /// Failed authentications.
     pub auth_failures: IntCounter,
+    /// Authentication attempts refused unchecked because the client spent its failure budget.
+    pub auth_throttled: IntCounter,
     /// Requests refused by a limit.
     pub overload: IntCounterVec,
     /// Build information.
     pub build_info: IntGaugeVec,
     /// `carousel_requests_total` children for every protocol × outcome, resolved at start-up so
-    /// the request path does no label hashing.
-    request_handles: Vec<((&'static str, &'static str), IntCounter)>,
+    /// the request path does no label hashing (and every series exists at zero from the start).
+    request_handles: Vec<IntCounter>,
     /// Tunnel byte counters (up, down), resolved at start-up.
     pub tunnel_up: IntCounter,
     /// Tunnel byte counter, server to client.
     pub tunnel_down: IntCounter,
 }
-
-/// Every `protocol` label value.
-pub const PROTOCOLS: [&str; 4] = ["http", "connect", "socks4", "socks5"];
-/// Every `outcome` label value.
-pub const OUTCOMES: [&str; 9] = [
-    "ok",
-    "denied",
-    "auth_failed",
-    "dns_error",
-    "connect_error",
-    "timeout",
-    "bad_request",
-    "overload",
-    "error",
-];
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -134,10 +131,10 @@ impl Metrics {
             "Bytes carried by tunnels, by direction (up: client to server).",
             &["direction"],
         );
-        let request_handles = PROTOCOLS
+        let request_handles = ClientProtocol::ALL
             .iter()
-            .flat_map(|p| OUTCOMES.iter().map(move |o| (*p, *o)))
-            .map(|(p, o)| ((p, o), requests.with_label_values(&[p, o])))
+            .flat_map(|p| Outcome::ALL.iter().map(move |o| (*p, *o)))
+            .map(|(p, o)| requests.with_label_values(&[p.as_str(), o.as_str()]))
             .collect();
         let m = Metrics {
             tunnel_up: tunnel_bytes.with_label_values(&["up"]),
@@ -156,6 +153,10 @@ impl Metrics {
             health_checks: counter(&r, "carousel_health_checks_total", "Active health checks by result.", &["cluster", "member", "result"]),
             dns_lookups: counter(&r, "carousel_dns_lookups_total", "DNS lookups carousel made, by kind and result.", &["kind", "result"]),
             dns_duration: histogram(&r, "carousel_dns_lookup_duration_seconds", "DNS lookup duration.", &["kind"]),
+            dns_names: plain_gauge(&r, "carousel_dns_names", "Names the resolver keeps, with their address sets (bounded by dns.max_names)."),
+            dns_names_evicted: plain_counter(&r, "carousel_dns_names_evicted_total", "Least recently used names forgotten to stay within dns.max_names."),
+            dns_refreshes: plain_counter(&r, "carousel_dns_refreshes_total", "Background refreshes of names clients keep asking for."),
+            dns_in_flight: plain_gauge(&r, "carousel_dns_lookups_in_flight", "DNS lookups in flight (name lookups bounded by limits.max_concurrent_dns_lookups)."),
             dns_stale: counter(&r, "carousel_dns_stale_answers_total", "Requests answered from an address set past its TTL because DNS failed.", &["kind"]),
             cluster_dns_stale: gauge(&r, "carousel_cluster_dns_stale", "1 while a cluster serves its last good member set because DNS fails.", &["cluster"]),
             active_tunnels: gauge(&r, "carousel_active_tunnels", "Open tunnels by protocol.", &["protocol"]),
@@ -165,6 +166,7 @@ impl Metrics {
             reloads: counter(&r, "carousel_config_reloads_total", "Configuration reloads by result.", &["result"]),
             last_reload_success: plain_gauge(&r, "carousel_config_last_reload_success_timestamp_seconds", "Unix time of the last successful configuration load."),
             auth_failures: plain_counter(&r, "carousel_auth_failures_total", "Failed proxy authentications."),
+            auth_throttled: plain_counter(&r, "carousel_auth_throttled_total", "Proxy authentications refused unchecked because the client spent its budget of failed attempts (access.max_auth_failures_per_minute)."),
             overload: counter(&r, "carousel_overload_rejections_total", "Requests refused by a limit.", &["limit"]),
             build_info: gauge(&r, "carousel_build_info", "Build information.", &["version"]),
             registry: r,
@@ -193,16 +195,13 @@ pub fn metrics() -> &'static Metrics {
 }
 
 /// Records the outcome of one client request.
-pub fn request(protocol: &str, outcome: &str) {
-    let m = metrics();
-    match m
-        .request_handles
+pub fn request(protocol: ClientProtocol, outcome: Outcome) {
+    let p = ClientProtocol::ALL
         .iter()
-        .find(|((p, o), _)| *p == protocol && *o == outcome)
-    {
-        Some((_, c)) => c.inc(),
-        None => m.requests.with_label_values(&[protocol, outcome]).inc(),
-    }
+        .position(|x| *x == protocol)
+        .unwrap_or(0);
+    let o = Outcome::ALL.iter().position(|x| *x == outcome).unwrap_or(0);
+    metrics().request_handles[p * Outcome::ALL.len() + o].inc();
 }
 
 /// A histogram handle for observing a duration, resolved once.

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
+use crate::address;
 use crate::config::{Action, Config, PortRange};
 use crate::protocol::TargetHost;
 
@@ -111,13 +112,12 @@ pub struct Policy {
 }
 
 /// Ranges denied unless a rule names them explicitly.
-fn guarded_ranges() -> [IpNet; 5] {
+fn guarded_ranges() -> [IpNet; 4] {
     [
         "127.0.0.0/8".parse().expect("literal"),
         "::1/128".parse().expect("literal"),
         "169.254.0.0/16".parse().expect("literal"),
         "fe80::/10".parse().expect("literal"),
-        "0.0.0.0/8".parse().expect("literal"),
     ]
 }
 
@@ -159,16 +159,16 @@ impl Policy {
 
     /// Whether a client connecting from `ip` may use the proxy at all.
     pub fn allows_client(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
+        let ip = address::client(ip);
         self.allow_clients.iter().any(|n| n.contains(&ip))
     }
 
     fn is_own(&self, addr: SocketAddr) -> bool {
-        let ip = canonical(addr.ip());
+        let ip = address::destination(addr.ip());
         self.own.iter().any(|o| {
             o.port() == addr.port()
-                && (canonical(o.ip()) == ip
-                    || (o.ip().is_unspecified() && (ip.is_loopback() || ip.is_unspecified())))
+                && (address::destination(o.ip()) == ip
+                    || (o.ip().is_unspecified() && ip.is_loopback()))
         })
     }
 
@@ -186,7 +186,7 @@ impl Policy {
                 self.check_address(client, user, None, SocketAddr::new(*ip, port))
             }
             TargetHost::Name(name) => {
-                let client = canonical(client);
+                let client = address::client(client);
                 let mut auth_would_help = false;
                 let mut pending_cidr = false;
                 for r in &self.rules {
@@ -224,7 +224,9 @@ impl Policy {
     }
 
     /// For one address (literal, or resolved from `name`): the first matching rule decides; a
-    /// guarded address needs an allow rule that names it explicitly.
+    /// guarded address needs an allow rule that names it explicitly, and "this host" (`0.0.0.0/8`,
+    /// `::`) is never a destination. Every rule sees the address's canonical form
+    /// ([`address::destination`]), so no IPv6 spelling of an IPv4 address walks around a guard.
     pub fn check_address(
         &self,
         client: IpAddr,
@@ -232,8 +234,12 @@ impl Policy {
         name: Option<&str>,
         addr: SocketAddr,
     ) -> Verdict {
-        let client = canonical(client);
-        let ip = canonical(addr.ip());
+        let client = address::client(client);
+        if address::is_unspecified(addr.ip()) {
+            return Verdict::Deny(format!("{addr} means this host, never a destination"));
+        }
+        let ip = address::destination(addr.ip());
+        let addr = SocketAddr::new(ip, addr.port());
         let own = self.is_own(addr);
         let guarded = own || guarded_ranges().iter().any(|g| g.contains(&ip));
         let mut auth_would_help = false;
@@ -241,13 +247,14 @@ impl Policy {
             if !r.matches_client(client) || !r.matches_port(addr.port()) {
                 continue;
             }
-            let by_net = r.destinations.iter().find_map(|d| match d {
+            let mut nets = r.destinations.iter().filter_map(|d| match d {
                 Destination::Net(n) if n.contains(&ip) => Some(*n),
                 _ => None,
             });
+            let by_net = nets.clone().next().is_some();
             let by_name = name.is_some_and(|n| r.destinations.iter().any(|d| d.matches_name(n)))
                 || (name.is_none() && r.destinations.contains(&Destination::Any));
-            if by_net.is_none() && !by_name {
+            if !by_net && !by_name {
                 continue;
             }
             match r.matches_user(user) {
@@ -262,7 +269,9 @@ impl Policy {
                 return Verdict::Deny(format!("denied by {}", r.label));
             }
             if guarded {
-                let explicit = by_net.is_some_and(|n| {
+                // Any of the rule's networks that names the guarded range (or this very
+                // listener) explicitly opens it.
+                let explicit = nets.any(|n| {
                     if own {
                         n.prefix_len() == n.max_prefix_len() && r.port_named(addr.port())
                     } else {
@@ -290,15 +299,6 @@ impl Policy {
         } else {
             Verdict::Deny("no rule allows it".into())
         }
-    }
-}
-
-/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, as dual-stack sockets report IPv4 peers) is
-/// treated as the IPv4 address it carries, so rules written for IPv4 apply.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
     }
 }
 
@@ -369,6 +369,57 @@ mod tests {
             p.check_address(c, None, Some("evil.test"), sa("169.254.169.254:80")),
             Verdict::Deny(_)
         ));
+    }
+
+    #[test]
+    fn no_spelling_of_loopback_metadata_or_this_host_passes_a_star_rule() {
+        let p = policy("[[access.rule]]\naction = \"allow\"\ndestinations = [\"*\"]\n");
+        let c = ip("127.0.0.1");
+        for bad in [
+            "[::]:8080",
+            "0.0.0.0:8080",
+            "[::127.0.0.1]:8080",
+            "[::169.254.169.254]:80",
+            "[64:ff9b::7f00:1]:8080",
+            "[64:ff9b::a9fe:a9fe]:80",
+            "[::ffff:0:7f00:1]:8080",
+            "[::ffff:127.0.0.1]:8080",
+            "[64:ff9b:1::7f00:1]:8080",
+            "[::ffff:127.0.0.1]:3128",
+            "[64:ff9b::7f00:1]:9090",
+        ] {
+            let v = p.check_address(c, None, None, sa(bad));
+            assert!(matches!(v, Verdict::Deny(_)), "{bad}: {v:?}");
+            // The same address reached through a name.
+            let v = p.check_address(c, None, Some("evil.test"), sa(bad));
+            assert!(matches!(v, Verdict::Deny(_)), "{bad} by name: {v:?}");
+        }
+        for good in ["[64:ff9b::c000:201]:80", "[2001:db8::1]:80", "192.0.2.1:80"] {
+            let v = p.check_address(c, None, None, sa(good));
+            assert!(matches!(v, Verdict::Allow(_)), "{good}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn this_host_is_never_a_destination_even_when_named() {
+        let p = policy(
+            "[[access.rule]]\naction = \"allow\"\ndestinations = [\"0.0.0.0/8\", \"::/128\", \"::/0\", \"127.0.0.0/8\", \"::1/128\"]\n",
+        );
+        let c = ip("127.0.0.1");
+        for bad in [
+            "0.0.0.0:80",
+            "[::]:80",
+            "[::ffff:0.0.0.0]:80",
+            "[64:ff9b::]:80",
+        ] {
+            let v = p.check_address(c, None, None, sa(bad));
+            assert!(matches!(v, Verdict::Deny(_)), "{bad}: {v:?}");
+        }
+        // Named explicitly, loopback in any spelling is what the rule allows.
+        for ok in ["127.0.0.1:80", "[::1]:80", "[::ffff:127.0.0.1]:80"] {
+            let v = p.check_address(c, None, None, sa(ok));
+            assert!(matches!(v, Verdict::Allow(_)), "{ok}: {v:?}");
+        }
     }
 
     #[test]

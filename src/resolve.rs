@@ -1,11 +1,17 @@
 //! Name resolution with per-name address sets, TTL clamping, background refresh and
 //! last-known-good answers.
 //!
-//! hickory-resolver answers one query; it neither rotates nor serves stale. carousel keeps every
-//! name it has seen with its whole address set, refreshes it in the background before the
-//! (clamped) TTL runs out, keeps serving the last good set for a bounded time while refreshes fail,
-//! and lets concurrent first requests for a new name share a single lookup. The request path for a
-//! known name therefore never waits on DNS.
+//! hickory-resolver answers one query; it neither rotates nor serves stale. carousel keeps the
+//! names it has seen with their whole address sets, refreshes a name in the background before its
+//! (clamped) TTL runs out while clients keep asking for it, keeps serving the last good set for a
+//! bounded time while refreshes fail, and lets concurrent first requests for a new name share a
+//! single lookup. The request path for a name in use therefore never waits on DNS.
+//!
+//! Clients choose the names, so everything here is bounded: at most `dns.max_names` names are
+//! kept (the least recently used go first), a name nobody asked for since its last refresh is not
+//! refreshed again (it is looked up anew if it is asked for after its TTL), every lookup (new
+//! name or refresh) holds one of `limits.max_concurrent_dns_lookups` slots, which bounds the
+//! sockets in flight, and one lookup never takes longer than `dns.timeout_ms × dns.attempts`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -70,6 +76,9 @@ struct Timing {
     negative_ttl: Duration,
     stale: Duration,
     idle: Duration,
+    /// The most one lookup may take in all (`timeout_ms × attempts`).
+    lookup_bound: Duration,
+    max_names: usize,
 }
 
 enum State {
@@ -88,10 +97,30 @@ struct NameEntry {
     state: ArcSwapOption<State>,
     /// When the last good answer stops being fresh plus the stale window; for `Good` only.
     stale_until: AtomicU64,
+    /// Whether the last lookup of a name with a good set failed: only then is the set served
+    /// past its TTL (RFC 8767), otherwise an expired set is looked up again.
+    failing: AtomicBool,
     counter: AtomicUsize,
     last_used_ms: AtomicU64,
+    /// When the last lookup finished (resolver clock): a name not used since is not refreshed.
+    looked_up_ms: AtomicU64,
     refresher_running: AtomicBool,
     lookup: tokio::sync::Mutex<()>,
+}
+
+impl NameEntry {
+    fn new() -> Self {
+        Self {
+            state: ArcSwapOption::empty(),
+            stale_until: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            counter: AtomicUsize::new(0),
+            last_used_ms: AtomicU64::new(0),
+            looked_up_ms: AtomicU64::new(0),
+            refresher_running: AtomicBool::new(false),
+            lookup: tokio::sync::Mutex::new(()),
+        }
+    }
 }
 
 /// The shared resolver: one per process, used by every listener.
@@ -145,6 +174,9 @@ impl Resolver {
                 negative_ttl: Duration::from_secs(cfg.negative_ttl_seconds),
                 stale: Duration::from_secs(cfg.stale_seconds),
                 idle: Duration::from_secs(cfg.idle_seconds),
+                lookup_bound: Duration::from_millis(cfg.timeout_ms)
+                    .saturating_mul(cfg.attempts.max(1) as u32),
+                max_names: cfg.max_names.max(1),
             },
             epoch: Instant::now(),
             lookups: AtomicU64::new(0),
@@ -168,33 +200,24 @@ impl Resolver {
 
     /// The addresses of `name`, rotated one step further than the previous call.
     ///
-    /// A known name answers from memory; only a new (or expired, failed) name waits for DNS, and
-    /// concurrent callers for the same new name share that one lookup.
+    /// A name in use answers from memory; only a new (or expired, failed) name waits for DNS, and
+    /// concurrent callers for the same name share that one lookup. With every lookup slot taken,
+    /// a known name is answered from its last good set while that is servable, and a new one is
+    /// refused at once (a flood of random names is refused fast, not queued).
     pub async fn resolve(self: &Arc<Self>, name: &str) -> Result<Resolved, ResolveError> {
-        let entry = self
-            .names
-            .entry(name.to_string())
-            .or_insert_with(|| {
-                Arc::new(NameEntry {
-                    state: ArcSwapOption::empty(),
-                    stale_until: AtomicU64::new(0),
-                    counter: AtomicUsize::new(0),
-                    last_used_ms: AtomicU64::new(0),
-                    refresher_running: AtomicBool::new(false),
-                    lookup: tokio::sync::Mutex::new(()),
-                })
-            })
-            .clone();
+        let entry = self.entry(name);
         entry.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
-        if let Some(r) = self.answer_from(&entry) {
+        if let Some(r) = self.answer_from(&entry, false) {
             return r;
         }
         let _guard = entry.lookup.lock().await;
-        if let Some(r) = self.answer_from(&entry) {
+        if let Some(r) = self.answer_from(&entry, false) {
             return r;
         }
-        // New names are bounded: a flood of random names is refused fast, not queued.
         let Ok(_slot) = self.lookup_slots.try_acquire() else {
+            if let Some(r) = self.answer_from(&entry, true) {
+                return r;
+            }
             crate::metrics::metrics()
                 .overload
                 .with_label_values(&["dns"])
@@ -202,7 +225,7 @@ impl Resolver {
             return Err(ResolveError::Overloaded);
         };
         self.lookup_into(name, &entry).await;
-        self.answer_from(&entry).unwrap_or_else(|| {
+        self.answer_from(&entry, true).unwrap_or_else(|| {
             Err(ResolveError::Failed {
                 name: name.to_string(),
                 reason: "no answer".into(),
@@ -210,8 +233,60 @@ impl Resolver {
         })
     }
 
-    /// Answers from the stored state if it is usable now; `None` means "look it up".
-    fn answer_from(&self, entry: &NameEntry) -> Option<Result<Resolved, ResolveError>> {
+    /// The entry of `name`, made if new; past `dns.max_names` the least recently used tenth is
+    /// forgotten first.
+    fn entry(&self, name: &str) -> Arc<NameEntry> {
+        if let Some(e) = self.names.get(name) {
+            return e.clone();
+        }
+        if self.names.len() >= self.timing.max_names {
+            self.evict_oldest();
+        }
+        let e = self
+            .names
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(NameEntry::new()))
+            .clone();
+        crate::metrics::metrics()
+            .dns_names
+            .set(self.names.len() as i64);
+        e
+    }
+
+    /// Forgets the least recently used tenth of the names (at least one), amortising the scan.
+    fn evict_oldest(&self) {
+        let mut ages: Vec<u64> = self
+            .names
+            .iter()
+            .map(|e| e.last_used_ms.load(Ordering::Relaxed))
+            .collect();
+        let n = (self.timing.max_names / 10).max(1).min(ages.len());
+        if n == 0 {
+            return;
+        }
+        let (_, cutoff, _) = ages.select_nth_unstable(n - 1);
+        let cutoff = *cutoff;
+        let mut removed = 0u64;
+        self.names.retain(|_, e| {
+            let keep = removed >= n as u64 || e.last_used_ms.load(Ordering::Relaxed) > cutoff;
+            if !keep {
+                removed += 1;
+            }
+            keep
+        });
+        let m = crate::metrics::metrics();
+        m.dns_names_evicted.inc_by(removed);
+        m.dns_names.set(self.names.len() as i64);
+    }
+
+    /// Answers from the stored state if it is usable now; `None` means "look it up". A set past
+    /// its TTL is served (within the stale window) only while DNS is failing, or when
+    /// `stale_ok` says no lookup can be made now.
+    fn answer_from(
+        &self,
+        entry: &NameEntry,
+        stale_ok: bool,
+    ) -> Option<Result<Resolved, ResolveError>> {
         let state = entry.state.load_full()?;
         let now = Instant::now();
         match &*state {
@@ -220,7 +295,8 @@ impl Resolver {
             } => {
                 let stale = now >= *fresh_until;
                 if stale {
-                    if self.now_ms() >= entry.stale_until.load(Ordering::Relaxed) {
+                    let servable = self.now_ms() < entry.stale_until.load(Ordering::Relaxed);
+                    if !servable || !(stale_ok || entry.failing.load(Ordering::Relaxed)) {
                         return None;
                     }
                     crate::metrics::metrics()
@@ -304,7 +380,22 @@ impl Resolver {
         self.lookups.fetch_add(1, Ordering::Relaxed);
         let started = std::time::Instant::now();
         let fqdn = absolute(name);
-        let result = self.dns.lookup_ip(fqdn.as_str()).await;
+        let in_flight = &crate::metrics::metrics().dns_in_flight;
+        in_flight.inc();
+        let result =
+            tokio::time::timeout(self.timing.lookup_bound, self.dns.lookup_ip(fqdn.as_str())).await;
+        in_flight.dec();
+        let Ok(result) = result else {
+            let m = crate::metrics::metrics();
+            m.dns_duration
+                .with_label_values(&[kind])
+                .observe(started.elapsed().as_secs_f64());
+            m.dns_lookups.with_label_values(&[kind, "error"]).inc();
+            return Err(ResolveError::Failed {
+                name: name.to_string(),
+                reason: format!("no answer within {:?}", self.timing.lookup_bound),
+            });
+        };
         observe(kind, started, &result);
         match result {
             Ok(lookup) => {
@@ -333,10 +424,13 @@ impl Resolver {
     /// Performs a lookup and stores the outcome: a success replaces the set; a failure keeps a
     /// still-servable good set (stale) and otherwise records the error for `negative_ttl`.
     async fn lookup_into(self: &Arc<Self>, name: &str, entry: &Arc<NameEntry>) {
-        match self.query(name).await {
+        let result = self.query(name).await;
+        entry.looked_up_ms.store(self.now_ms(), Ordering::Relaxed);
+        match result {
             Ok((addrs, ttl)) => {
                 let ttl = self.clamp(ttl);
                 let now = Instant::now();
+                entry.failing.store(false, Ordering::Relaxed);
                 entry.stale_until.store(
                     self.now_ms() + (ttl + self.timing.stale).as_millis() as u64,
                     Ordering::Relaxed,
@@ -351,6 +445,7 @@ impl Resolver {
             Err(error) => {
                 let keep = matches!(entry.state.load().as_deref(), Some(State::Good { .. }))
                     && self.now_ms() < entry.stale_until.load(Ordering::Relaxed);
+                entry.failing.store(keep, Ordering::Relaxed);
                 if !keep {
                     tracing::debug!(%name, %error, "lookup failed");
                     entry.state.store(Some(Arc::new(State::Failed {
@@ -415,12 +510,29 @@ impl Resolver {
                 now + self.timing.negative_ttl.min(Duration::from_secs(1))
             };
             tokio::time::sleep_until(wake).await;
-            let idle_ms = self.now_ms() - entry.last_used_ms.load(Ordering::Relaxed);
+            let used = entry.last_used_ms.load(Ordering::Relaxed);
+            let idle_ms = self.now_ms().saturating_sub(used);
             if Duration::from_millis(idle_ms) > self.timing.idle {
                 self.names.remove_if(name, |_, e| Arc::ptr_eq(e, entry));
+                crate::metrics::metrics()
+                    .dns_names
+                    .set(self.names.len() as i64);
                 return;
             }
+            // Nobody asked since the last lookup: no background work for it. It stays known, and
+            // is looked up again if asked for after its TTL.
+            let failing = entry.failing.load(Ordering::Relaxed);
+            if used < entry.looked_up_ms.load(Ordering::Relaxed) && !failing {
+                return;
+            }
+            if !self.names.get(name).is_some_and(|e| Arc::ptr_eq(&e, entry)) {
+                return; // evicted
+            }
+            let Ok(_slot) = self.lookup_slots.acquire().await else {
+                return;
+            };
             let _guard = entry.lookup.lock().await;
+            crate::metrics::metrics().dns_refreshes.inc();
             self.lookup_into(name, entry).await;
         }
     }

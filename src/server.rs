@@ -2,13 +2,15 @@
 //! configured port, all sharing one proxy state and one HTTP forwarder; a background service for
 //! cluster discovery and health checks; the admin listener.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
@@ -21,15 +23,43 @@ use crate::reload;
 use crate::resolve::ResolveError;
 use crate::session::Proxy;
 
+/// Why carousel could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A listening address is taken (another carousel, or another program).
+    #[error("{what} {address}: address already in use (is another carousel running?)")]
+    AddressInUse {
+        /// Which listener.
+        what: &'static str,
+        /// Its address.
+        address: SocketAddr,
+    },
+    /// A listening address cannot be bound for another reason.
+    #[error("{what} {address}: cannot listen: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Its address.
+        address: SocketAddr,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The shared state could not be built (resolver, TLS, users file, access log).
+    #[error("{0}")]
+    Setup(#[from] ResolveError),
+}
+
 /// Pingora's own settings, all taken from carousel's config so none of Pingora's defaults (such as
-/// its 300 s grace period) leak through.
+/// its 300 s grace period) leak through. Pingora's grace period is carousel's shutdown timeout:
+/// carousel keeps accepting through its own grace period before it tells Pingora to stop (see
+/// [`Drain`]), and Pingora's runtime shutdown then only waits for blocking work.
 pub fn server_conf(config: &Config) -> ServerConf {
     let s = &config.server;
     ServerConf {
         threads: s.threads,
         work_stealing: s.work_stealing,
-        grace_period_seconds: Some(s.grace_period_seconds),
-        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
+        grace_period_seconds: Some(s.graceful_shutdown_timeout_seconds),
+        graceful_shutdown_timeout_seconds: Some(1),
         pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
         ..ServerConf::default()
@@ -74,13 +104,103 @@ impl BackgroundService for Background {
     }
 }
 
-/// A ready-to-run Pingora server for `config`; `upgrade` takes the listening sockets over from a
+/// The shutdown signals as carousel means them. SIGTERM: `/readyz` answers 503 at once (a
+/// balancer stops sending new clients), the listeners keep accepting for
+/// `server.grace_period_seconds` (clients that still arrive are served), then stop; Pingora then
+/// gives work in flight, long-lived tunnels among it, `graceful_shutdown_timeout_seconds` more.
+/// SIGQUIT hands the sockets to a new process (`run -u`) at once; SIGINT stops at once.
+struct Drain {
+    proxy: Arc<Proxy>,
+    grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Drain {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::quit()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot watch shutdown signals; waiting for SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                self.proxy.set_draining();
+                tracing::info!(grace = ?self.grace, "SIGTERM: draining (/readyz 503), still accepting for the grace period");
+                tokio::select! {
+                    _ = tokio::time::sleep(self.grace) => {}
+                    _ = int.recv() => return ShutdownSignal::FastShutdown,
+                }
+                tracing::info!("grace period over: listeners stop, work in flight gets the shutdown timeout");
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = quit.recv() => {
+                self.proxy.set_draining();
+                ShutdownSignal::GracefulUpgrade
+            }
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+        }
+    }
+}
+
+/// A carousel ready to run: the Pingora server and the state its shutdown watch drains.
+pub struct Carousel {
+    server: Server,
+    proxy: Arc<Proxy>,
+    grace: Duration,
+}
+
+impl Carousel {
+    /// Runs until a shutdown signal has been fully handled (see [`Drain`]).
+    pub fn run(self) {
+        let shutdown_signal = Box::new(Drain {
+            proxy: self.proxy,
+            grace: self.grace,
+        });
+        self.server.run(RunArgs { shutdown_signal });
+    }
+}
+
+/// Refuses to start when a listening address is taken: Pingora would retry for half a minute,
+/// then leave the process running without that listener, which a supervisor takes for healthy.
+fn check_addresses_free(config: &Config) -> Result<(), StartupError> {
+    let mut all: Vec<(&'static str, SocketAddr)> = config
+        .listeners
+        .iter()
+        .map(|l| ("listener", l.address))
+        .collect();
+    if config.admin.enabled {
+        all.push(("admin listener", config.admin.address));
+    }
+    for (what, address) in all {
+        if let Err(source) = std::net::TcpListener::bind(address) {
+            return Err(if source.kind() == std::io::ErrorKind::AddrInUse {
+                StartupError::AddressInUse { what, address }
+            } else {
+                StartupError::Bind {
+                    what,
+                    address,
+                    source,
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A ready-to-run carousel for `config`; `upgrade` takes the listening sockets over from a
 /// running carousel (graceful upgrade).
 pub fn build(
     config: Arc<Config>,
     path: Option<PathBuf>,
     upgrade: bool,
-) -> Result<Server, ResolveError> {
+) -> Result<Carousel, StartupError> {
+    if !upgrade {
+        check_addresses_free(&config)?;
+    }
     let conf = server_conf(&config);
     let opt = Opt {
         upgrade,
@@ -118,5 +238,9 @@ pub fn build(
         admin.add_tcp(&config.admin.address.to_string());
         server.add_service(admin);
     }
-    Ok(server)
+    Ok(Carousel {
+        server,
+        proxy,
+        grace: Duration::from_secs(config.server.grace_period_seconds),
+    })
 }

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::dial::{self, Connected, DialFailure, DialSettings, FailKind, FailureMemory};
 use crate::limits::Limits;
 use crate::metrics::metrics;
+use crate::outcome::Outcome;
 use crate::policy::{Policy, Verdict};
 use crate::protocol::{Target, TargetHost};
 use crate::resolve::{ResolveError, Resolver};
@@ -45,15 +46,17 @@ pub enum OpenError {
 }
 
 impl OpenError {
-    /// The `outcome` label of `carousel_requests_total` for this error.
-    pub fn outcome(&self) -> &'static str {
+    /// How a request that met this error ended, for the metrics and the access log.
+    pub fn outcome(&self) -> Outcome {
         match self {
-            OpenError::Denied(_) => "denied",
-            OpenError::AuthRequired => "auth_failed",
-            OpenError::Dns(ResolveError::Overloaded) | OpenError::Overloaded(_) => "overload",
-            OpenError::Dns(_) | OpenError::NoMembers(_) => "dns_error",
-            OpenError::Dial(d) if d.kind == FailKind::Timeout => "timeout",
-            OpenError::Dial(_) => "connect_error",
+            OpenError::Denied(_) => Outcome::Denied,
+            OpenError::AuthRequired => Outcome::AuthFailed,
+            OpenError::Dns(ResolveError::Overloaded) | OpenError::Overloaded(_) => {
+                Outcome::Overload
+            }
+            OpenError::Dns(_) | OpenError::NoMembers(_) => Outcome::DnsError,
+            OpenError::Dial(d) if d.kind == FailKind::Timeout => Outcome::Timeout,
+            OpenError::Dial(_) => Outcome::ConnectError,
         }
     }
 }
@@ -229,6 +232,7 @@ pub struct Proxy {
     pub tls: HashMap<SocketAddr, Acceptor>,
     /// Where access lines go (replaced by a reload).
     pub access_log: ArcSwap<AccessLog>,
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Proxy {
@@ -249,7 +253,11 @@ impl Proxy {
         Ok(Arc::new(Self {
             failures: FailureMemory::new(Duration::from_secs(config.dial.failure_memory_seconds)),
             clusters: ArcSwap::from_pointee(ClusterTable::new(clusters)),
-            auth: Authenticator::new(users, Duration::from_secs(config.access.auth_cache_seconds)),
+            auth: Authenticator::new(
+                users,
+                Duration::from_secs(config.access.auth_cache_seconds),
+                config.access.max_auth_failures_per_minute,
+            ),
             limits: Limits::new(&config.limits),
             resolver,
             tls,
@@ -257,7 +265,19 @@ impl Proxy {
                 ResolveError::Setup(format!("access log {}: {e}", config.log.access))
             })?),
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
+            draining: false.into(),
         }))
+    }
+
+    /// Marks the process as shutting down: `/readyz` says so, so balancers stop sending clients.
+    pub fn set_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The configuration, rules and bounds in force now.

@@ -571,8 +571,8 @@ async fn malformed_input_gets_an_answer_and_changes_nothing() {
             .expect("connection closed by carousel");
         out
     }
-    // SOCKS5: zero methods → closed without a method choice.
-    assert_eq!(exchange(socks, &[5, 0]).await, Vec::<u8>::new());
+    // SOCKS5: zero methods → "no acceptable methods", then closed.
+    assert_eq!(exchange(socks, &[5, 0]).await, vec![5, 0xFF]);
     // SOCKS5: only username/password offered → "no acceptable methods".
     assert_eq!(exchange(socks, &[5, 1, 2]).await, vec![5, 0xFF]);
     // SOCKS5: bad address type → 0x08; BIND and UDP ASSOCIATE → 0x07.

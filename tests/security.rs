@@ -399,7 +399,11 @@ async fn connection_limits_answer_fast_and_spare_open_tunnels() {
             .unwrap();
         let mut head = [0u8; 39];
         s.read_exact(&mut head).await.unwrap();
-        assert!(head.starts_with(b"HTTP/1.1 200"));
+        assert!(
+            head.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
         tunnels.push(s);
     }
     let r = connect_on(me, f.proxy.http, &target, None).await;

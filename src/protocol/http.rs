@@ -27,6 +27,10 @@ pub enum Error {
     /// CONNECT authority was not `host:port` with a valid host and port.
     #[error("invalid CONNECT target")]
     BadTarget,
+    /// The head parsed but breaks a rule that keeps requests unambiguous (smuggling guards,
+    /// Host rules, an absolute-form target a proxy can forward).
+    #[error("bad request: {0}")]
+    Refused(&'static str),
 }
 
 impl Error {
@@ -35,7 +39,7 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::TooLarge | Error::TooManyHeaders => 431,
-            Error::Malformed(_) | Error::BadTarget => 400,
+            Error::Malformed(_) | Error::BadTarget | Error::Refused(_) => 400,
         }
     }
 }
@@ -141,6 +145,182 @@ pub fn response(status: u16, reason: &str, body_line: &str) -> Vec<u8> {
 /// it belong to the tunnelled stream.
 pub fn connect_established() -> &'static [u8] {
     b"HTTP/1.1 200 Connection established\r\n\r\n"
+}
+
+/// Request smuggling and header injection guards, for every request head carousel accepts
+/// (forwarded or CONNECT), checked on the head as the client sent it: one clear Content-Length or
+/// chunked, never both, never ambiguous; chunked only on HTTP/1.1; no control characters in
+/// values. A head that passes is read the same way by carousel, by Pingora and by the upstream.
+pub fn hygiene(head: &Head) -> Result<(), Error> {
+    let mut cls = head
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.as_slice());
+    let (cl, second_cl) = (cls.next(), cls.next());
+    let mut tes = head
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"))
+        .map(|(_, v)| v.as_slice());
+    let (te, second_te) = (tes.next(), tes.next());
+    if te.is_some() && cl.is_some() {
+        return Err(Error::Refused("both Content-Length and Transfer-Encoding"));
+    }
+    if second_cl.is_some() {
+        return Err(Error::Refused("more than one Content-Length"));
+    }
+    if let Some(cl) = cl {
+        let cl = cl.trim_ascii();
+        if cl.is_empty() || !cl.iter().all(u8::is_ascii_digit) || cl.len() > 18 {
+            return Err(Error::Refused("invalid Content-Length"));
+        }
+    }
+    if let Some(te) = te {
+        if second_te.is_some() || !te.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Err(Error::Refused("Transfer-Encoding other than one `chunked`"));
+        }
+        if head.version == 0 {
+            return Err(Error::Refused("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+    }
+    for (_, v) in &head.headers {
+        if v.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(Error::Refused("control character in a header value"));
+        }
+    }
+    Ok(())
+}
+
+/// Where an absolute-form request (`GET http://host:port/path HTTP/1.1`) goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardTarget {
+    /// The destination.
+    pub target: Target,
+    /// The authority exactly as written in the request target: the `Host` sent upstream.
+    pub authority: String,
+    /// The origin-form path and query to send upstream (at least `/`).
+    pub path: String,
+    /// Whether the client's `Host` header must be dropped before the head is parsed again: it
+    /// differs in spelling from the authority, which replaces it (RFC 9112 §3.2.2).
+    pub replace_host: bool,
+}
+
+/// The destination of a request a forward proxy serves, with the Host rules of RFC 9112 §3.2:
+/// the target must be an `http://` absolute URL without userinfo; at most one `Host`, without
+/// userinfo; a `Host` that differs from the target's authority (say, only in case) is replaced by
+/// it, as §3.2.2 tells a proxy to do.
+pub fn forward_target(head: &Head) -> Result<ForwardTarget, Error> {
+    use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
+    let (scheme, authority, path) = match raw_target_authority(head.target.as_bytes()) {
+        RawTargetAuthority::Absolute {
+            scheme,
+            authority,
+            path_and_query,
+        } => (scheme, authority, path_and_query),
+        RawTargetAuthority::AmbiguousAuthority => {
+            return Err(Error::Refused("ambiguous request target"))
+        }
+        RawTargetAuthority::None => {
+            return Err(Error::Refused(
+                "carousel is a proxy: send an absolute URL (http://host/path) or CONNECT",
+            ))
+        }
+    };
+    if !scheme.eq_ignore_ascii_case(b"http") {
+        return Err(Error::Refused(
+            "only http:// URLs are forwarded; use CONNECT for https",
+        ));
+    }
+    if authority.contains(&b'@') {
+        return Err(Error::Refused("userinfo in the request target"));
+    }
+    let authority = std::str::from_utf8(authority).map_err(|_| Error::BadTarget)?;
+    if ::http::uri::Authority::try_from(authority).is_err() {
+        return Err(Error::BadTarget);
+    }
+    let target = host_port(authority, 80).ok_or(Error::BadTarget)?;
+    let mut hosts = head
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| v.as_slice());
+    let (host, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
+        return Err(Error::Refused("more than one Host header"));
+    }
+    if host.is_some_and(|h| h.contains(&b'@')) {
+        return Err(Error::Refused("userinfo in the Host header"));
+    }
+    let path = std::str::from_utf8(path).map_err(|_| Error::BadTarget)?;
+    let path = match path.chars().next() {
+        None => "/".to_string(),
+        Some('/') => path.to_string(),
+        Some(_) => format!("/{path}"),
+    };
+    Ok(ForwardTarget {
+        target,
+        replace_host: host.is_some_and(|h| h != authority.as_bytes()),
+        authority: authority.to_string(),
+        path,
+    })
+}
+
+/// Splits `host[:port]` / `[v6][:port]` with a default port.
+pub fn host_port(s: &str, default_port: u16) -> Option<Target> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => port_number(p)?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        return Target::from_host_port(host, port);
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) => Target::from_host_port(h, port_number(p)?),
+        None => Target::from_host_port(s, default_port),
+    }
+}
+
+/// A port written as 1 to 5 digits, not 0.
+fn port_number(p: &str) -> Option<u16> {
+    if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    p.parse().ok().filter(|&n| n != 0)
+}
+
+/// The head `raw` with every `Host` line removed (for a head whose Host is replaced by the
+/// target's authority). `raw` must be a complete head that [`parse_head`] accepted.
+pub fn without_host(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut first = true;
+    for line in raw.split_inclusive(|&b| b == b'\n') {
+        let name = line.split(|&b| b == b':').next().unwrap_or_default();
+        if !first && line.contains(&b':') && name.trim_ascii().eq_ignore_ascii_case(b"host") {
+            continue;
+        }
+        first = false;
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+/// How many bytes of body follow a head (Content-Length), `None` for chunked or unknown: what
+/// lets the listener tell a pipelined next request from this request's body.
+pub fn declared_body(head: &Head) -> Option<u64> {
+    if head
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"))
+    {
+        return None;
+    }
+    match head.header("content-length") {
+        Some(v) => std::str::from_utf8(v).ok()?.trim().parse().ok(),
+        None => Some(0),
+    }
 }
 
 #[cfg(test)]

@@ -62,17 +62,18 @@ pub enum Error {
 impl Error {
     /// The reply to send before closing when [`parse_request`] fails.
     ///
-    /// `None` means "just close": a wrong version means the peer does not
-    /// speak SOCKS5 and would not understand a reply, and greeting / auth
-    /// errors are answered (if at all) with [`method_reply`]`(NO_ACCEPTABLE)`
+    /// A request with a wrong version byte comes from a client that already
+    /// greeted in SOCKS5, so it gets "general failure" (RFC 1928 has no
+    /// better code). `None` means the error belongs to the greeting or the
+    /// authentication, which are answered with [`method_reply`]`(NO_ACCEPTABLE)`
     /// or [`user_pass_reply`]`(false)` instead.
     pub fn reply(&self) -> Option<Reply> {
         match self {
             Error::CommandNotSupported(_) => Some(Reply::CommandNotSupported),
             Error::AddressTypeNotSupported(_) => Some(Reply::AddressTypeNotSupported),
             Error::BadDomain => Some(Reply::HostUnreachable),
-            Error::BadVersion(_)
-            | Error::NoMethods
+            Error::BadVersion(_) => Some(Reply::GeneralFailure),
+            Error::NoMethods
             | Error::BadAuthVersion(_)
             | Error::EmptyCredential
             | Error::CredentialNotUtf8 => None,
@@ -421,7 +422,7 @@ mod tests {
     fn greeting_errors() {
         assert_eq!(parse_greeting(&[4]), Err(Error::BadVersion(4)));
         assert_eq!(parse_greeting(&[5, 0]), Err(Error::NoMethods));
-        assert_eq!(Error::BadVersion(4).reply(), None);
+        assert_eq!(Error::BadVersion(4).reply(), Some(Reply::GeneralFailure));
         assert_eq!(Error::NoMethods.reply(), None);
     }
 
@@ -600,7 +601,7 @@ mod tests {
             Some(Reply::AddressTypeNotSupported)
         );
         assert_eq!(Error::BadDomain.reply(), Some(Reply::HostUnreachable));
-        assert_eq!(Error::BadVersion(4).reply(), None);
+        assert_eq!(Error::BadVersion(4).reply(), Some(Reply::GeneralFailure));
     }
 
     #[test]

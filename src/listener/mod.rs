@@ -1,0 +1,305 @@
+//! The Pingora `ServerApp` behind every client port: admit the connection (limits, client gate),
+//! terminate TLS on an HTTPS-proxy port, sniff the first byte, and hand the bytes to the handler
+//! of the protocol they start: `socks4`, `socks5`, `connect` (HTTP CONNECT) or `http`
+//! (absolute-form requests, forwarded through pingora-proxy). Every request head is read here,
+//! under one deadline and one set of limits, whichever protocol carries it; `relay` is the end the
+//! tunnel protocols share.
+
+mod connect;
+mod http;
+mod io;
+mod relay;
+mod socks4;
+mod socks5;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use tokio::time::Instant;
+
+use crate::access_log::Entry;
+use crate::auth::{parse_basic, Check};
+use crate::config::{ListenerSection, Protocol};
+use crate::forward::Forwarder;
+use crate::metrics;
+use crate::outcome::{ClientProtocol, Outcome};
+use crate::protocol::{self, Target};
+use crate::reply;
+use crate::session::{Proxy, Requester};
+use io::{read_more, write_reply};
+
+/// How long a keep-alive HTTP connection may wait for its next request.
+const KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// One client-facing port: its protocols, the shared proxy state and the HTTP forwarder.
+pub struct Listener {
+    proxy: Arc<Proxy>,
+    address: SocketAddr,
+    http: bool,
+    socks: bool,
+    forwarder: Arc<HttpProxy<Forwarder>>,
+}
+
+impl Listener {
+    /// A listener for `section`, forwarding plain HTTP through `forwarder`.
+    pub fn new(
+        proxy: Arc<Proxy>,
+        section: &ListenerSection,
+        forwarder: Arc<HttpProxy<Forwarder>>,
+    ) -> Self {
+        Self {
+            proxy,
+            address: section.address,
+            http: section.accepts(Protocol::Http),
+            socks: section.accepts(Protocol::Socks),
+            forwarder,
+        }
+    }
+}
+
+/// One request while the listener reads and answers it.
+struct Request {
+    protocol: ClientProtocol,
+    who: Requester,
+    started: Instant,
+    /// When the request head (or SOCKS handshake) must be complete.
+    deadline: Instant,
+}
+
+#[async_trait]
+impl ServerApp for Listener {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let client = io::peer_ip(&stream);
+        let handshake = self.proxy.runtime().config.server.handshake_timeout();
+        let admitted = self.proxy.limits.admit(client);
+        let mut stream = match self.proxy.tls.get(&self.address) {
+            Some(acceptor) => {
+                match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = ?client, error = %e, "TLS handshake failed");
+                        return None;
+                    }
+                    Err(_) => return None,
+                }
+            }
+            None => stream,
+        };
+        let who = Requester { client, user: None };
+        let _admitted = match admitted {
+            Ok(a) => a,
+            Err(limit) => {
+                let why = format!("overloaded: {limit} connection limit reached");
+                self.refuse_early(stream, who, Outcome::Overload, why, handshake)
+                    .await;
+                return None;
+            }
+        };
+        if let Err(e) = self.proxy.check_client(client) {
+            self.refuse_early(stream, who, Outcome::Denied, e.to_string(), handshake)
+                .await;
+            return None;
+        }
+        let mut wait = handshake;
+        let mut first_request = true;
+        loop {
+            // One read decides the protocol; the bytes are handed on, never read twice.
+            let mut buf = BytesMut::with_capacity(2048);
+            read_more(&mut stream, &mut buf, Instant::now() + wait)
+                .await
+                .ok()?;
+            let started = Instant::now();
+            let mut req = Request {
+                protocol: ClientProtocol::Http,
+                who: who.clone(),
+                started,
+                deadline: started + handshake,
+            };
+            match buf[0] {
+                0x04 if first_request && self.socks => {
+                    req.protocol = ClientProtocol::Socks4;
+                    self.socks4(stream, buf, req).await;
+                    return None;
+                }
+                0x05 if first_request && self.socks => {
+                    req.protocol = ClientProtocol::Socks5;
+                    self.socks5(stream, buf, req).await;
+                    return None;
+                }
+                0x04 | 0x05 => return None,
+                _ if !self.http => {
+                    let why = "this port speaks SOCKS only";
+                    self.finish_refused(&req, None, Outcome::BadRequest, why.into());
+                    write_reply(&mut stream, &reply::http_error(400, why)).await;
+                    return None;
+                }
+                _ => {}
+            }
+            if is_connect(&mut stream, &mut buf, req.deadline).await? {
+                req.protocol = ClientProtocol::Connect;
+                self.connect(stream, buf, req).await;
+                return None;
+            }
+            // Plain HTTP: one request through pingora-proxy, then come back here so the next
+            // request (or a CONNECT) on the same connection is read under the same rules.
+            stream = self.http(stream, buf, req, shutdown).await?;
+            first_request = false;
+            wait = KEEPALIVE;
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.forwarder.http_cleanup().await;
+    }
+}
+
+/// Reads until the head can be told a CONNECT or not; `None` when the client went away.
+async fn is_connect(stream: &mut Stream, buf: &mut BytesMut, deadline: Instant) -> Option<bool> {
+    const CONNECT: &[u8] = b"CONNECT ";
+    while buf.len() < CONNECT.len() && CONNECT.starts_with(buf) {
+        read_more(stream, buf, deadline).await.ok()?;
+    }
+    Some(buf.starts_with(CONNECT))
+}
+
+impl Listener {
+    /// Answers a client refused before any request (over a limit, or not an allowed client) in
+    /// its own protocol, quickly, then logs and counts it under that protocol.
+    async fn refuse_early(
+        &self,
+        mut stream: Stream,
+        who: Requester,
+        outcome: Outcome,
+        why: String,
+        handshake: Duration,
+    ) {
+        tracing::debug!(client = ?who.client, %why, "connection refused early");
+        let started = Instant::now();
+        let deadline = started + handshake.min(Duration::from_secs(2));
+        let mut buf = BytesMut::new();
+        if read_more(&mut stream, &mut buf, deadline).await.is_err() {
+            return;
+        }
+        let protocol = match buf[0] {
+            4 => {
+                write_reply(&mut stream, &reply::socks4_failure()).await;
+                ClientProtocol::Socks4
+            }
+            5 => {
+                // Answer the greeting, then the request (which an optimistic client may have sent
+                // in the same write), with the refusal code.
+                if let Ok(Ok((_, used))) = io::read_until(
+                    &mut stream,
+                    &mut buf,
+                    deadline,
+                    protocol::socks5::parse_greeting,
+                )
+                .await
+                {
+                    let _ = buf.split_to(used);
+                    write_reply(
+                        &mut stream,
+                        &protocol::socks5::method_reply(protocol::socks5::NO_AUTH),
+                    )
+                    .await;
+                    let _ = io::read_until(
+                        &mut stream,
+                        &mut buf,
+                        deadline,
+                        protocol::socks5::parse_request,
+                    )
+                    .await;
+                    let code = reply::socks5_refusal(outcome);
+                    write_reply(&mut stream, &protocol::socks5::reply(code, None)).await;
+                }
+                ClientProtocol::Socks5
+            }
+            _ => {
+                let connect = is_connect(&mut stream, &mut buf, deadline).await == Some(true);
+                let status = if outcome == Outcome::Overload {
+                    503
+                } else {
+                    403
+                };
+                write_reply(&mut stream, &reply::http_error(status, &why)).await;
+                if connect {
+                    ClientProtocol::Connect
+                } else {
+                    ClientProtocol::Http
+                }
+            }
+        };
+        let req = Request {
+            protocol,
+            who,
+            started,
+            deadline,
+        };
+        self.finish_refused(&req, None, outcome, why);
+    }
+
+    /// Logs and counts a request that ended before a tunnel opened or a request was forwarded.
+    fn finish_refused(
+        &self,
+        req: &Request,
+        target: Option<&Target>,
+        outcome: Outcome,
+        why: String,
+    ) {
+        metrics::request(req.protocol, outcome);
+        self.proxy.log(&Entry {
+            client: req.who.client,
+            user: req.who.user.clone(),
+            protocol: req.protocol,
+            target: target.map(|t| t.to_string()).unwrap_or_default(),
+            outcome,
+            rule: why,
+            duration: req.started.elapsed(),
+            ..Default::default()
+        });
+    }
+
+    /// Checks an HTTP head's `Proxy-Authorization` (when users are configured) and records the
+    /// user; `Err` carries the refusal to log. Without the header the request goes on as
+    /// anonymous: the policy asks for credentials if a rule needs them.
+    async fn authenticate(
+        &self,
+        head: &protocol::http::Head,
+        who: &mut Requester,
+    ) -> Result<(), &'static str> {
+        let Some(value) = head
+            .header("proxy-authorization")
+            .filter(|_| self.proxy.auth.enabled())
+        else {
+            return Ok(());
+        };
+        let Some((user, pass)) = parse_basic(value) else {
+            metrics::metrics().auth_failures.inc();
+            return Err("credentials are not Basic user:password");
+        };
+        match self.proxy.auth.check(who.client, &user, &pass).await {
+            Check::Valid => {
+                who.user = Some(user);
+                Ok(())
+            }
+            Check::Invalid => Err("invalid credentials"),
+            Check::Throttled => Err("too many failed logins from this client; try again later"),
+        }
+    }
+
+    /// The realm of 407 answers.
+    fn realm(&self) -> String {
+        self.proxy.runtime().config.access.realm.clone()
+    }
+}

@@ -1,0 +1,90 @@
+//! The end every tunnel protocol shares: open the target, answer in the protocol's own words,
+//! then carry the bytes and write the access line.
+
+use bytes::BytesMut;
+use pingora::protocols::Stream;
+
+use super::io::write_reply;
+use super::{Listener, Request};
+use crate::access_log::Entry;
+use crate::dial::Connected;
+use crate::metrics;
+use crate::outcome::Outcome;
+use crate::protocol::Target;
+use crate::session::OpenError;
+use crate::tunnel;
+
+impl Listener {
+    /// Opens `target` for `req` and answers with `ok` / `fail` (which build the protocol's
+    /// reply); on success the tunnel runs until either side closes. `early` are bytes the client
+    /// sent after its request, before the reply: they go upstream first.
+    pub(super) async fn open_and_tunnel(
+        &self,
+        req: Request,
+        mut stream: Stream,
+        target: &Target,
+        early: BytesMut,
+        ok: impl FnOnce(&Connected) -> Vec<u8>,
+        fail: impl FnOnce(&OpenError) -> Vec<u8>,
+    ) {
+        match self.proxy.open(&req.who, target).await {
+            Ok((up, rule)) => {
+                metrics::request(req.protocol, Outcome::Ok);
+                write_reply(&mut stream, &ok(&up)).await;
+                self.tunnel(req, stream, up, rule, &early, target).await;
+            }
+            Err(e) => {
+                tracing::info!(%target, error = %e, protocol = req.protocol.as_str(), "request failed");
+                self.finish_refused(&req, Some(target), e.outcome(), e.to_string());
+                write_reply(&mut stream, &fail(&e)).await;
+            }
+        }
+    }
+
+    async fn tunnel(
+        &self,
+        req: Request,
+        mut client: Stream,
+        mut up: Connected,
+        rule: String,
+        early: &[u8],
+        target: &Target,
+    ) {
+        let m = metrics::metrics();
+        let _member = up.member.as_ref().map(|mb| mb.open_connection());
+        let active = m.active_tunnels.with_label_values(&[req.protocol.as_str()]);
+        active.inc();
+        let opts = self.proxy.tunnel_options();
+        let stats = match tunnel::tcp_of(&client) {
+            Some(raw) => {
+                // The duplicate is all the tunnel needs: closing Pingora's descriptor keeps
+                // the tunnel at two descriptors (client and upstream).
+                drop(client);
+                tunnel::run_tcp(&raw, &up.stream, early, opts).await
+            }
+            None => tunnel::run(&mut client, &mut up.stream, early, opts.idle).await,
+        };
+        active.dec();
+        m.tunnel_up.inc_by(stats.up);
+        m.tunnel_down.inc_by(stats.down);
+        self.proxy.log(&Entry {
+            client: req.who.client,
+            user: req.who.user.clone(),
+            protocol: req.protocol,
+            target: target.to_string(),
+            cluster: up.cluster.clone(),
+            member: Some(up.addr),
+            attempts: up.attempts,
+            outcome: if stats.idled_out {
+                Outcome::IdleTimeout
+            } else {
+                Outcome::Ok
+            },
+            rule,
+            bytes_up: stats.up,
+            bytes_down: stats.down,
+            duration: req.started.elapsed(),
+            status: 0,
+        });
+    }
+}

@@ -1,0 +1,45 @@
+//! SOCKS4 and SOCKS4a: one request, one reply. SOCKS4's user id is not a credential, so a rule
+//! that needs a user refuses it.
+
+use bytes::BytesMut;
+use pingora::protocols::Stream;
+
+use super::io::{read_until, write_reply};
+use super::{Listener, Request};
+use crate::outcome::Outcome;
+use crate::protocol::socks4;
+use crate::reply;
+
+impl Listener {
+    pub(super) async fn socks4(&self, mut stream: Stream, mut buf: BytesMut, req: Request) {
+        let Ok(parsed) =
+            read_until(&mut stream, &mut buf, req.deadline, socks4::parse_request).await
+        else {
+            return;
+        };
+        let (request, used) = match parsed {
+            Ok(done) => done,
+            Err(e) => {
+                self.finish_refused(&req, None, Outcome::BadRequest, e.to_string());
+                write_reply(&mut stream, &reply::socks4_failure()).await;
+                return;
+            }
+        };
+        let early = buf.split_off(used);
+        if request.command != socks4::CONNECT {
+            let why = "only CONNECT is supported".to_string();
+            self.finish_refused(&req, Some(&request.target), Outcome::BadRequest, why);
+            write_reply(&mut stream, &reply::socks4_failure()).await;
+            return;
+        }
+        self.open_and_tunnel(
+            req,
+            stream,
+            &request.target,
+            early,
+            |_| socks4::reply(true).to_vec(),
+            |_| reply::socks4_failure().to_vec(),
+        )
+        .await;
+    }
+}

@@ -1,0 +1,110 @@
+//! SOCKS5 (RFC 1928) with username/password (RFC 1929): greeting, optional authentication, one
+//! CONNECT request. Every malformed step that has a reply code gets it before the close.
+
+use bytes::BytesMut;
+use pingora::protocols::Stream;
+
+use super::io::{read_until, write_reply};
+use super::{Listener, Request};
+use crate::auth::Check;
+use crate::outcome::Outcome;
+use crate::protocol::socks5;
+use crate::reply;
+
+impl Listener {
+    pub(super) async fn socks5(&self, mut stream: Stream, mut buf: BytesMut, mut req: Request) {
+        let Ok(greeting) =
+            read_until(&mut stream, &mut buf, req.deadline, socks5::parse_greeting).await
+        else {
+            return;
+        };
+        let methods = match greeting {
+            Ok((methods, used)) => {
+                let _ = buf.split_to(used);
+                methods
+            }
+            Err(e) => {
+                // No method offered: "no acceptable methods" is the answer RFC 1928 has.
+                self.finish_refused(&req, None, Outcome::BadRequest, e.to_string());
+                write_reply(&mut stream, &socks5::method_reply(socks5::NO_ACCEPTABLE)).await;
+                return;
+            }
+        };
+        let method = if self.proxy.wants_users() && methods.contains(&socks5::USER_PASS) {
+            socks5::USER_PASS
+        } else if methods.contains(&socks5::NO_AUTH) {
+            socks5::NO_AUTH
+        } else {
+            let why = "no acceptable authentication method".to_string();
+            self.finish_refused(&req, None, Outcome::BadRequest, why);
+            write_reply(&mut stream, &socks5::method_reply(socks5::NO_ACCEPTABLE)).await;
+            return;
+        };
+        write_reply(&mut stream, &socks5::method_reply(method)).await;
+        if method == socks5::USER_PASS {
+            let Ok(parsed) =
+                read_until(&mut stream, &mut buf, req.deadline, socks5::parse_user_pass).await
+            else {
+                return;
+            };
+            let verdict = match parsed {
+                Ok((creds, used)) => {
+                    let _ = buf.split_to(used);
+                    let check = self
+                        .proxy
+                        .auth
+                        .check(req.who.client, &creds.username, &creds.password)
+                        .await;
+                    if check == Check::Valid {
+                        req.who.user = Some(creds.username);
+                    }
+                    check
+                }
+                Err(_) => Check::Invalid,
+            };
+            if verdict != Check::Valid {
+                let why = if verdict == Check::Throttled {
+                    "too many failed logins from this client; try again later"
+                } else {
+                    "invalid credentials"
+                };
+                self.finish_refused(&req, None, Outcome::AuthFailed, why.into());
+                write_reply(&mut stream, &socks5::user_pass_reply(false)).await;
+                return;
+            }
+            write_reply(&mut stream, &socks5::user_pass_reply(true)).await;
+        }
+        let Ok(parsed) =
+            read_until(&mut stream, &mut buf, req.deadline, socks5::parse_request).await
+        else {
+            return;
+        };
+        let (request, used) = match parsed {
+            Ok(done) => done,
+            Err(e) => {
+                self.finish_refused(&req, None, Outcome::BadRequest, e.to_string());
+                if let Some(code) = e.reply() {
+                    write_reply(&mut stream, &socks5::reply(code, None)).await;
+                }
+                return;
+            }
+        };
+        let early = buf.split_off(used);
+        if request.command != socks5::Command::Connect {
+            let why = "only CONNECT is supported".to_string();
+            self.finish_refused(&req, Some(&request.target), Outcome::BadRequest, why);
+            let code = socks5::Reply::CommandNotSupported;
+            write_reply(&mut stream, &socks5::reply(code, None)).await;
+            return;
+        }
+        self.open_and_tunnel(
+            req,
+            stream,
+            &request.target,
+            early,
+            |up| socks5::reply(socks5::Reply::Succeeded, up.stream.local_addr().ok()),
+            |e| socks5::reply(reply::socks5_reply(e), None),
+        )
+        .await;
+    }
+}

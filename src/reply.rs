@@ -1,0 +1,145 @@
+//! What a client is told when its request cannot be served: one map from the cause
+//! ([`OpenError`]) to an HTTP status and reason, a SOCKS5 reply code or a SOCKS4 code. The
+//! listener (CONNECT, SOCKS) and the forwarder (absolute-form HTTP) both answer from here, so the
+//! same failure reads the same in every protocol (the README's "Errors clients see" table).
+
+use crate::dial::FailKind;
+use crate::outcome::Outcome;
+use crate::protocol::{http, socks4, socks5};
+use crate::resolve::ResolveError;
+use crate::session::OpenError;
+
+/// The HTTP status for a failed open: 403 denied, 407 credentials needed, 503 overloaded,
+/// 504 when time ran out, 502 otherwise.
+pub fn http_status(e: &OpenError) -> u16 {
+    match e {
+        OpenError::Denied(_) => 403,
+        OpenError::AuthRequired => 407,
+        OpenError::Overloaded(_) | OpenError::Dns(ResolveError::Overloaded) => 503,
+        OpenError::Dns(_) | OpenError::NoMembers(_) => 502,
+        OpenError::Dial(d) if d.kind == FailKind::Timeout => 504,
+        OpenError::Dial(_) => 502,
+    }
+}
+
+/// The reason phrase for the statuses carousel sends itself.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        407 => "Proxy Authentication Required",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    }
+}
+
+/// A complete HTTP error response that closes the connection, with `line` as its body.
+pub fn http_error(status: u16, line: &str) -> Vec<u8> {
+    http::response(status, reason(status), line)
+}
+
+/// The HTTP answer to a failed open: a 407 challenge when credentials would help, otherwise the
+/// mapped status with the error as its one-line body.
+pub fn http_open_failure(e: &OpenError, realm: &str) -> Vec<u8> {
+    match e {
+        OpenError::AuthRequired => proxy_auth_required(realm),
+        e => http_error(http_status(e), &e.to_string()),
+    }
+}
+
+/// The 407 answer asking for Basic credentials; the realm cannot break out of its quotes.
+pub fn proxy_auth_required(realm: &str) -> Vec<u8> {
+    let body = "proxy authentication required\n";
+    format!(
+        "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"{}\"\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        realm.replace(['"', '\r', '\n'], ""),
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The SOCKS5 reply code for a failed open.
+pub fn socks5_reply(e: &OpenError) -> socks5::Reply {
+    use socks5::Reply;
+    match e {
+        OpenError::Denied(_) | OpenError::AuthRequired => Reply::NotAllowed,
+        OpenError::Overloaded(_) | OpenError::Dns(ResolveError::Overloaded) => {
+            Reply::GeneralFailure
+        }
+        OpenError::Dns(_) | OpenError::NoMembers(_) => Reply::HostUnreachable,
+        OpenError::Dial(d) => match d.kind {
+            FailKind::Refused => Reply::ConnectionRefused,
+            FailKind::Unreachable => Reply::HostUnreachable,
+            FailKind::Timeout => Reply::TtlExpired,
+            FailKind::Other => Reply::GeneralFailure,
+        },
+    }
+}
+
+/// The SOCKS4 answer to any failure: SOCKS4 has one code for "rejected or failed" (0x5B).
+pub fn socks4_failure() -> [u8; 8] {
+    socks4::reply(false)
+}
+
+/// The SOCKS5 reply code for a refusal before any request was read, by outcome.
+pub fn socks5_refusal(outcome: Outcome) -> socks5::Reply {
+    match outcome {
+        Outcome::Denied | Outcome::AuthFailed => socks5::Reply::NotAllowed,
+        _ => socks5::Reply::GeneralFailure,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dial::DialFailure;
+
+    fn dial(kind: FailKind) -> OpenError {
+        OpenError::Dial(DialFailure {
+            kind,
+            attempts: 3,
+            detail: String::new(),
+        })
+    }
+
+    #[test]
+    fn failures_map_to_the_documented_replies() {
+        use socks5::Reply;
+        let cases = [
+            (dial(FailKind::Refused), 502, Reply::ConnectionRefused),
+            (dial(FailKind::Unreachable), 502, Reply::HostUnreachable),
+            (dial(FailKind::Timeout), 504, Reply::TtlExpired),
+            (dial(FailKind::Other), 502, Reply::GeneralFailure),
+            (
+                OpenError::Dns(ResolveError::NotFound("x".into())),
+                502,
+                Reply::HostUnreachable,
+            ),
+            (
+                OpenError::NoMembers("c".into()),
+                502,
+                Reply::HostUnreachable,
+            ),
+            (OpenError::Denied("r".into()), 403, Reply::NotAllowed),
+            (OpenError::AuthRequired, 407, Reply::NotAllowed),
+            (
+                OpenError::Dns(ResolveError::Overloaded),
+                503,
+                Reply::GeneralFailure,
+            ),
+        ];
+        for (e, status, reply) in cases {
+            assert_eq!(http_status(&e), status, "{e}");
+            assert_eq!(socks5_reply(&e), reply, "{e}");
+        }
+        assert!(String::from_utf8(proxy_auth_required("r\"x"))
+            .unwrap()
+            .contains("Basic realm=\"rx\""));
+        let auth = String::from_utf8(http_open_failure(&OpenError::AuthRequired, "r")).unwrap();
+        assert!(auth.starts_with("HTTP/1.1 407 "), "{auth}");
+        assert_eq!(socks4_failure()[1], 0x5B);
+    }
+}
