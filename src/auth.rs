@@ -261,20 +261,24 @@ impl Authenticator {
         self.key.hash_one((user, pass))
     }
 
-    /// Checks `user`/`pass` for `client`. A remembered good pair answers at once. Otherwise the
-    /// client must have a failed attempt left in its budget (one is taken now and given back if
-    /// the pair is valid), and one bcrypt comparison runs on the blocking pool, a few at a time:
-    /// against a dummy hash of the same cost for an unknown user.
+    /// Checks `user`/`pass` for `client`. The client must have a failed attempt left in its
+    /// budget (one is taken now and given back if the pair is valid). A remembered good pair then
+    /// answers at once; otherwise one bcrypt comparison runs on the blocking pool, a few at a
+    /// time: against a dummy hash of the same cost for an unknown user.
     pub async fn check(&self, client: Option<IpAddr>, user: &str, pass: &str) -> Check {
-        let fp = self.fingerprint(user, pass);
-        if let Some(hit) = self.cache.get(user) {
-            if hit.0 == fp && Instant::now() < hit.1 {
-                return Check::Valid;
-            }
-        }
+        // The budget comes first: a client that spent it may not even test guesses against the
+        // cache of good pairs.
         if !self.take_attempt(client) {
             metrics().auth_throttled.inc();
             return Check::Throttled;
+        }
+        let fp = self.fingerprint(user, pass);
+        if let Some(hit) = self.cache.get(user) {
+            if hit.0 == fp && Instant::now() < hit.1 {
+                drop(hit);
+                self.give_back(client);
+                return Check::Valid;
+            }
         }
         let users = self.users.load_full();
         let known = users.hashes.get(user).cloned();

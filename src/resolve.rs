@@ -686,6 +686,31 @@ mod tests {
         assert_eq!(firsts[0..3], firsts[3..6]);
     }
 
+    #[tokio::test]
+    async fn names_are_bounded_least_recently_used_first() {
+        let dns = DnsServer::start().await;
+        for i in 0..30 {
+            dns.set_a(&format!("n{i}.test"), &["127.0.0.11".parse().unwrap()], 30);
+        }
+        let mut cfg = settings(dns.addr());
+        cfg.max_names = 10;
+        let r = Resolver::new(&cfg, 64).unwrap();
+        r.resolve("n0.test").await.unwrap();
+        for i in 1..30 {
+            r.resolve(&format!("n{i}.test")).await.unwrap();
+            // n0 stays in use: it is never the least recently used.
+            r.resolve("n0.test").await.unwrap();
+            assert!(r.names() <= 10, "{} names kept", r.names());
+        }
+        let before = dns.queries_for("n0.test");
+        r.resolve("n0.test").await.unwrap();
+        assert_eq!(
+            dns.queries_for("n0.test"),
+            before,
+            "the name in use was evicted"
+        );
+    }
+
     async fn futures_first(r: &Arc<Resolver>, n: usize) -> Vec<IpAddr> {
         let mut out = Vec::new();
         for _ in 0..n {

@@ -30,23 +30,16 @@ impl Listener {
         mut req: Request,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let parsed = read_until(&mut stream, &mut buf, req.deadline, http::parse_head)
+        let parsed = read_until(&mut stream, &mut buf, req.deadline, http::parse_forward)
             .await
             .ok()?;
-        let checked = parsed.and_then(|(head, used)| {
-            http::hygiene(&head)?;
-            let forward = http::forward_target(&head)?;
-            // Bytes past this request's body are a pipelined next request: said once, then closed
-            // (Pingora would drop it silently).
-            let extra = (buf.len() - used) as u64;
-            if http::declared_body(&head).is_some_and(|body| extra > body) {
-                return Err(http::Error::Refused(
-                    "pipelined requests are not served: send the next request after the response",
-                ));
-            }
-            Ok((head, used, forward))
-        });
-        let (head, used, forward) = match checked {
+        let (
+            http::Forward {
+                head,
+                target: forward,
+            },
+            used,
+        ) = match parsed {
             Ok(done) => done,
             Err(e) => {
                 self.finish_refused(&req, None, Outcome::BadRequest, e.to_string());
@@ -69,13 +62,7 @@ impl Listener {
                 return None;
             }
         };
-        let bytes = if forward.replace_host {
-            let mut v = http::without_host(&buf[..used]);
-            v.extend_from_slice(&buf[used..]);
-            v
-        } else {
-            buf.to_vec()
-        };
+        let bytes = http::forward_bytes(&buf, used, &forward);
         let seen = Arc::new(AtomicBool::new(false));
         let admitted = Admitted {
             who: req.who.clone(),

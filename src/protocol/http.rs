@@ -307,6 +307,47 @@ pub fn without_host(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A forwardable request head: the head and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// The head as parsed.
+    pub head: Head,
+    /// Its destination and the Host rule applied to it.
+    pub target: ForwardTarget,
+}
+
+/// Parses and judges an absolute-form request head at the start of `buf`, with every rule a
+/// forwarded request must pass: the limits of [`parse_head`], [`hygiene`], [`forward_target`],
+/// and no bytes past the request's declared body (a pipelined next request, which is refused
+/// rather than dropped). `Ok(None)` while the head is incomplete, as [`parse_head`].
+pub fn parse_forward(buf: &[u8]) -> Result<Option<(Forward, usize)>, Error> {
+    let Some((head, used)) = parse_head(buf)? else {
+        return Ok(None);
+    };
+    hygiene(&head)?;
+    let target = forward_target(&head)?;
+    let extra = buf.len().saturating_sub(used) as u64;
+    if declared_body(&head).is_some_and(|body| extra > body) {
+        return Err(Error::Refused(
+            "pipelined requests are not served: send the next request after the response",
+        ));
+    }
+    Ok(Some((Forward { head, target }, used)))
+}
+
+/// The bytes to hand on for a head [`parse_forward`] accepted in `buf` (`used` long): the same
+/// bytes, or, when its `Host` is replaced, the head without it followed by the rest.
+pub fn forward_bytes(buf: &[u8], used: usize, target: &ForwardTarget) -> Vec<u8> {
+    let (head, rest) = buf.split_at(used.min(buf.len()));
+    let mut out = if target.replace_host {
+        without_host(head)
+    } else {
+        head.to_vec()
+    };
+    out.extend_from_slice(rest);
+    out
+}
+
 /// How many bytes of body follow a head (Content-Length), `None` for chunked or unknown: what
 /// lets the listener tell a pipelined next request from this request's body.
 pub fn declared_body(head: &Head) -> Option<u64> {
