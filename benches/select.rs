@@ -24,7 +24,7 @@ fn pool(n: usize, down_every: Option<usize>) -> Arc<Pool> {
             }
         }
     }
-    Arc::new(Pool::new(members))
+    Arc::new(Pool::new(members, 0))
 }
 
 fn picks(c: &mut Criterion) {

@@ -158,7 +158,8 @@ pub enum Selection {
     RoundRobin,
     /// The member with the fewest active connections among the next few in rotation.
     LeastConnections,
-    /// Power of two choices: two random members, the less loaded one wins.
+    /// Power of two choices: the next member in rotation and a random one, the less loaded wins
+    /// (a tie goes to the rotation, so idle members share requests evenly).
     RandomTwo,
 }
 

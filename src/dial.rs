@@ -93,30 +93,56 @@ pub struct Connected {
 /// Size at which expired failure entries are swept.
 const PRUNE_AT: usize = 10_000;
 
-/// Addresses that recently failed to connect, shared by every request: they are tried last until
-/// the memory expires, so one client's failure spares the next client the wait.
+/// The first back-off of a failed address before one request may try it again.
+pub const FIRST_RETRY: Duration = Duration::from_secs(2);
+
+/// What carousel remembers of a failed address.
+#[derive(Debug, Clone, Copy)]
+struct Failed {
+    /// Until then it is tried last; after it, one request tries it first (half-open).
+    until: Instant,
+    /// The current back-off: doubles on each failed trial, up to the memory's longest.
+    backoff: Duration,
+}
+
+/// Addresses that recently failed to connect, shared by every request, for names that have no
+/// active health checks. A failed address is never the first pick while another is not failed,
+/// and the others rotate evenly among themselves. After a short back-off (2 s, doubling with each
+/// failed trial up to `dial.failure_memory_seconds`) one request tries it first: a success puts
+/// it back in rotation with its full share.
 pub struct FailureMemory {
-    failed: DashMap<SocketAddr, Instant>,
-    ttl: Duration,
+    failed: DashMap<SocketAddr, Failed>,
+    longest: Duration,
 }
 
 impl FailureMemory {
-    /// A memory that forgets a failure after `ttl`.
-    pub fn new(ttl: Duration) -> Self {
+    /// A memory whose back-off grows up to `longest`.
+    pub fn new(longest: Duration) -> Self {
         Self {
             failed: DashMap::new(),
-            ttl,
+            longest: longest.max(FIRST_RETRY),
         }
     }
 
     /// Records a failed connect to `addr`.
     pub fn mark_failed(&self, addr: SocketAddr) {
         let now = Instant::now();
-        // Clients choose the addresses: expired entries are swept before the map grows large.
+        // Clients choose the addresses: entries long past their back-off are swept before the
+        // map grows large.
         if self.failed.len() >= PRUNE_AT {
-            self.failed.retain(|_, until| *until > now);
+            let longest = self.longest;
+            self.failed.retain(|_, f| now < f.until + longest);
         }
-        self.failed.insert(addr, now + self.ttl);
+        let mut e = self.failed.entry(addr).or_insert(Failed {
+            until: now,
+            backoff: Duration::ZERO,
+        });
+        e.backoff = if e.backoff.is_zero() {
+            FIRST_RETRY
+        } else {
+            (e.backoff * 2).min(self.longest)
+        };
+        e.until = now + e.backoff;
     }
 
     /// Records a successful connect: `addr` is good again.
@@ -126,28 +152,54 @@ impl FailureMemory {
         }
     }
 
-    /// Whether `addr` failed recently.
+    /// Whether `addr` failed recently (and is not yet due for a trial).
     pub fn is_failed(&self, addr: &SocketAddr) -> bool {
         if self.failed.is_empty() {
             return false;
         }
-        match self.failed.get(addr).map(|t| *t) {
-            Some(until) if Instant::now() < until => true,
-            Some(_) => {
-                self.failed.remove(addr);
-                false
-            }
-            None => false,
-        }
+        self.failed
+            .get(addr)
+            .is_some_and(|f| Instant::now() < f.until)
     }
 
-    /// Reorders `candidates` so recently failed ones come last, keeping the rotation otherwise.
-    pub fn order(&self, candidates: &mut [SocketAddr]) {
+    /// Orders this request's candidates: a failed address due for its half-open trial first (at
+    /// most one, claimed by this request), then the addresses that are not failed, rotated by
+    /// `turn` among themselves, then the failed ones. `addrs` is the name's full set in a stable
+    /// order; `turn` is the name's per-request counter.
+    pub fn order(&self, addrs: &[SocketAddr], turn: usize) -> Vec<SocketAddr> {
+        let rotate = |v: &[SocketAddr]| -> Vec<SocketAddr> {
+            let n = v.len().max(1);
+            (0..v.len()).map(|i| v[(turn + i) % n]).collect()
+        };
         if self.failed.is_empty() {
-            return;
+            return rotate(addrs);
         }
-        // A stable sort by "failed" keeps rotation order within each group.
-        candidates.sort_by_cached_key(|a| self.is_failed(a));
+        let now = Instant::now();
+        let mut trial = None;
+        let mut good = Vec::with_capacity(addrs.len());
+        let mut bad = Vec::new();
+        for &a in addrs {
+            match self.failed.get_mut(&a) {
+                None => good.push(a),
+                Some(mut f)
+                    if trial.is_none() && now >= f.until && now < f.until + self.longest =>
+                {
+                    // Claim the trial: until its outcome is known, it counts as failed again.
+                    f.until = now + f.backoff;
+                    trial = Some(a);
+                }
+                Some(f) if now >= f.until + self.longest => {
+                    drop(f);
+                    self.failed.remove(&a);
+                    good.push(a);
+                }
+                Some(_) => bad.push(a),
+            }
+        }
+        let mut out: Vec<SocketAddr> = trial.into_iter().collect();
+        out.extend(rotate(&good));
+        out.extend(bad);
+        out
     }
 }
 
@@ -213,19 +265,55 @@ pub async fn dial(
 mod tests {
     use super::*;
 
+    fn addrs() -> Vec<SocketAddr> {
+        (1..=4)
+            .map(|i| format!("127.0.0.{i}:80").parse().unwrap())
+            .collect()
+    }
+
     #[test]
     fn failed_addresses_go_last_and_keep_rotation() {
         let m = FailureMemory::new(Duration::from_secs(30));
-        let a: Vec<SocketAddr> = (1..=4)
-            .map(|i| format!("127.0.0.{i}:80").parse().unwrap())
-            .collect();
+        let a = addrs();
         m.mark_failed(a[1]);
-        let mut c = a.clone();
-        m.order(&mut c);
-        assert_eq!(c, vec![a[0], a[2], a[3], a[1]]);
+        assert_eq!(m.order(&a, 0), vec![a[0], a[2], a[3], a[1]]);
         m.mark_ok(a[1]);
-        let mut c = a.clone();
-        m.order(&mut c);
-        assert_eq!(c, a);
+        assert_eq!(m.order(&a, 0), a);
+    }
+
+    #[test]
+    fn the_others_rotate_evenly_while_one_is_failed() {
+        let m = FailureMemory::new(Duration::from_secs(30));
+        let a = addrs();
+        m.mark_failed(a[2]);
+        let mut firsts = std::collections::HashMap::new();
+        for turn in 0..90 {
+            let order = m.order(&a, turn);
+            assert_eq!(order[3], a[2], "the failed address is last");
+            *firsts.entry(order[0]).or_insert(0) += 1;
+        }
+        assert_eq!(firsts.get(&a[2]), None);
+        assert!(firsts.values().all(|&n| n == 30), "{firsts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_address_gets_one_half_open_trial_after_its_back_off() {
+        let m = FailureMemory::new(Duration::from_secs(30));
+        let a = addrs();
+        m.mark_failed(a[0]);
+        assert_eq!(*m.order(&a, 0).last().unwrap(), a[0]);
+        tokio::time::advance(FIRST_RETRY).await;
+        // One request, and only one, tries it first.
+        assert_eq!(m.order(&a, 0)[0], a[0]);
+        assert_eq!(*m.order(&a, 0).last().unwrap(), a[0]);
+        // The trial fails: the back-off doubles.
+        m.mark_failed(a[0]);
+        tokio::time::advance(FIRST_RETRY).await;
+        assert_eq!(*m.order(&a, 1).last().unwrap(), a[0]);
+        tokio::time::advance(FIRST_RETRY).await;
+        assert_eq!(m.order(&a, 1)[0], a[0]);
+        // The trial succeeds: back in rotation with its full share.
+        m.mark_ok(a[0]);
+        assert_eq!(m.order(&a, 0), a);
     }
 }

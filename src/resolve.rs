@@ -54,7 +54,8 @@ pub enum ResolveError {
 pub struct Resolved {
     /// Every address of the name, in the order the nameserver gave them.
     pub addrs: Arc<[IpAddr]>,
-    /// Index to start the rotation at; successive requests get successive starts.
+    /// This request's turn on the name: successive requests get successive turns, and the
+    /// rotation starts at `start % addrs.len()`.
     pub start: usize,
     /// True when the set is past its TTL and served because refreshes fail.
     pub stale: bool,
@@ -64,7 +65,8 @@ impl Resolved {
     /// The addresses in this request's rotation order.
     pub fn rotated(&self) -> impl Iterator<Item = IpAddr> + '_ {
         let n = self.addrs.len();
-        (0..n).map(move |i| self.addrs[(self.start + i) % n])
+        let first = self.start % n.max(1);
+        (0..n).map(move |i| self.addrs[(first + i) % n])
     }
 }
 
@@ -307,7 +309,7 @@ impl Resolver {
                 let start = entry.counter.fetch_add(1, Ordering::Relaxed);
                 Some(Ok(Resolved {
                     addrs: addrs.clone(),
-                    start: start % addrs.len(),
+                    start,
                     stale,
                 }))
             }

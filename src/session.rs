@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::auth::{Authenticator, Users};
-use crate::cluster::{Cluster, ClusterTable, Member, Selection};
+use crate::cluster::{Cluster, ClusterTable, Member, Picks};
 use crate::config::Config;
 use crate::dial::{self, Connected, DialFailure, DialSettings, FailKind, FailureMemory};
 use crate::limits::Limits;
@@ -72,7 +72,13 @@ pub struct Candidate {
 
 enum Source {
     List(std::vec::IntoIter<SocketAddr>),
-    Cluster(Selection),
+    Cluster(Picks),
+    /// A member's own address, asked for literally: that member first (if given), then, with
+    /// `rescue_member_ips`, the cluster's other members in rotation.
+    Member {
+        first: Option<Arc<Member>>,
+        rest: Option<Picks>,
+    },
 }
 
 /// Who is asking: checked against the rules for every candidate address.
@@ -91,6 +97,8 @@ pub struct Plan {
     /// The rule that allowed the request (for the access log).
     pub rule: String,
     source: Source,
+    /// The member address a literal request named, skipped when its cluster rescues it.
+    pinned: Option<SocketAddr>,
     tried: u32,
     panic_counted: bool,
     runtime: Arc<Runtime>,
@@ -126,6 +134,21 @@ impl Plan {
         loop {
             let c = match &mut self.source {
                 Source::List(it) => it.next().map(|addr| Candidate { addr, member: None }),
+                Source::Member { first, rest } => match first.take() {
+                    Some(m) => Some(Candidate {
+                        addr: m.addr,
+                        member: Some(m),
+                    }),
+                    None => {
+                        let pinned = self.pinned;
+                        let sel = rest.as_mut()?;
+                        let m = sel.find(|m| Some(m.addr) != pinned)?;
+                        Some(Candidate {
+                            addr: m.addr,
+                            member: Some(m),
+                        })
+                    }
+                },
                 Source::Cluster(sel) => {
                     let m = sel.next()?;
                     if sel.is_panic() && !self.panic_counted {
@@ -180,9 +203,12 @@ impl Plan {
     /// Records a successful connect to `c` after `took`.
     pub fn report_success(&self, proxy: &Proxy, c: &Candidate, took: Duration) {
         proxy.failures.mark_ok(c.addr);
-        match &c.member {
-            Some(m) => m.report_success(crate::cluster::now_ms()),
-            None => metrics()
+        match (&self.cluster, &c.member) {
+            (Some(cluster), Some(m)) => cluster.report_success(m),
+            (None, Some(m)) => {
+                m.report_success(crate::cluster::now_ms());
+            }
+            (_, None) => metrics()
                 .connect_attempts
                 .with_label_values(&["", "", "ok"])
                 .inc(),
@@ -346,46 +372,88 @@ impl Proxy {
             TargetHost::Ip(_) => None,
         };
         let clusters = self.clusters.load();
-        let cluster = match &target.host {
-            TargetHost::Name(name) => clusters.get(name).filter(|c| c.serves_port(target.port)),
-            TargetHost::Ip(ip) => clusters.rescue(*ip, target.port),
-        };
-        let source = if let Some(cluster) = cluster {
-            if !cluster.is_ready() {
-                cluster.wait_ready(runtime.dial.deadline).await;
+        let mut pinned = None;
+        let (cluster, source) = match &target.host {
+            TargetHost::Name(name) => {
+                match clusters.get(name).filter(|c| c.serves_port(target.port)) {
+                    Some(cluster) => (
+                        Some(cluster.clone()),
+                        self.cluster_source(cluster, &runtime, target).await?,
+                    ),
+                    None => {
+                        let resolved = self.resolver.resolve(name).await?;
+                        let all: Vec<SocketAddr> = resolved
+                            .addrs
+                            .iter()
+                            .map(|ip| SocketAddr::new(*ip, target.port))
+                            .collect();
+                        let order = self.failures.order(&all, resolved.start);
+                        (None, Source::List(order.into_iter()))
+                    }
+                }
             }
-            let sel = cluster.select(target.port).ok_or_else(|| {
-                let snap = cluster.snapshot();
-                match &snap.dns_error {
-                    Some(e) => OpenError::NoMembers(format!("{} (DNS: {e})", cluster.name)),
-                    None => OpenError::NoMembers(cluster.name.clone()),
+            TargetHost::Ip(ip) => {
+                let addr = SocketAddr::new(*ip, target.port);
+                match clusters.member_at(addr) {
+                    // A member's address is that member's request: it counts in its metrics and
+                    // passive ejection; with rescue, the others follow in rotation, and a member
+                    // known to be out of service is not tried at all.
+                    Some((cluster, member)) if cluster.cfg.rescue_member_ips => {
+                        pinned = Some(addr);
+                        let usable = member.availability(crate::cluster::now_ms())
+                            == crate::cluster::Availability::Healthy;
+                        let rest = cluster.select(target.port);
+                        (
+                            Some(cluster.clone()),
+                            Source::Member {
+                                first: usable.then_some(member),
+                                rest,
+                            },
+                        )
+                    }
+                    Some((cluster, member)) => (
+                        Some(cluster.clone()),
+                        Source::Member {
+                            first: Some(member),
+                            rest: None,
+                        },
+                    ),
+                    None => (None, Source::List(vec![addr].into_iter())),
                 }
-            })?;
-            Source::Cluster(sel)
-        } else {
-            let mut addrs: Vec<SocketAddr> = match &target.host {
-                TargetHost::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
-                TargetHost::Name(name) => {
-                    let resolved = self.resolver.resolve(name).await?;
-                    resolved
-                        .rotated()
-                        .map(|ip| SocketAddr::new(ip, target.port))
-                        .collect()
-                }
-            };
-            self.failures.order(&mut addrs);
-            Source::List(addrs.into_iter())
+            }
         };
         Ok(Plan {
-            cluster: cluster.cloned(),
+            cluster,
             rule,
             source,
+            pinned,
             tried: 0,
             panic_counted: false,
             runtime,
             who: who.clone(),
             name,
         })
+    }
+
+    /// A configured cluster's candidates for `target`: its usable members in rotation, waiting
+    /// (within the dial deadline) for a first discovery still under way.
+    async fn cluster_source(
+        &self,
+        cluster: &Arc<Cluster>,
+        runtime: &Runtime,
+        target: &Target,
+    ) -> Result<Source, OpenError> {
+        if !cluster.is_ready() {
+            cluster.wait_ready(runtime.dial.deadline).await;
+        }
+        let sel = cluster.select(target.port).ok_or_else(|| {
+            let snap = cluster.snapshot();
+            match &snap.dns_error {
+                Some(e) => OpenError::NoMembers(format!("{} (DNS: {e})", cluster.name)),
+                None => OpenError::NoMembers(cluster.name.clone()),
+            }
+        })?;
+        Ok(Source::Cluster(sel))
     }
 
     /// Opens a connection to `target` for a tunnel: plan, then ordered attempts.

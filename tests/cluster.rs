@@ -499,3 +499,120 @@ async fn srv_weights_are_honoured() {
     let ratio = a / b;
     assert!((2.7..=3.3).contains(&ratio), "3:1 expected, got {a}:{b}");
 }
+
+/// How many of `served` each of `names` got.
+fn counts(served: &[String], names: &[&str]) -> Vec<usize> {
+    names
+        .iter()
+        .map(|n| served.iter().filter(|s| s == n).count())
+        .collect()
+}
+
+/// Health checks too slow to notice anything during a test: only the request path acts.
+const SLOW_HEALTH: &str = "interval_ms = 60000\ntimeout_ms = 500\nrise = 1\nfall = 1\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survivors_of_a_killed_member_share_its_load_evenly() {
+    let f = Fixture::new(30, "", SLOW_HEALTH, "consecutive_failures = 3\n").await;
+    f.backends[1].stop();
+    for via in BOTH {
+        let mut served = Vec::new();
+        for _ in 0..90 {
+            served.push(
+                who(via, &f.proxy, NAME, f.port)
+                    .await
+                    .expect("no failed request"),
+            );
+        }
+        let c = counts(&served, &["b11", "b12", "b13"]);
+        assert_eq!(c[1], 0, "{via:?}: {c:?}");
+        // ±10% of 45, the spec (a skipping wheel gives 30/60).
+        assert!(
+            c[0].abs_diff(45) <= 5 && c[2].abs_diff(45) <= 5,
+            "{via:?}: survivors got {c:?}"
+        );
+    }
+    assert_eq!(f.metric("carousel_member_ejected", 12).await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survivors_of_a_blackholed_member_share_its_load_evenly() {
+    let f = Fixture::new(30, "", SLOW_HEALTH, "consecutive_failures = 2\n").await;
+    f.backends[2].stop();
+    let _hole =
+        carousel::testbed::blackhole::Blackhole::new(SocketAddr::new(IpAddr::V4(ip4(13)), f.port))
+            .unwrap();
+    let (served, errors) = run(&f, 60).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let c = counts(&served, &["b11", "b12", "b13"]);
+    assert!(c[0].abs_diff(30) <= 3 && c[1].abs_diff(30) <= 3, "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_members_address_is_rescued_by_the_request_path_at_once() {
+    let f = Fixture::new(
+        30,
+        "rescue_member_ips = true",
+        SLOW_HEALTH,
+        "consecutive_failures = 2\n",
+    )
+    .await;
+    f.backends[1].stop();
+    // Clients that resolved the name themselves, SOCKS4 and SOCKS5 with the address: from the
+    // first request on, no failure, long before any active check.
+    for i in 0..10 {
+        let via = BOTH[i % 2];
+        let name = who(via, &f.proxy, "127.0.0.12", f.port)
+            .await
+            .unwrap_or_else(|e| panic!("request {i} ({via:?}) failed: {e}"));
+        assert!(name == "b11" || name == "b13", "{name}");
+        let mut s = TcpStream::connect(f.proxy.socks).await.unwrap();
+        let mut req = vec![4, 1];
+        req.extend_from_slice(&f.port.to_be_bytes());
+        req.extend_from_slice(&[127, 0, 0, 12, b'u', 0]);
+        s.write_all(&req).await.unwrap();
+        let mut r = [0u8; 8];
+        s.read_exact(&mut r).await.unwrap();
+        assert_eq!(r[1], 0x5A, "SOCKS4 request {i} refused");
+        s.write_all(b"WHO\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.trim() == "b11" || out.trim() == "b13", "{out}");
+    }
+    // The request path ejected it; the active checks (every 60 s) never ran again.
+    assert_eq!(f.metric("carousel_member_ejected", 12).await, 1.0);
+    assert_eq!(f.metric("carousel_member_up", 12).await, 1.0);
+    assert!(f.attempts(12, "refused").await >= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_weights_hold_among_survivors() {
+    let dns = DnsServer::start().await;
+    let ips: Vec<IpAddr> = [11, 12, 13].iter().map(|&i| IpAddr::V4(ip4(i))).collect();
+    let (port, backends) = Backend::start_set(&ips, &["b11", "b12", "b13"]).await;
+    for (n, i) in [("a", 11), ("b", 12), ("c", 13)] {
+        dns.set_a(&format!("{n}.cluster.test"), &[ip4(i)], 30);
+    }
+    dns.set_srv(
+        "_chat._tcp.cluster.test",
+        &[
+            (0, 30, port, "a.cluster.test"),
+            (0, 10, port, "b.cluster.test"),
+            (0, 10, port, "c.cluster.test"),
+        ],
+        30,
+    );
+    let extra = format!(
+        "[[cluster]]\nname = \"{NAME}\"\nports = [{port}]\nsrv = \"_chat._tcp.cluster.test\"\n[cluster.health]\n{FAST_HEALTH}\n"
+    );
+    let f = Fixture::ready(dns, port, backends, &extra).await;
+    f.backends[2].stop();
+    f.wait_until("b13 down", Duration::from_secs(3), || async {
+        f.metric("carousel_member_up", 13).await == 0.0
+    })
+    .await;
+    let (served, errors) = run(&f, 200).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let c = counts(&served, &["b11", "b12", "b13"]);
+    assert_eq!(c, vec![150, 50, 0], "3:1 among the survivors");
+}

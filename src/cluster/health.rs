@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{now_ms, Cluster, Member};
+use super::{Cluster, Member};
 use crate::config::{HealthKind, HealthSection};
 
 /// Starts the check loop of `member`; it ends when the member or the cluster is retired.
@@ -30,8 +30,7 @@ pub fn spawn(cluster: Arc<Cluster>, member: Arc<Member>) {
                 Ok(()) => (true, String::new()),
                 Err(e) => (false, e.clone()),
             };
-            member.report_check(ok, &err, h.rise, h.fall, now_ms());
-            cluster.update_state_gauges();
+            cluster.report_check(&member, ok, &err);
             let spread = f64::from(h.jitter_percent) / 100.0;
             let factor = 1.0 - spread + fastrand::f64() * 2.0 * spread;
             tokio::time::sleep(interval.mul_f64(factor.max(0.05))).await;

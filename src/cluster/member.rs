@@ -76,6 +76,7 @@ pub struct Member {
     failures: AtomicU64,
     retired: AtomicBool,
     record: Mutex<CheckRecord>,
+    down: tokio::sync::watch::Sender<bool>,
     m: MemberMetrics,
 }
 
@@ -127,6 +128,7 @@ impl Member {
             failures: AtomicU64::new(0),
             retired: AtomicBool::new(false),
             record: Mutex::new(CheckRecord::default()),
+            down: tokio::sync::watch::channel(false).0,
             m,
         }
     }
@@ -203,21 +205,30 @@ impl Member {
         ActiveGuard(self.clone())
     }
 
-    /// A request connected: passive state resets, a half-open trial ends the ejection.
-    pub fn report_success(&self, now_ms: u64) {
+    /// A request connected: passive state resets, a half-open trial ends the ejection. Returns
+    /// whether it came back into service (the cluster then rebuilds its rotation).
+    pub fn report_success(&self, now_ms: u64) -> bool {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.m.attempts_ok.inc();
         self.consecutive_failures.store(0, Ordering::Relaxed);
         if self.trial.swap(false, Ordering::AcqRel)
             || self.ejected_until_ms.load(Ordering::Relaxed) != 0
         {
-            self.unejected_now(Some(now_ms));
+            return self.unejected_now(Some(now_ms));
         }
+        false
+    }
+
+    /// Gives back a half-open trial this request claimed but never reported (its attempt was
+    /// abandoned), so another request may make it.
+    pub fn release_trial(&self) {
+        self.trial.store(false, Ordering::Release);
     }
 
     /// A request failed to connect (`result`: refused, timeout, unreachable, error). Ejects after
     /// `consecutive_failures`, or at once when a half-open trial fails; `may_eject` says whether
-    /// the cluster's ejection budget (`max_ejection_percent`) allows another ejection.
+    /// the cluster's ejection budget (`max_ejection_percent`) allows another ejection. Returns
+    /// whether it left service.
     pub fn report_failure(
         &self,
         result: &str,
@@ -225,7 +236,7 @@ impl Member {
         outlier: &OutlierSection,
         now_ms: u64,
         may_eject: impl FnOnce() -> bool,
-    ) {
+    ) -> bool {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.failures.fetch_add(1, Ordering::Relaxed);
         match result {
@@ -242,7 +253,9 @@ impl Member {
         let ejected = self.ejected_until_ms.load(Ordering::Relaxed);
         if was_trial || (ejected == 0 && n >= outlier.consecutive_failures.max(1) && may_eject()) {
             self.eject(outlier, now_ms);
+            return ejected == 0;
         }
+        false
     }
 
     fn eject(&self, outlier: &OutlierSection, now_ms: u64) {
@@ -267,18 +280,22 @@ impl Member {
         tracing::warn!(cluster = %self.cluster, member = %self.addr, ejection_ms = len, "member ejected");
     }
 
-    fn unejected_now(&self, now_ms: Option<u64>) {
+    fn unejected_now(&self, now_ms: Option<u64>) -> bool {
         if self.ejected_until_ms.swap(0, Ordering::Relaxed) != 0 {
             if let Some(now) = now_ms {
                 self.last_unejected_ms.store(now, Ordering::Relaxed);
             }
             self.m.ejected.set(0);
             tracing::info!(cluster = %self.cluster, member = %self.addr, "member back in service");
+            return true;
         }
+        false
     }
 
     /// Applies one active check result with rise/fall hysteresis; a pass also ends an ejection.
-    pub fn report_check(&self, ok: bool, error: &str, rise: u32, fall: u32, now_ms: u64) {
+    /// Returns whether the member's state changed (up, down, or back from an ejection).
+    pub fn report_check(&self, ok: bool, error: &str, rise: u32, fall: u32, now_ms: u64) -> bool {
+        let mut changed = false;
         let first = !self.checked.swap(true, Ordering::Relaxed);
         if let Ok(mut r) = self.record.lock() {
             r.at_unix = SystemTime::now()
@@ -297,11 +314,12 @@ impl Member {
             if !self.up.load(Ordering::Relaxed) && n >= rise {
                 self.up.store(true, Ordering::Relaxed);
                 self.m.up.set(1);
+                changed = true;
                 tracing::info!(cluster = %self.cluster, member = %self.addr, "member up");
             }
             if self.ejected_until_ms.load(Ordering::Relaxed) != 0 {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
-                self.unejected_now(Some(now_ms));
+                changed |= self.unejected_now(Some(now_ms));
             }
         } else {
             self.m.checks_fail.inc();
@@ -312,9 +330,21 @@ impl Member {
             if self.up.load(Ordering::Relaxed) && (n >= fall || first) {
                 self.up.store(false, Ordering::Relaxed);
                 self.m.up.set(0);
+                changed = true;
+                let _ = self.down.send_replace(true);
                 tracing::warn!(cluster = %self.cluster, member = %self.addr, error, "member down");
             }
         }
+        if changed && self.up.load(Ordering::Relaxed) {
+            let _ = self.down.send_replace(false);
+        }
+        changed
+    }
+
+    /// Watches the active-check state: `true` while the checks mark the member down. Tunnels to
+    /// it close on `true` when its cluster is set to `on_member_down = "close_tunnels"`.
+    pub fn watch_down(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.down.subscribe()
     }
 
     /// Drops this member's per-member metric series (after removal from the cluster).

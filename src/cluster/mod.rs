@@ -8,7 +8,7 @@ pub mod member;
 pub mod select;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::config::ClusterSection;
 use crate::metrics::metrics;
 pub use member::{Availability, Member};
-pub use select::{Pool, Selection};
+pub use select::{Picks, Pool};
 
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
@@ -166,7 +166,7 @@ impl Cluster {
 
     /// This request's candidates for client port `port`, or `None` when the cluster has no
     /// members for it.
-    pub fn select(&self, port: u16) -> Option<Selection> {
+    pub fn select(&self, port: u16) -> Option<Picks> {
         let snap = self.snapshot.load();
         let pool = snap.pools.get(&port).or_else(|| snap.pools.get(&0))?;
         if pool.is_empty() {
@@ -203,10 +203,39 @@ impl Cluster {
 
     /// Reports a failed connect to `member` (passive outlier detection).
     pub fn report_failure(&self, member: &Member, result: &str, error: &str) {
-        member.report_failure(result, error, &self.cfg.outlier, now_ms(), || {
+        let left = member.report_failure(result, error, &self.cfg.outlier, now_ms(), || {
             self.may_eject()
         });
+        if left {
+            self.refresh_rotation();
+        }
         self.update_state_gauges();
+    }
+
+    /// Reports a successful connect to `member`; one back from an ejection rejoins the rotation.
+    pub fn report_success(&self, member: &Member) {
+        if member.report_success(now_ms()) {
+            self.refresh_rotation();
+            self.update_state_gauges();
+        }
+    }
+
+    /// Applies an active check result to `member`; a state change rebuilds the rotation.
+    pub fn report_check(&self, member: &Member, ok: bool, error: &str) {
+        let h = &self.cfg.health;
+        if member.report_check(ok, error, h.rise, h.fall, now_ms()) {
+            self.refresh_rotation();
+        }
+        self.update_state_gauges();
+    }
+
+    /// Rebuilds every pool's usable wheels from the members' health now: called on each health
+    /// change, never on the request path.
+    pub fn refresh_rotation(&self) {
+        let now = now_ms();
+        for pool in self.snapshot.load().pools.values() {
+            pool.refresh(now);
+        }
     }
 
     /// Installs a new member set from discovery, keeping the state of members that stay; returns
@@ -275,7 +304,7 @@ impl Cluster {
     fn build_pools(&self, members: &[Arc<Member>]) -> HashMap<u16, Arc<Pool>> {
         let mut pools = HashMap::new();
         if self.cfg.srv.is_some() {
-            pools.insert(0, Arc::new(Pool::new(members.to_vec())));
+            pools.insert(0, Arc::new(Pool::new(members.to_vec(), now_ms())));
         } else {
             for &port in &self.cfg.ports {
                 let ms = members
@@ -283,7 +312,7 @@ impl Cluster {
                     .filter(|m| m.addr.port() == port)
                     .cloned()
                     .collect();
-                pools.insert(port, Arc::new(Pool::new(ms)));
+                pools.insert(port, Arc::new(Pool::new(ms, now_ms())));
             }
         }
         pools
@@ -344,21 +373,14 @@ impl ClusterTable {
         self.by_name.values()
     }
 
-    /// For a literal-address target: the cluster that should serve it instead, when the address
-    /// is a member that is down or ejected and its cluster opted into `rescue_member_ips`.
-    pub fn rescue(&self, ip: IpAddr, port: u16) -> Option<&Arc<Cluster>> {
-        let now = now_ms();
-        self.by_name.values().find(|c| {
-            c.cfg.rescue_member_ips
-                && c.serves_port(port)
-                && c.snapshot().members.iter().any(|m| {
-                    m.addr.ip() == ip
-                        && (c.cfg.srv.is_some() || m.addr.port() == port)
-                        && matches!(
-                            m.availability(now),
-                            Availability::Down | Availability::Ejected
-                        )
-                })
+    /// For a literal-address target: the cluster member at `addr` (on a port its cluster
+    /// serves) and its cluster, if it is one.
+    pub fn member_at(&self, addr: SocketAddr) -> Option<(&Arc<Cluster>, Arc<Member>)> {
+        self.by_name.values().find_map(|c| {
+            if !c.serves_port(addr.port()) && c.cfg.srv.is_none() {
+                return None;
+            }
+            c.member_at(addr).map(|m| (c, m))
         })
     }
 }

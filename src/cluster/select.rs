@@ -1,36 +1,58 @@
 //! Choosing members for one request: a lazy iterator over a pool's members in this request's
-//! order, healthy ones only, falling back to every member (panic mode) when none is healthy.
+//! order, usable ones only, falling back to every member (panic mode) when none is usable.
 //!
-//! The first pick costs one atomic increment and, when most members are healthy, a probe or two;
-//! it does not depend on the number of members. Later picks (try-next) are computed only when a
-//! connect actually fails.
+//! The rotation runs over the members that are usable now, not over the full set skipping the
+//! others: skipping hands a dead member's whole share to the member after it on the wheel, so two
+//! survivors of three would get one third and two thirds. Health changes are rare, so on each one
+//! the cluster rebuilds the pool's usable wheels (weighted, per SRV priority) off the request path
+//! and swaps them in, as HAProxy rebuilds its map on a state change. The first pick costs one
+//! atomic increment and a load, whatever the number of members; later picks (try-next) continue
+//! in rotation order and are computed only when a connect actually fails. Ejected members wait in
+//! a short list of their own: when an ejection ends, the first request claims the one half-open
+//! trial.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use super::member::{Availability, Member};
 use crate::config::Selection as Mode;
 
-/// Members sharing one SRV priority, laid out on a weighted wheel.
+/// Members sharing one SRV priority: the rotation counter, which outlives every rebuild of the
+/// usable wheels so a health change does not restart the rotation.
 struct Level {
-    /// Member indices, each repeated by its (normalised) weight, interleaved smoothly.
-    wheel: Box<[u32]>,
+    /// Where the members of this level start in `Pool::members`.
+    first: usize,
+    /// How many members it has.
+    len: usize,
     counter: AtomicUsize,
 }
 
-/// The members one request on one port may use, immutable once built (health is in the members).
+/// The usable members of each level, laid out on weighted wheels; rebuilt on health changes.
+#[derive(Default)]
+struct Usable {
+    /// Per level: member indices, each repeated by its (normalised) weight, interleaved smoothly.
+    wheels: Vec<Box<[u32]>>,
+    /// Ejected members (up by the active checks): each may become a half-open trial.
+    ejected: Box<[u32]>,
+}
+
+/// The members one request on one port may use. The member list is immutable once built; what
+/// changes with health is the usable snapshot.
 pub struct Pool {
     /// Every member, lowest priority value (most preferred) first.
     pub members: Vec<Arc<Member>>,
     levels: Vec<Level>,
+    usable: ArcSwap<Usable>,
 }
 
 /// Largest wheel built for one priority level; weights are scaled down to fit.
 const MAX_WHEEL: u64 = 10_000;
 
 impl Pool {
-    /// Builds the pool; the wheel is laid out here, never on the request path.
-    pub fn new(mut members: Vec<Arc<Member>>) -> Self {
+    /// Builds the pool and its usable wheels from the members' health now.
+    pub fn new(mut members: Vec<Arc<Member>>, now_ms: u64) -> Self {
         members.sort_by_key(|m| m.priority);
         let mut levels = Vec::new();
         let mut i = 0;
@@ -40,18 +62,54 @@ impl Pool {
                 .iter()
                 .position(|m| m.priority != p)
                 .map_or(members.len(), |k| i + k);
-            let weights: Vec<u64> = members[i..j].iter().map(|m| u64::from(m.weight)).collect();
-            let wheel = smooth_wheel(&weights)
-                .into_iter()
-                .map(|k| (i + k) as u32)
-                .collect();
             levels.push(Level {
-                wheel,
+                first: i,
+                len: j - i,
                 counter: AtomicUsize::new(0),
             });
             i = j;
         }
-        Self { members, levels }
+        let pool = Self {
+            members,
+            levels,
+            usable: ArcSwap::from_pointee(Usable::default()),
+        };
+        pool.refresh(now_ms);
+        pool
+    }
+
+    /// Rebuilds the usable wheels from the members' health at `now_ms` (after a health change).
+    pub fn refresh(&self, now_ms: u64) {
+        let mut wheels = Vec::with_capacity(self.levels.len());
+        let mut ejected = Vec::new();
+        for lv in &self.levels {
+            let mut idx = Vec::new();
+            let mut weights = Vec::new();
+            for k in lv.first..lv.first + lv.len {
+                let m = &self.members[k];
+                if m.is_retired() {
+                    continue;
+                }
+                match m.availability(now_ms) {
+                    Availability::Healthy => {
+                        idx.push(k as u32);
+                        weights.push(u64::from(m.weight));
+                    }
+                    Availability::Ejected | Availability::HalfOpen => ejected.push(k as u32),
+                    Availability::Down => {}
+                }
+            }
+            wheels.push(
+                smooth_wheel(&weights)
+                    .into_iter()
+                    .map(|w| idx[w])
+                    .collect::<Box<[u32]>>(),
+            );
+        }
+        self.usable.store(Arc::new(Usable {
+            wheels,
+            ejected: ejected.into(),
+        }));
     }
 
     /// Number of members.
@@ -64,13 +122,23 @@ impl Pool {
         self.members.is_empty()
     }
 
+    /// How many members are in the rotation now (usable, not counting half-open trials).
+    pub fn usable(&self) -> usize {
+        let u = self.usable.load();
+        let mut seen: Vec<u32> = u.wheels.iter().flat_map(|w| w.iter().copied()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len()
+    }
+
     /// This request's candidates, lazily; `now_ms` is the cluster clock.
-    pub fn select(self: &Arc<Self>, mode: Mode, now_ms: u64) -> Selection {
-        Selection {
+    pub fn select(self: &Arc<Self>, mode: Mode, now_ms: u64) -> Picks {
+        Picks {
+            usable: self.usable.load_full(),
             pool: self.clone(),
             mode,
             now_ms,
-            phase: Phase::Healthy,
+            phase: Phase::Trial,
             level: 0,
             start: None,
             pos: 0,
@@ -81,7 +149,8 @@ impl Pool {
     }
 }
 
-/// Weighted wheel with the heaviest members spread out ("smooth weighted round robin").
+/// Weighted wheel with the heaviest members spread out ("smooth weighted round robin"); entries
+/// are indices into `weights`.
 fn smooth_wheel(weights: &[u64]) -> Vec<usize> {
     if weights.iter().all(|&w| w == weights[0]) {
         return (0..weights.len()).collect();
@@ -124,14 +193,16 @@ const MAX_YIELD: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    Healthy,
+    Trial,
+    Usable,
     Panic,
     Done,
 }
 
 /// One request's candidates in order; see the module docs.
-pub struct Selection {
+pub struct Picks {
     pool: Arc<Pool>,
+    usable: Arc<Usable>,
     mode: Mode,
     now_ms: u64,
     phase: Phase,
@@ -143,8 +214,8 @@ pub struct Selection {
     panic: bool,
 }
 
-impl Selection {
-    /// True once the selection fell back to trying every member because none was healthy.
+impl Picks {
+    /// True once the selection fell back to trying every member because none was usable.
     pub fn is_panic(&self) -> bool {
         self.panic
     }
@@ -161,25 +232,35 @@ impl Selection {
         Some(self.pool.members[idx as usize].clone())
     }
 
-    /// The next member of the current level in rotation that is usable, claiming a half-open
-    /// trial if that is what it finds.
-    fn next_healthy(&mut self) -> Option<u32> {
-        while self.level < self.pool.levels.len() {
-            let lv = &self.pool.levels[self.level];
-            let start = *self
-                .start
-                .get_or_insert_with(|| lv.counter.fetch_add(1, Ordering::Relaxed));
-            while self.pos < lv.wheel.len() {
-                let idx = lv.wheel[(start + self.pos) % lv.wheel.len()];
-                self.pos += 1;
-                if self.seen(idx) {
-                    continue;
-                }
-                let m = &self.pool.members[idx as usize];
-                match m.availability(self.now_ms) {
-                    Availability::Healthy => return Some(idx),
-                    Availability::HalfOpen if m.try_claim_trial() => return Some(idx),
-                    _ => {}
+    fn healthy(&self, idx: u32) -> bool {
+        self.pool.members[idx as usize].availability(self.now_ms) == Availability::Healthy
+    }
+
+    /// An ejected member whose ejection is over, claimed as this request's half-open trial.
+    fn trial(&self) -> Option<u32> {
+        self.usable.ejected.iter().copied().find(|&i| {
+            let m = &self.pool.members[i as usize];
+            m.availability(self.now_ms) == Availability::HalfOpen && m.try_claim_trial()
+        })
+    }
+
+    /// The next usable member in rotation, level by level (a lower SRV priority only when every
+    /// member of the preferred one was tried).
+    fn next_usable(&mut self) -> Option<u32> {
+        while self.level < self.usable.wheels.len() {
+            let wheel = &self.usable.wheels[self.level];
+            if !wheel.is_empty() {
+                let counter = &self.pool.levels[self.level].counter;
+                let start = *self
+                    .start
+                    .get_or_insert_with(|| counter.fetch_add(1, Ordering::Relaxed));
+                while self.pos < wheel.len() {
+                    let idx = wheel[(start + self.pos) % wheel.len()];
+                    self.pos += 1;
+                    // The snapshot may trail a change by a moment: check the member itself.
+                    if !self.seen(idx) && self.healthy(idx) {
+                        return Some(idx);
+                    }
                 }
             }
             self.level += 1;
@@ -189,19 +270,26 @@ impl Selection {
         None
     }
 
-    /// For least-connections and power-of-two: the preferred first member, if any is healthy.
+    /// For least-connections and power-of-two: the preferred first member among the usable ones
+    /// of the most preferred level that has any.
     fn preferred(&mut self) -> Option<u32> {
         let load = |m: &Member| (m.active().max(0) as u64 * 1000) / u64::from(m.weight);
+        let (level, wheel) = self
+            .usable
+            .wheels
+            .iter()
+            .enumerate()
+            .find(|(_, w)| !w.is_empty())?;
+        let wheel = wheel.clone();
         match self.mode {
             Mode::RoundRobin => None,
             Mode::RandomTwo => {
-                let lv = self.pool.levels.first()?;
-                let a = lv.wheel[fastrand::usize(..lv.wheel.len())];
-                let b = lv.wheel[fastrand::usize(..lv.wheel.len())];
-                let ok = |i: u32| {
-                    self.pool.members[i as usize].availability(self.now_ms) == Availability::Healthy
-                };
-                match (ok(a), ok(b)) {
+                // Two choices: the next in rotation and a random one; the less loaded wins, a tie
+                // goes to the rotation, so idle members still share requests exactly evenly.
+                let counter = &self.pool.levels[level].counter;
+                let a = wheel[counter.fetch_add(1, Ordering::Relaxed) % wheel.len()];
+                let b = wheel[fastrand::usize(..wheel.len())];
+                match (self.healthy(a), self.healthy(b)) {
                     (true, true) => {
                         let (ma, mb) = (
                             &self.pool.members[a as usize],
@@ -215,26 +303,18 @@ impl Selection {
                 }
             }
             Mode::LeastConnections => {
-                // The least loaded of the next few healthy members in rotation: bounded work.
-                let lv = self.pool.levels.first()?;
-                let start = *self
-                    .start
-                    .get_or_insert_with(|| lv.counter.fetch_add(1, Ordering::Relaxed));
+                // The least loaded of the next few usable members in rotation: bounded work.
+                let counter = &self.pool.levels[level].counter;
+                let start = counter.fetch_add(1, Ordering::Relaxed);
                 let mut best: Option<(u64, u32)> = None;
-                let mut looked = 0;
-                for step in 0..lv.wheel.len().min(64) {
-                    let idx = lv.wheel[(start + step) % lv.wheel.len()];
-                    let m = &self.pool.members[idx as usize];
-                    if m.availability(self.now_ms) != Availability::Healthy {
+                for step in 0..wheel.len().min(4) {
+                    let idx = wheel[(start + step) % wheel.len()];
+                    if !self.healthy(idx) {
                         continue;
                     }
-                    let l = load(m);
+                    let l = load(&self.pool.members[idx as usize]);
                     if best.is_none_or(|(bl, _)| l < bl) {
                         best = Some((l, idx));
-                    }
-                    looked += 1;
-                    if looked == 4 {
-                        break;
                     }
                 }
                 best.map(|(_, i)| i)
@@ -243,26 +323,30 @@ impl Selection {
     }
 }
 
-impl Iterator for Selection {
+impl Iterator for Picks {
     type Item = Arc<Member>;
 
     fn next(&mut self) -> Option<Arc<Member>> {
         loop {
             match self.phase {
-                Phase::Healthy => {
-                    if self.n == 0 {
-                        if let Some(idx) = self.preferred() {
-                            return self.take(idx);
-                        }
+                Phase::Trial => {
+                    self.phase = Phase::Usable;
+                    if let Some(idx) = self.trial() {
+                        return self.take(idx);
                     }
-                    if let Some(idx) = self.next_healthy() {
+                    if let Some(idx) = self.preferred() {
+                        return self.take(idx);
+                    }
+                }
+                Phase::Usable => {
+                    if let Some(idx) = self.next_usable() {
                         return self.take(idx);
                     }
                     if self.n > 0 {
                         self.phase = Phase::Done;
                         continue;
                     }
-                    // Nothing healthy: try every member rather than fail fast.
+                    // Nothing usable: try every member rather than fail fast.
                     self.phase = Phase::Panic;
                     self.panic = true;
                     self.pos = 0;
@@ -310,7 +394,7 @@ mod tests {
                 ))
             })
             .collect();
-        Arc::new(Pool::new(members))
+        Arc::new(Pool::new(members, 0))
     }
 
     fn firsts(p: &Arc<Pool>, mode: Mode, n: usize) -> HashMap<String, usize> {
@@ -328,9 +412,60 @@ mod tests {
         let h = firsts(&p, Mode::RoundRobin, 90);
         assert!(h.values().all(|&c| c == 30), "{h:?}");
         p.members[1].report_check(false, "x", 1, 1, 0);
+        p.refresh(0);
         let h = firsts(&p, Mode::RoundRobin, 90);
         assert_eq!(h.get("127.0.0.2:80"), None);
         assert_eq!(h.values().sum::<usize>(), 90);
+    }
+
+    #[test]
+    fn survivors_share_evenly_for_every_k_and_mode() {
+        let p = pool(&[(1, 0); 10]);
+        for dead in 0..10 {
+            let k = 10 - dead;
+            for mode in [Mode::RoundRobin, Mode::LeastConnections, Mode::RandomTwo] {
+                let n = 30 * k;
+                let h = firsts(&p, mode, n);
+                assert_eq!(h.len(), k, "{mode:?} with {k} usable: {h:?}");
+                assert!(
+                    h.values().all(|&c| c == 30),
+                    "{mode:?} with {k} usable: {h:?}"
+                );
+            }
+            if dead < 9 {
+                p.members[dead].report_check(false, "x", 1, 1, 0);
+                p.refresh(0);
+            }
+        }
+    }
+
+    #[test]
+    fn try_next_continues_in_rotation_order_over_survivors() {
+        let p = pool(&[(1, 0); 4]);
+        p.members[1].report_check(false, "x", 1, 1, 0);
+        p.refresh(0);
+        let order: Vec<String> = p
+            .select(Mode::RoundRobin, 0)
+            .map(|m| m.addr.to_string())
+            .collect();
+        assert_eq!(order, ["127.0.0.1:80", "127.0.0.3:80", "127.0.0.4:80"]);
+        let order: Vec<String> = p
+            .select(Mode::RoundRobin, 0)
+            .map(|m| m.addr.to_string())
+            .collect();
+        assert_eq!(order, ["127.0.0.3:80", "127.0.0.4:80", "127.0.0.1:80"]);
+    }
+
+    #[test]
+    fn weights_hold_among_survivors() {
+        // SRV 3:1:1 with one of the "1"s dead: 3:1.
+        let p = pool(&[(3, 0), (1, 0), (1, 0)]);
+        p.members[2].report_check(false, "x", 1, 1, 0);
+        p.refresh(0);
+        let h = firsts(&p, Mode::RoundRobin, 400);
+        assert_eq!(h["127.0.0.1:80"], 300, "{h:?}");
+        assert_eq!(h["127.0.0.2:80"], 100, "{h:?}");
+        assert_eq!(h.get("127.0.0.3:80"), None);
     }
 
     #[test]
@@ -359,6 +494,7 @@ mod tests {
         for m in &p.members {
             m.report_check(false, "x", 1, 1, 0);
         }
+        p.refresh(0);
         let mut s = p.select(Mode::RoundRobin, 0);
         let got: Vec<_> = s.by_ref().collect();
         assert_eq!(got.len(), 2);
@@ -375,7 +511,9 @@ mod tests {
             max_ejection_percent: 100,
         };
         p.members[0].report_failure("refused", "x", &o, 0, || true);
+        p.refresh(0);
         let h = firsts(&p, Mode::RoundRobin, 30);
+        assert!(h.values().all(|&c| c == 15), "{h:?}");
         assert_eq!(h.get("127.0.0.1:80"), None);
         // After the ejection: exactly one request gets it as a trial until the trial reports.
         let trials = (0..30)
@@ -393,5 +531,7 @@ mod tests {
         assert_eq!(h.get("127.0.0.3:80"), Some(&30), "{h:?}");
         let h = firsts(&p, Mode::RandomTwo, 300);
         assert!(h.get("127.0.0.3:80").copied().unwrap_or(0) > 150, "{h:?}");
+        // Loaded members lose every comparison with an idle one.
+        assert!(h.get("127.0.0.1:80").copied().unwrap_or(0) < 100, "{h:?}");
     }
 }
