@@ -429,6 +429,9 @@ pub struct DialSection {
     pub deadline_ms: u64,
     /// Most addresses tried per request.
     pub max_attempts: usize,
+    /// Milliseconds an attempt may go unanswered before the next candidate is started beside it
+    /// (connection racing, RFC 8305 §5).
+    pub attempt_delay_ms: u64,
     /// Seconds a failed address is tried last.
     pub failure_memory_seconds: u64,
 }
@@ -439,6 +442,7 @@ impl Default for DialSection {
             connect_timeout_ms: 500,
             deadline_ms: 5000,
             max_attempts: 8,
+            attempt_delay_ms: 250,
             failure_memory_seconds: 30,
         }
     }
@@ -735,6 +739,12 @@ impl Config {
             return err(
                 "dial.deadline_ms",
                 "must not be below dial.connect_timeout_ms",
+            );
+        }
+        if !(10..=2000).contains(&self.dial.attempt_delay_ms) {
+            return err(
+                "dial.attempt_delay_ms",
+                "must be between 10 and 2000 (RFC 8305)",
             );
         }
         if self.dial.max_attempts == 0 {

@@ -11,8 +11,32 @@ use dashmap::DashMap;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::cluster::Member;
 use crate::config::DialSection;
-use crate::session::{Plan, Proxy};
+
+/// One address to try, and the cluster member behind it if any.
+#[derive(Clone)]
+pub struct Candidate {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// The cluster member, for passive health and per-member metrics.
+    pub member: Option<std::sync::Arc<Member>>,
+}
+
+/// Where a dial gets its candidates and reports what happened to each: the session's plan. A
+/// trait, so that the dial knows nothing of sessions, policy or routing.
+pub trait Attempts {
+    /// The next address to try, or `None` when there is none left.
+    fn next_candidate(&mut self) -> Option<Candidate>;
+    /// A connect to `c` failed.
+    fn report_failure(&self, c: &Candidate, kind: FailKind, detail: &str);
+    /// A connect to `c` succeeded after `took`.
+    fn report_success(&self, c: &Candidate, took: Duration);
+    /// An attempt to `c` lost the race to another candidate.
+    fn report_abandoned(&self, c: &Candidate);
+    /// The cluster label of these attempts ("" outside clusters).
+    fn cluster_name(&self) -> &str;
+}
 
 /// How a request's attempts are bounded.
 #[derive(Debug, Clone, Copy)]
@@ -23,6 +47,8 @@ pub struct DialSettings {
     pub deadline: Duration,
     /// Most candidates tried.
     pub max_attempts: usize,
+    /// How long an attempt runs alone before the next candidate races it.
+    pub attempt_delay: Duration,
 }
 
 impl From<&DialSection> for DialSettings {
@@ -31,6 +57,7 @@ impl From<&DialSection> for DialSettings {
             per_attempt: Duration::from_millis(d.connect_timeout_ms),
             deadline: Duration::from_millis(d.deadline_ms),
             max_attempts: d.max_attempts,
+            attempt_delay: Duration::from_millis(d.attempt_delay_ms),
         }
     }
 }
@@ -203,12 +230,14 @@ impl FailureMemory {
     }
 }
 
-/// Connects to the first candidate of `plan` that answers, in order, within the proxy's dial
-/// bounds; every failure and success is reported to the plan (failure memory, member health,
-/// metrics).
+/// Connects to the first candidate of `plan` that answers, racing them (RFC 8305 §5): the next
+/// candidate starts when the previous one failed or has gone unanswered for the attempt delay,
+/// without abandoning it, and the first to connect wins. Each attempt is bounded by the
+/// per-attempt timeout and all of them by the deadline. Every failure and success is reported to
+/// the plan (failure memory, member health, metrics); attempts that lost the race are closed and
+/// reported as abandoned, which is neither for health.
 pub async fn dial(
-    plan: &mut Plan,
-    proxy: &Proxy,
+    plan: &mut impl Attempts,
     settings: DialSettings,
 ) -> Result<Connected, DialFailure> {
     let deadline = Instant::now() + settings.deadline;
@@ -218,47 +247,90 @@ pub async fn dial(
         attempts: 0,
         detail: "no addresses to try".into(),
     };
-    while (attempts as usize) < settings.max_attempts {
+    let mut racing: tokio::task::JoinSet<(usize, Instant, Result<TcpStream, FailKind>, String)> =
+        tokio::task::JoinSet::new();
+    let mut candidates: Vec<Option<Candidate>> = Vec::new();
+    let mut exhausted = false;
+    let mut next_start = Instant::now();
+    let result = loop {
         let now = Instant::now();
         if now >= deadline {
             last.kind = FailKind::Timeout;
             last.detail = format!("deadline of {:?} reached", settings.deadline);
-            break;
+            break Err(());
         }
-        let Some(candidate) = plan.next_candidate() else {
-            break;
+        if !exhausted && now >= next_start && (attempts as usize) < settings.max_attempts {
+            match plan.next_candidate() {
+                Some(candidate) => {
+                    let addr = candidate.addr;
+                    let k = candidates.len();
+                    candidates.push(Some(candidate));
+                    attempts += 1;
+                    let budget = settings.per_attempt.min(deadline - now);
+                    racing.spawn(async move {
+                        let r = match tokio::time::timeout(budget, TcpStream::connect(addr)).await {
+                            Ok(Ok(s)) => Ok(s),
+                            Ok(Err(e)) => {
+                                let detail = format!("connect to {addr}: {e}");
+                                return (k, now, Err(FailKind::of(&e)), detail);
+                            }
+                            Err(_) => Err(FailKind::Timeout),
+                        };
+                        let detail = format!("connect to {addr}: timed out after {budget:?}");
+                        (k, now, r, detail)
+                    });
+                    next_start = now + settings.attempt_delay;
+                }
+                None => exhausted = true,
+            }
+        }
+        if racing.is_empty() {
+            if exhausted || (attempts as usize) >= settings.max_attempts {
+                break Err(());
+            }
+            continue;
+        }
+        let wake = if exhausted || (attempts as usize) >= settings.max_attempts {
+            deadline
+        } else {
+            next_start.min(deadline)
         };
-        let addr = candidate.addr;
-        attempts += 1;
-        let budget = settings.per_attempt.min(deadline - now);
-        let outcome = tokio::time::timeout(budget, TcpStream::connect(addr)).await;
-        match outcome {
-            Ok(Ok(stream)) => {
-                plan.report_success(proxy, &candidate, now.elapsed());
-                let _ = stream.set_nodelay(true);
-                return Ok(Connected {
-                    stream,
-                    addr,
-                    attempts,
-                    member: candidate.member,
-                    cluster: plan.cluster_name().to_string(),
-                });
+        tokio::select! {
+            done = racing.join_next() => {
+                let Some(Ok((k, started, r, detail))) = done else { continue };
+                let Some(candidate) = candidates[k].take() else { continue };
+                match r {
+                    Ok(stream) => {
+                        plan.report_success(&candidate, started.elapsed());
+                        let _ = stream.set_nodelay(true);
+                        break Ok(Connected {
+                            stream,
+                            addr: candidate.addr,
+                            attempts,
+                            member: candidate.member,
+                            cluster: plan.cluster_name().to_string(),
+                        });
+                    }
+                    Err(kind) => {
+                        tracing::debug!(addr = %candidate.addr, %detail, "connect failed; trying next");
+                        last.kind = kind;
+                        last.detail = detail;
+                        plan.report_failure(&candidate, kind, &last.detail);
+                        // A failure starts the next candidate at once.
+                        next_start = Instant::now();
+                    }
+                }
             }
-            Ok(Err(e)) => {
-                last.kind = FailKind::of(&e);
-                last.detail = format!("connect to {addr}: {e}");
-                tracing::debug!(%addr, error = %e, "connect failed; trying next");
-            }
-            Err(_) => {
-                last.kind = FailKind::Timeout;
-                last.detail = format!("connect to {addr}: timed out after {budget:?}");
-                tracing::debug!(%addr, "connect timed out; trying next");
-            }
+            _ = tokio::time::sleep_until(wake) => {}
         }
-        plan.report_failure(proxy, &candidate, last.kind, &last.detail);
+    };
+    // Whatever is still racing lost: close it and say so.
+    racing.abort_all();
+    for c in candidates.iter().flatten() {
+        plan.report_abandoned(c);
     }
     last.attempts = attempts;
-    Err(last)
+    result.map_err(|()| last)
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::access_log::Entry;
 use crate::cluster::member::ActiveGuard;
-use crate::dial::{DialFailure, DialSettings, FailKind};
+use crate::dial::{Attempts, DialFailure, DialSettings, FailKind};
 use crate::outcome::{ClientProtocol, Outcome};
 use crate::protocol::Target;
 use crate::reply::http_status;
@@ -195,7 +195,7 @@ impl ProxyHttp for Forwarder {
         };
         let detail = format!("connect to {}: {}", peer._address, e.etype().as_str());
         if let (Some(plan), Some(c)) = (&ctx.plan, ctx.current.take()) {
-            plan.report_failure(&self.proxy, &c, kind, &detail);
+            plan.report_failure(&c, kind, &detail);
         }
         ctx.failure = Some((kind, detail));
         let max = ctx.dial.map_or(1, |d| d.max_attempts);
@@ -219,7 +219,7 @@ impl ProxyHttp for Forwarder {
             if reused {
                 self.proxy.failures.mark_ok(c.addr);
             } else {
-                plan.report_success(&self.proxy, &c, took);
+                plan.report_success(&c, took);
             }
             ctx._active = c.member.as_ref().map(|m| m.open_connection());
             ctx.connected = Some(c);

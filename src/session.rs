@@ -13,7 +13,8 @@ use crate::access_log::{AccessLog, Entry};
 use crate::auth::{Authenticator, Users};
 use crate::cluster::{Cluster, ClusterTable, Member, Picks};
 use crate::config::Config;
-use crate::dial::{self, Connected, DialFailure, DialSettings, FailKind, FailureMemory};
+pub use crate::dial::Candidate;
+use crate::dial::{self, Attempts, Connected, DialFailure, DialSettings, FailKind, FailureMemory};
 use crate::limits::Limits;
 use crate::metrics::metrics;
 use crate::outcome::Outcome;
@@ -61,15 +62,6 @@ impl OpenError {
     }
 }
 
-/// One address to try, and the cluster member behind it if any.
-#[derive(Clone)]
-pub struct Candidate {
-    /// Where to connect.
-    pub addr: SocketAddr,
-    /// The cluster member, for passive health and per-member metrics.
-    pub member: Option<Arc<Member>>,
-}
-
 enum Source {
     List(std::vec::IntoIter<SocketAddr>),
     Cluster(Picks),
@@ -102,16 +94,12 @@ pub struct Plan {
     tried: u32,
     panic_counted: bool,
     runtime: Arc<Runtime>,
+    failures: Arc<FailureMemory>,
     who: Requester,
     name: Option<String>,
 }
 
 impl Plan {
-    /// The cluster label for metrics ("" outside clusters).
-    pub fn cluster_name(&self) -> &str {
-        self.cluster.as_ref().map_or("", |c| c.name.as_str())
-    }
-
     fn allowed(&self, addr: SocketAddr) -> bool {
         let client = self.who.client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         match self.runtime.policy.check_address(
@@ -127,10 +115,16 @@ impl Plan {
             }
         }
     }
+}
+
+impl Attempts for Plan {
+    fn cluster_name(&self) -> &str {
+        self.cluster.as_ref().map_or("", |c| c.name.as_str())
+    }
 
     /// The next address to try, or `None` when every candidate was handed out. Addresses the
     /// policy refuses (a name resolving to a protected address) are skipped.
-    pub fn next_candidate(&mut self) -> Option<Candidate> {
+    fn next_candidate(&mut self) -> Option<Candidate> {
         loop {
             let c = match &mut self.source {
                 Source::List(it) => it.next().map(|addr| Candidate { addr, member: None }),
@@ -183,8 +177,8 @@ impl Plan {
     }
 
     /// Records a failed connect to `c`.
-    pub fn report_failure(&self, proxy: &Proxy, c: &Candidate, kind: FailKind, detail: &str) {
-        proxy.failures.mark_failed(c.addr);
+    fn report_failure(&self, c: &Candidate, kind: FailKind, detail: &str) {
+        self.failures.mark_failed(c.addr);
         let result = match kind {
             FailKind::Refused => "refused",
             FailKind::Timeout => "timeout",
@@ -200,9 +194,27 @@ impl Plan {
         }
     }
 
+    /// Records an attempt to `c` given up because another candidate connected first. For a
+    /// cluster member that is neither a success nor a failure (its active checks judge it). A
+    /// plain name has no checks: an address that left a connect unanswered for the whole attempt
+    /// delay is tried last, like a failed one, with the same half-open way back, so a blackholed
+    /// address does not cost every request that starts with it the delay.
+    fn report_abandoned(&self, c: &Candidate) {
+        match &c.member {
+            Some(m) => m.report_abandoned(),
+            None => {
+                self.failures.mark_failed(c.addr);
+                metrics()
+                    .connect_attempts
+                    .with_label_values(&["", "", "abandoned"])
+                    .inc()
+            }
+        }
+    }
+
     /// Records a successful connect to `c` after `took`.
-    pub fn report_success(&self, proxy: &Proxy, c: &Candidate, took: Duration) {
-        proxy.failures.mark_ok(c.addr);
+    fn report_success(&self, c: &Candidate, took: Duration) {
+        self.failures.mark_ok(c.addr);
         match (&self.cluster, &c.member) {
             (Some(cluster), Some(m)) => cluster.report_success(m),
             (None, Some(m)) => {
@@ -249,7 +261,7 @@ pub struct Proxy {
     /// Configured clusters (swapped whole by a reload).
     pub clusters: ArcSwap<ClusterTable>,
     /// Recently failed upstream addresses.
-    pub failures: FailureMemory,
+    pub failures: Arc<FailureMemory>,
     /// Credentials.
     pub auth: Authenticator,
     /// Connection limits.
@@ -277,7 +289,9 @@ impl Proxy {
             }
         }
         Ok(Arc::new(Self {
-            failures: FailureMemory::new(Duration::from_secs(config.dial.failure_memory_seconds)),
+            failures: Arc::new(FailureMemory::new(Duration::from_secs(
+                config.dial.failure_memory_seconds,
+            ))),
             clusters: ArcSwap::from_pointee(ClusterTable::new(clusters)),
             auth: Authenticator::new(
                 users,
@@ -430,6 +444,7 @@ impl Proxy {
             tried: 0,
             panic_counted: false,
             runtime,
+            failures: self.failures.clone(),
             who: who.clone(),
             name,
         })
@@ -464,7 +479,7 @@ impl Proxy {
     ) -> Result<(Connected, String), OpenError> {
         let mut plan = self.plan(who, target).await?;
         let dial = plan.runtime.dial;
-        match dial::dial(&mut plan, self, dial).await {
+        match dial::dial(&mut plan, dial).await {
             Ok(c) => Ok((c, plan.rule)),
             Err(e) if e.attempts == 0 && plan.tried == 0 => Err(OpenError::Denied(format!(
                 "no address of {target} is allowed"

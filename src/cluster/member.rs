@@ -47,6 +47,7 @@ struct MemberMetrics {
     attempts_timeout: IntCounter,
     attempts_unreachable: IntCounter,
     attempts_error: IntCounter,
+    attempts_abandoned: IntCounter,
     checks_ok: IntCounter,
     checks_fail: IntCounter,
 }
@@ -100,6 +101,7 @@ impl Member {
             attempts_timeout: attempt("timeout"),
             attempts_unreachable: attempt("unreachable"),
             attempts_error: attempt("error"),
+            attempts_abandoned: attempt("abandoned"),
             checks_ok: mm
                 .health_checks
                 .with_label_values(&[cluster, &member, "ok"]),
@@ -219,10 +221,13 @@ impl Member {
         false
     }
 
-    /// Gives back a half-open trial this request claimed but never reported (its attempt was
-    /// abandoned), so another request may make it.
-    pub fn release_trial(&self) {
-        self.trial.store(false, Ordering::Release);
+    /// An attempt raced against another that connected first: neither a success nor a failure
+    /// for its health. A half-open trial it held is given back, so another request may make it.
+    pub fn report_abandoned(&self) {
+        self.m.attempts_abandoned.inc();
+        if self.availability(super::now_ms()) == Availability::HalfOpen {
+            self.trial.store(false, Ordering::Release);
+        }
     }
 
     /// A request failed to connect (`result`: refused, timeout, unreachable, error). Ejects after
