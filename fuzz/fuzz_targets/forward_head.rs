@@ -39,5 +39,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let req = session.req_header();
     assert_eq!(req.method.as_str(), forward.head.method);
-    assert_eq!(req.raw_path(), forward.head.target.as_bytes());
+    // Pingora drops a fragment from the target; carousel does the same (finding F3).
+    let target = forward.head.target.split('#').next().unwrap_or_default();
+    assert_eq!(req.raw_path(), target.as_bytes());
 });

@@ -212,7 +212,10 @@ pub struct ForwardTarget {
 /// it, as §3.2.2 tells a proxy to do.
 pub fn forward_target(head: &Head) -> Result<ForwardTarget, Error> {
     use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
-    let (scheme, authority, path) = match raw_target_authority(head.target.as_bytes()) {
+    // A fragment is the client's business: it is never sent (RFC 9110 §4.2.4), and Pingora's
+    // parser drops it too, so both read the same target.
+    let target = head.target.split('#').next().unwrap_or_default();
+    let (scheme, authority, path) = match raw_target_authority(target.as_bytes()) {
         RawTargetAuthority::Absolute {
             scheme,
             authority,
@@ -375,6 +378,122 @@ mod tests {
 
     const CONNECT: &[u8] =
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\n\r\n";
+
+    #[test]
+    fn forward_targets_and_host_rules() {
+        let head = |target: &str, headers: &[(&str, &str)]| Head {
+            method: "GET".into(),
+            target: target.into(),
+            version: 1,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        };
+        let ok = forward_target(&head(
+            "http://B1.test:8080/a?b",
+            &[("Host", "b1.TEST:8080")],
+        ))
+        .unwrap();
+        assert_eq!(ok.target.to_string(), "b1.test:8080");
+        assert_eq!(
+            (ok.authority.as_str(), ok.path.as_str()),
+            ("B1.test:8080", "/a?b")
+        );
+        assert!(ok.replace_host, "a Host spelt differently is replaced");
+        let same = forward_target(&head("http://x.test/", &[("Host", "x.test")])).unwrap();
+        assert!(!same.replace_host);
+        assert_eq!(same.target.port, 80);
+        // Fuzz finding F3: the fragment is dropped, as Pingora's parser drops it.
+        let frag = forward_target(&head("http://te0#/a?b", &[])).unwrap();
+        assert_eq!((frag.authority.as_str(), frag.path.as_str()), ("te0", "/"));
+        for (target, headers, why) in [
+            ("/path", &[][..], "origin-form"),
+            ("https://x.test/", &[][..], "https"),
+            ("http://u:p@x.test/", &[][..], "userinfo"),
+            (
+                "http://x.test/",
+                &[("Host", "a"), ("host", "b")][..],
+                "two Hosts",
+            ),
+            (
+                "http://x.test/",
+                &[("Host", "u@x.test")][..],
+                "userinfo in Host",
+            ),
+            ("http://x.test:0/", &[][..], "port 0"),
+            ("http://x.test:99999/", &[][..], "port range"),
+            ("://x.test/", &[][..], "ambiguous"),
+        ] {
+            assert!(
+                forward_target(&head(target, headers)).is_err(),
+                "{why}: {target}"
+            );
+        }
+    }
+
+    #[test]
+    fn hygiene_table() {
+        let head = |version: u8, headers: &[(&str, &[u8])]| Head {
+            method: "POST".into(),
+            target: "http://x.test/".into(),
+            version,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect(),
+        };
+        let cases: [(&[(&str, &[u8])], u8, bool); 10] = [
+            (&[("Content-Length", b"3")], 1, true),
+            (&[("Transfer-Encoding", b"chunked")], 1, true),
+            (&[("Transfer-Encoding", b" Chunked ")], 1, true),
+            (
+                &[("Content-Length", b"3"), ("content-length", b"3")],
+                1,
+                false,
+            ),
+            (
+                &[("Content-Length", b"3"), ("Transfer-Encoding", b"chunked")],
+                1,
+                false,
+            ),
+            (&[("Content-Length", b"-1")], 1, false),
+            (&[("Transfer-Encoding", b"gzip, chunked")], 1, false),
+            (
+                &[
+                    ("Transfer-Encoding", b"chunked"),
+                    ("Transfer-Encoding", b"chunked"),
+                ],
+                1,
+                false,
+            ),
+            (&[("Transfer-Encoding", b"chunked")], 0, false),
+            (&[("X-A", b"a\x01b")], 1, false),
+        ];
+        for (headers, version, ok) in cases {
+            assert_eq!(
+                hygiene(&head(version, headers)).is_ok(),
+                ok,
+                "{headers:?} HTTP/1.{version}"
+            );
+        }
+    }
+
+    #[test]
+    fn pipelined_requests_are_refused_and_bodies_are_not_mistaken_for_them() {
+        let get = b"GET http://x.test/ HTTP/1.1\r\n\r\n";
+        let mut two = get.to_vec();
+        two.extend_from_slice(get);
+        assert!(matches!(parse_forward(&two), Err(Error::Refused(_))));
+        let post = b"POST http://x.test/ HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+        assert!(parse_forward(post).unwrap().is_some());
+        let host = b"GET http://X.test/ HTTP/1.1\r\nhost: x.test\r\nA: 1\r\n\r\n";
+        let (f, used) = parse_forward(host).unwrap().unwrap();
+        assert_eq!(
+            forward_bytes(host, used, &f.target),
+            b"GET http://X.test/ HTTP/1.1\r\nA: 1\r\n\r\n".to_vec()
+        );
+    }
 
     #[test]
     fn complete_head() {
