@@ -215,6 +215,11 @@ pub fn forward_target(head: &Head) -> Result<ForwardTarget, Error> {
     // A fragment is the client's business: it is never sent (RFC 9110 §4.2.4), and Pingora's
     // parser drops it too, so both read the same target.
     let target = head.target.split('#').next().unwrap_or_default();
+    // The characters httparse lets through but a URI may not carry (a backtick, say): Pingora
+    // parses the target as a URI and would refuse it unseen (fuzz finding F4).
+    if ::http::Uri::try_from(head.target.as_str()).is_err() {
+        return Err(Error::Refused("the request target is not a valid URI"));
+    }
     let (scheme, authority, path) = match raw_target_authority(target.as_bytes()) {
         RawTargetAuthority::Absolute {
             scheme,
@@ -424,6 +429,8 @@ mod tests {
             ("http://x.test:0/", &[][..], "port 0"),
             ("http://x.test:99999/", &[][..], "port range"),
             ("://x.test/", &[][..], "ambiguous"),
+            // Fuzz finding F4: httparse accepts a backtick, a URI does not.
+            ("http://D/B`1.test:8?b", &[][..], "not a URI"),
         ] {
             assert!(
                 forward_target(&head(target, headers)).is_err(),
