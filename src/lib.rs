@@ -21,6 +21,7 @@ pub mod protocol;
 pub mod reload;
 pub mod reply;
 pub mod resolve;
+pub mod resources;
 pub mod server;
 pub mod session;
 pub mod testbed;

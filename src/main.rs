@@ -48,7 +48,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config } => match Config::load(&config).and_then(|c| {
+            carousel::resources::Resources::load(&c)?;
+            Ok(c)
+        }) {
             Ok(c) => {
                 println!("{}", c.summary());
                 ExitCode::SUCCESS

@@ -8,52 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 
 use crate::address;
-use crate::config::{Action, Config, PortRange};
+use crate::config::{Action, Config, Destination, PortRange};
 use crate::protocol::TargetHost;
-
-/// One destination pattern of a rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Destination {
-    /// Any destination (but never a guarded address).
-    Any,
-    /// This host or cluster name exactly.
-    Name(String),
-    /// Any name ending in this suffix (stored with its leading dot), and the bare domain.
-    Suffix(String),
-    /// Addresses in this network.
-    Net(IpNet),
-}
-
-impl Destination {
-    /// Parses a configured destination; `None` if it is not one.
-    pub fn parse(s: &str) -> Option<Destination> {
-        let s = s.trim().to_ascii_lowercase();
-        if s == "*" {
-            return Some(Destination::Any);
-        }
-        if let Ok(net) = s.parse::<IpNet>() {
-            return Some(Destination::Net(net.trunc()));
-        }
-        if let Ok(ip) = s.parse::<IpAddr>() {
-            return Some(Destination::Net(IpNet::from(ip)));
-        }
-        if let Some(rest) = s.strip_prefix('.') {
-            return crate::protocol::validate_hostname(rest)
-                .then(|| Destination::Suffix(format!(".{rest}")));
-        }
-        let name = s.trim_end_matches('.');
-        crate::protocol::validate_hostname(name).then(|| Destination::Name(name.to_string()))
-    }
-
-    fn matches_name(&self, name: &str) -> bool {
-        match self {
-            Destination::Any => true,
-            Destination::Name(n) => n == name,
-            Destination::Suffix(s) => name.ends_with(s.as_str()) || name == &s[1..],
-            Destination::Net(_) => false,
-        }
-    }
-}
 
 struct Rule {
     label: String,
@@ -137,11 +93,7 @@ impl Policy {
                 action: r.action,
                 clients: r.clients.clone(),
                 users: r.users.clone(),
-                destinations: r
-                    .destinations
-                    .iter()
-                    .filter_map(|d| Destination::parse(d))
-                    .collect(),
+                destinations: r.destinations.clone(),
                 ports: r.ports.clone(),
             })
             .collect();

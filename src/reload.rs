@@ -8,10 +8,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::access_log::AccessLog;
-use crate::auth::Users;
 use crate::cluster::{discovery, health, Cluster, ClusterTable};
 use crate::config::Config;
 use crate::metrics::metrics;
+use crate::resources::Resources;
 use crate::session::{Proxy, Runtime};
 
 /// Marks the configuration as (re)loaded successfully now.
@@ -51,11 +51,9 @@ pub fn reload(proxy: &Arc<Proxy>, path: Option<&Path>) -> Result<(), String> {
     if format!("{:?}", old.admin) != format!("{:?}", new.admin) {
         restart_needed("[admin]");
     }
-    // Files first, so a bad users file or log path fails the reload before anything is swapped.
-    let users = match &new.access.users_file {
-        Some(p) => Some(Users::load(p).map_err(|e| fail(e.to_string()))?),
-        None => None,
-    };
+    // Files first, so a bad users file, certificate or log path fails the reload before
+    // anything is swapped.
+    let resources = Resources::load(&new).map_err(|e| fail(e.to_string()))?;
     let log = if format!("{:?}", old.log) != format!("{:?}", new.log) {
         Some(
             AccessLog::new(&new.log)
@@ -64,12 +62,15 @@ pub fn reload(proxy: &Arc<Proxy>, path: Option<&Path>) -> Result<(), String> {
     } else {
         None
     };
-    for acceptor in proxy.tls.values() {
-        if let Err(e) = acceptor.reload() {
-            return Err(fail(format!("TLS certificate: {e}")));
+    for (addr, acceptor) in &proxy.tls {
+        if let Some(key) = resources.certs.get(addr) {
+            acceptor.install(key.clone());
         }
     }
-    proxy.auth.replace(users.unwrap_or_default());
+    proxy.auth.replace(resources.users);
+    proxy
+        .auth
+        .set_failures_per_minute(new.access.max_auth_failures_per_minute);
     if let Some(log) = log {
         proxy.access_log.store(Arc::new(log));
     }

@@ -20,7 +20,6 @@ use crate::config::Config;
 use crate::forward::Forwarder;
 use crate::listener::Listener;
 use crate::reload;
-use crate::resolve::ResolveError;
 use crate::session::Proxy;
 
 /// Why carousel could not start.
@@ -44,9 +43,12 @@ pub enum StartupError {
         /// What the system said.
         source: std::io::Error,
     },
-    /// The shared state could not be built (resolver, TLS, users file, access log).
+    /// A file the configuration names is unusable (users file, certificate).
     #[error("{0}")]
-    Setup(#[from] ResolveError),
+    Files(#[from] crate::config::ConfigError),
+    /// The shared state could not be built (resolver, TLS, access log).
+    #[error("{0}")]
+    Setup(#[from] crate::session::SetupError),
 }
 
 /// Pingora's own settings, all taken from carousel's config so none of Pingora's defaults (such as
@@ -208,7 +210,8 @@ pub fn build(
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
-    let proxy = Proxy::new(config.clone())?;
+    let resources = crate::resources::Resources::load(&config)?;
+    let proxy = Proxy::new(config.clone(), resources)?;
     let forwarder = Arc::new(pingora_proxy::http_proxy(
         &server.configuration,
         Forwarder::new(proxy.clone()),

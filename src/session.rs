@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::access_log::{AccessLog, Entry};
-use crate::auth::{Authenticator, Users};
+use crate::auth::Authenticator;
 use crate::cluster::{Cluster, ClusterTable, Member, Picks};
 use crate::config::Config;
 pub use crate::dial::Candidate;
@@ -21,7 +21,22 @@ use crate::outcome::Outcome;
 use crate::policy::{Policy, Verdict};
 use crate::protocol::{Target, TargetHost};
 use crate::resolve::{ResolveError, Resolver};
+use crate::resources::Resources;
 use crate::tls::Acceptor;
+
+/// Why the shared state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The resolver could not be built from `[dns]`.
+    #[error("{0}")]
+    Resolver(#[from] ResolveError),
+    /// A TLS listener's certificate could not be used.
+    #[error("TLS listener: {0}")]
+    Tls(String),
+    /// The access log could not be opened.
+    #[error("access log {0}: {1}")]
+    AccessLog(String, std::io::Error),
+}
 
 /// Why a request could not be given an upstream connection.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -274,20 +289,16 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Builds the shared state from a validated configuration (clusters not yet discovering).
-    pub fn new(config: Arc<Config>) -> Result<Arc<Self>, ResolveError> {
+    /// Builds the shared state from a validated configuration and the files it names (clusters
+    /// not yet discovering).
+    pub fn new(config: Arc<Config>, resources: Resources) -> Result<Arc<Self>, SetupError> {
         let resolver = Resolver::new(&config.dns, config.limits.max_concurrent_dns_lookups)?;
         let clusters = config.clusters.iter().cloned().map(Cluster::new).collect();
-        let users = match &config.access.users_file {
-            Some(p) => Users::load(p).map_err(|e| ResolveError::Setup(e.to_string()))?,
-            None => Users::default(),
-        };
         let mut tls = HashMap::new();
-        for l in &config.listeners {
-            if let Some(t) = &l.tls {
-                tls.insert(l.address, Acceptor::new(t).map_err(ResolveError::Setup)?);
-            }
+        for (addr, key) in resources.certs {
+            tls.insert(addr, Acceptor::new(key).map_err(SetupError::Tls)?);
         }
+        let users = resources.users;
         Ok(Arc::new(Self {
             failures: Arc::new(FailureMemory::new(Duration::from_secs(
                 config.dial.failure_memory_seconds,
@@ -301,9 +312,10 @@ impl Proxy {
             limits: Limits::new(&config.limits),
             resolver,
             tls,
-            access_log: ArcSwap::from_pointee(AccessLog::new(&config.log).map_err(|e| {
-                ResolveError::Setup(format!("access log {}: {e}", config.log.access))
-            })?),
+            access_log: ArcSwap::from_pointee(
+                AccessLog::new(&config.log)
+                    .map_err(|e| SetupError::AccessLog(config.log.access.clone(), e))?,
+            ),
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
             draining: false.into(),
         }))

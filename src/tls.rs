@@ -57,13 +57,11 @@ impl ResolvesServerCert for Current {
 pub struct Acceptor {
     current: Arc<Current>,
     acceptor: tokio_rustls::TlsAcceptor,
-    section: TlsSection,
 }
 
 impl Acceptor {
-    /// Builds an acceptor from the configured files.
-    pub fn new(section: &TlsSection) -> Result<Self, String> {
-        let key = load_certified_key(section)?;
+    /// Builds an acceptor serving `key` (see [`load_certified_key`]).
+    pub fn new(key: Arc<CertifiedKey>) -> Result<Self, String> {
         let current = Arc::new(Current(ArcSwap::new(key)));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -75,15 +73,12 @@ impl Acceptor {
         Ok(Self {
             current,
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
-            section: section.clone(),
         })
     }
 
-    /// Reads the certificate and key again (SIGHUP); on error the old pair stays.
-    pub fn reload(&self) -> Result<(), String> {
-        let key = load_certified_key(&self.section)?;
+    /// Serves `key` from the next handshake on (SIGHUP with a renewed certificate).
+    pub fn install(&self, key: Arc<CertifiedKey>) {
         self.current.0.store(key);
-        Ok(())
     }
 
     /// Completes the TLS handshake on `stream` and returns the decrypted stream.

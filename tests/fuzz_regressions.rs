@@ -6,9 +6,11 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use carousel::config::{Config, ConfigError};
+use carousel::config::ConfigError;
+use carousel::resources::Resources;
 
-/// Finding F1 (2026-11-25): `Config::parse` reads the file named by `access.users_file` with
+/// Finding F1 (2026-11-25): checking a configuration (then `Config::parse`, now
+/// `Resources::check`, what `carousel check`, start-up and reload run) read the file named by `access.users_file` with
 /// `read_to_string` and no `is_file()` check (unlike `listener.tls.cert`/`key`), so a FIFO, a
 /// terminal or `/dev/stdin` blocks config parsing (`carousel check`, startup, SIGHUP reload)
 /// forever, and `/dev/zero` reads until memory runs out. Expected: an error at
@@ -33,7 +35,7 @@ fn config_parse_does_not_block_on_a_fifo_users_file() {
     );
     let (tx, rx) = mpsc::channel();
     let worker = std::thread::spawn(move || {
-        let _ = tx.send(Config::parse(&text, "regression.toml"));
+        let _ = tx.send(Resources::check(&text, "regression.toml").map(|(c, _)| c));
     });
     let outcome = rx.recv_timeout(Duration::from_secs(5));
     if outcome.is_err() {

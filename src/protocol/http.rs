@@ -450,7 +450,8 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_vec()))
                 .collect(),
         };
-        let cases: [(&[(&str, &[u8])], u8, bool); 10] = [
+        type Headers<'a> = &'a [(&'a str, &'a [u8])];
+        let cases: [(Headers, u8, bool); 10] = [
             (&[("Content-Length", b"3")], 1, true),
             (&[("Transfer-Encoding", b"chunked")], 1, true),
             (&[("Transfer-Encoding", b" Chunked ")], 1, true),

@@ -8,7 +8,6 @@
 //! of idle chat connections cost little, and a busy one makes few, large syscalls. TLS clients
 //! (the HTTPS-proxy listener) use the generic copy over their decrypting stream.
 
-use std::cell::RefCell;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +17,15 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+mod copy;
+use copy::{pump, write_all};
+#[cfg(target_os = "linux")]
+use splice::{pump_splice, Unsupported, SPLICE_WORKS};
+#[cfg(target_os = "linux")]
+mod pipes;
+#[cfg(target_os = "linux")]
+mod splice;
 
 /// Bytes moved by a tunnel, and how it ended.
 #[derive(Debug, Clone, Copy, Default)]
@@ -77,43 +85,6 @@ pub fn auto_max_pipes(pipe_size: usize, pages: usize) -> usize {
     (pages / 2 / per_pipe).clamp(4, MOST)
 }
 
-/// Size of one copy chunk.
-const CHUNK: usize = 64 * 1024;
-/// Buffers a worker thread keeps for reuse.
-const POOL: usize = 16;
-
-thread_local! {
-    static BUFFERS: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A copy buffer borrowed from the thread's pool, returned on drop.
-struct Chunk(Option<Box<[u8]>>);
-
-impl Chunk {
-    fn take() -> Self {
-        let buf = BUFFERS
-            .with(|b| b.borrow_mut().pop())
-            .unwrap_or_else(|| vec![0u8; CHUNK].into_boxed_slice());
-        Chunk(Some(buf))
-    }
-    fn buf(&mut self) -> &mut [u8] {
-        self.0.as_deref_mut().unwrap_or(&mut [])
-    }
-}
-
-impl Drop for Chunk {
-    fn drop(&mut self) {
-        if let Some(buf) = self.0.take() {
-            BUFFERS.with(|b| {
-                let mut b = b.borrow_mut();
-                if b.len() < POOL {
-                    b.push(buf);
-                }
-            });
-        }
-    }
-}
-
 /// The idle clock both directions stamp.
 struct Clock {
     epoch: Instant,
@@ -142,302 +113,6 @@ impl Clock {
         }
     }
 }
-
-async fn write_all(to: &TcpStream, mut data: &[u8]) -> std::io::Result<()> {
-    while !data.is_empty() {
-        to.writable().await?;
-        match to.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Moves everything `from` has right now to `to` through a pooled chunk. `Ok(true)` at end of
-/// stream (after half-closing `to`).
-async fn copy_available(
-    from: &TcpStream,
-    to: &TcpStream,
-    clock: &Clock,
-    bytes: &AtomicU64,
-) -> std::io::Result<bool> {
-    let mut chunk = Chunk::take();
-    loop {
-        match from.try_read(chunk.buf()) {
-            Ok(0) => {
-                let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
-                return Ok(true);
-            }
-            Ok(n) => {
-                write_all(to, &chunk.buf()[..n]).await?;
-                bytes.fetch_add(n as u64, Ordering::Relaxed);
-                clock.touch();
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// One direction (portable): wait until `from` is readable, borrow a chunk, move everything
-/// available, give the chunk back; on end of stream, half-close `to`.
-async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
-    clock: &Clock,
-    bytes: &AtomicU64,
-) -> std::io::Result<()> {
-    loop {
-        from.readable().await?;
-        if copy_available(from, to, clock, bytes).await? {
-            return Ok(());
-        }
-    }
-}
-
-/// splice(2) plumbing: a bounded pipe pool and the two moves (socket → pipe, pipe → socket).
-#[cfg(target_os = "linux")]
-mod splice {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
-
-    use tokio::io::Interest;
-    use tokio::net::TcpStream;
-
-    /// Empty pipes kept for reuse (each is two descriptors).
-    const POOL: usize = 64;
-
-    /// Pipes that exist in the process (pooled or busy), held against `Options::max_pipes`.
-    static OPEN: AtomicUsize = AtomicUsize::new(0);
-
-    /// Empty pipes, shared by all worker threads so an idle pipe on one thread never counts
-    /// against the budget while another thread has to copy. Held only for a push or a pop.
-    static IDLE: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
-
-    fn idle() -> std::sync::MutexGuard<'static, Vec<Pipe>> {
-        // A panic while holding the lock cannot leave the Vec inconsistent: use it anyway.
-        IDLE.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A pipe with nothing in it (only empty pipes go back to the pool).
-    pub struct Pipe {
-        read: OwnedFd,
-        write: OwnedFd,
-        /// The capacity that was asked for (pooled pipes of another size are not reused).
-        asked: usize,
-        /// The capacity the kernel granted: the most one splice call moves.
-        pub capacity: usize,
-    }
-
-    impl Drop for Pipe {
-        fn drop(&mut self) {
-            OPEN.fetch_sub(1, Ordering::Relaxed);
-            crate::metrics::metrics().tunnel_pipes.dec();
-        }
-    }
-
-    impl Pipe {
-        /// A pipe of `size` bytes from the pool or new; `None` when `max` pipes already exist.
-        pub fn take(size: usize, max: usize) -> std::io::Result<Option<Pipe>> {
-            loop {
-                let pooled = idle().pop();
-                match pooled {
-                    Some(p) if p.asked == size => return Ok(Some(p)),
-                    Some(_) => {} // another size (before a reload): closed
-                    None => break,
-                }
-            }
-            if OPEN.fetch_add(1, Ordering::Relaxed) >= max {
-                OPEN.fetch_sub(1, Ordering::Relaxed);
-                return Ok(None);
-            }
-            let mut fds = [0; 2];
-            // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-                OPEN.fetch_sub(1, Ordering::Relaxed);
-                return Err(std::io::Error::last_os_error());
-            }
-            crate::metrics::metrics().tunnel_pipes.inc();
-            // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-            let (read, write) =
-                unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-            if size > 0 {
-                // Refused past fs.pipe-max-size or the user's pipe budget: the pipe keeps the
-                // kernel's default size, which works, only with more calls per byte.
-                // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own; failure is a -1 return.
-                let _ = unsafe {
-                    libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int)
-                };
-            }
-            // SAFETY: F_GETPIPE_SZ on a pipe descriptor we own.
-            let granted = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
-            Ok(Some(Pipe {
-                read,
-                write,
-                asked: size,
-                capacity: if granted > 0 {
-                    granted as usize
-                } else {
-                    64 * 1024
-                },
-            }))
-        }
-
-        /// Returns an empty pipe to the pool (or closes it when the pool is full).
-        pub fn give(self) {
-            let mut idle = idle();
-            if idle.len() < POOL {
-                idle.push(self);
-            }
-        }
-    }
-
-    fn splice(from: i32, to: i32, len: usize) -> std::io::Result<usize> {
-        let flags = libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK;
-        // SAFETY: plain descriptors, null offsets (both are streams); errors come back as -1.
-        let n = unsafe {
-            libc::splice(
-                from,
-                std::ptr::null_mut(),
-                to,
-                std::ptr::null_mut(),
-                len,
-                flags,
-            )
-        };
-        if n < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
-    }
-
-    /// Moves what `from` has (up to `room` bytes) into the pipe; 0 means end of stream.
-    pub fn fill(from: &TcpStream, pipe: &Pipe, room: usize) -> std::io::Result<usize> {
-        from.try_io(Interest::READABLE, || {
-            splice(from.as_raw_fd(), pipe.write.as_raw_fd(), room)
-        })
-    }
-
-    /// Moves up to `len` bytes from the pipe into `to`.
-    pub fn drain(pipe: &Pipe, to: &TcpStream, len: usize) -> std::io::Result<usize> {
-        to.try_io(Interest::WRITABLE, || {
-            splice(pipe.read.as_raw_fd(), to.as_raw_fd(), len)
-        })
-    }
-}
-
-/// The kernel does not splice these descriptors (nothing was moved yet).
-#[cfg(target_os = "linux")]
-struct Unsupported;
-
-/// One direction with splice(2): wait until `from` is readable, borrow an empty pipe, then keep
-/// both sockets flowing (fill the pipe while there is room and data, drain it while `to` takes
-/// bytes, wait only when neither can move); give the pipe back once it is empty and `from` has
-/// nothing more; on end of stream, half-close `to`.
-#[cfg(target_os = "linux")]
-async fn pump_splice(
-    from: &TcpStream,
-    to: &TcpStream,
-    clock: &Clock,
-    bytes: &AtomicU64,
-    opts: &Options,
-) -> Result<std::io::Result<()>, Unsupported> {
-    use std::io::ErrorKind::WouldBlock;
-    let mut moved = false;
-    loop {
-        if let Err(e) = from.readable().await {
-            return Ok(Err(e));
-        }
-        let pipe = match splice::Pipe::take(opts.pipe_size, opts.max_pipes) {
-            Ok(Some(p)) => p,
-            // Every pipe the budget allows is busy: this round copies instead.
-            Ok(None) => {
-                crate::metrics::metrics().tunnel_pipe_budget_spent.inc();
-                match copy_available(from, to, clock, bytes).await {
-                    Ok(true) => return Ok(Ok(())),
-                    Ok(false) => continue,
-                    Err(e) => return Ok(Err(e)),
-                }
-            }
-            Err(_) if !moved => return Err(Unsupported),
-            Err(e) => return Ok(Err(e)),
-        };
-        // Bytes in the pipe, and whether `from` has ended.
-        let (mut held, mut eof) = (0usize, false);
-        loop {
-            let mut progressed = false;
-            if !eof && held < pipe.capacity {
-                match splice::fill(from, &pipe, pipe.capacity - held) {
-                    Ok(0) => {
-                        eof = true;
-                        progressed = true;
-                    }
-                    Ok(n) => {
-                        held += n;
-                        moved = true;
-                        progressed = true;
-                        clock.touch();
-                    }
-                    Err(e) if e.kind() == WouldBlock => {}
-                    Err(e)
-                        if !moved
-                            && matches!(
-                                e.raw_os_error(),
-                                Some(libc::EINVAL) | Some(libc::ENOSYS)
-                            ) =>
-                    {
-                        return Err(Unsupported)
-                    }
-                    // The pipe may still hold bytes: it is dropped, never pooled.
-                    Err(e) => return Ok(Err(e)),
-                }
-            }
-            if held > 0 {
-                match splice::drain(&pipe, to, held) {
-                    Ok(m) => {
-                        held -= m;
-                        bytes.fetch_add(m as u64, Ordering::Relaxed);
-                        progressed = true;
-                    }
-                    Err(e) if e.kind() == WouldBlock => {}
-                    Err(e) => return Ok(Err(e)),
-                }
-            }
-            if held == 0 && eof {
-                pipe.give();
-                let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
-                return Ok(Ok(()));
-            }
-            if progressed {
-                continue;
-            }
-            if held == 0 {
-                // Nothing to move: an idle direction holds no pipe.
-                break;
-            }
-            let waited = if eof || held == pipe.capacity {
-                to.writable().await
-            } else {
-                tokio::select! {
-                    r = to.writable() => r,
-                    r = from.readable() => r,
-                }
-            };
-            if let Err(e) = waited {
-                return Ok(Err(e));
-            }
-        }
-        pipe.give();
-    }
-}
-
-/// Whether splice(2) works here; cleared the first time the kernel refuses it.
-#[cfg(target_os = "linux")]
-static SPLICE_WORKS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// One direction: splice(2) where it works, the pooled-buffer copy otherwise.
 async fn pump_any(
@@ -677,10 +352,10 @@ mod tests {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(1 << 20);
-        let big = splice::Pipe::take(1 << 20, usize::MAX).unwrap().unwrap();
+        let big = pipes::Pipe::take(1 << 20, usize::MAX).unwrap().unwrap();
         assert!(big.capacity >= (1 << 20).min(limit), "{}", big.capacity);
         big.give();
-        let small = splice::Pipe::take(64 << 10, usize::MAX).unwrap().unwrap();
+        let small = pipes::Pipe::take(64 << 10, usize::MAX).unwrap().unwrap();
         assert_eq!(small.capacity, 64 << 10);
     }
 

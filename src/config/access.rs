@@ -1,0 +1,222 @@
+//! `[access]` (the client gate, users, ordered rules and their destinations) and `[limits]`.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::{invalid, Invalid};
+
+/// Access control: a coarse client gate, then ordered rules. What no rule allows is denied.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessSection {
+    /// Client networks allowed to connect at all.
+    pub allow_clients: Vec<IpNet>,
+    /// htpasswd file with bcrypt hashes (`user:$2y$...`), for rules that name users.
+    pub users_file: Option<std::path::PathBuf>,
+    /// Realm sent in `Proxy-Authenticate`.
+    pub realm: String,
+    /// Seconds a verified username/password pair is remembered (bcrypt is slow on purpose).
+    pub auth_cache_seconds: u64,
+    /// Failed authentications one client address may make per minute, across all its
+    /// connections (a burst of this many, refilled evenly); past it the client is refused at once.
+    pub max_auth_failures_per_minute: u32,
+    /// Ordered rules; the first that matches decides.
+    #[serde(rename = "rule")]
+    pub rules: Vec<RuleSection>,
+}
+
+impl Default for AccessSection {
+    fn default() -> Self {
+        Self {
+            allow_clients: vec![
+                "127.0.0.0/8".parse().expect("literal CIDR"),
+                "::1/128".parse().expect("literal CIDR"),
+            ],
+            users_file: None,
+            realm: "carousel".into(),
+            auth_cache_seconds: 60,
+            max_auth_failures_per_minute: 10,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Let the request through.
+    Allow,
+    /// Refuse it.
+    Deny,
+}
+
+/// A port or an inclusive range (`443` or `"1000-2000"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub from: u16,
+    /// Last port.
+    pub to: u16,
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(u16),
+            Range(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::One(p) => Ok(PortRange { from: p, to: p }),
+            Raw::Range(s) => {
+                let (a, b) = s.split_once('-').unwrap_or((&s, &s));
+                let from = a.trim().parse().map_err(serde::de::Error::custom)?;
+                let to = b.trim().parse().map_err(serde::de::Error::custom)?;
+                if from > to {
+                    return Err(serde::de::Error::custom("port range runs backwards"));
+                }
+                Ok(PortRange { from, to })
+            }
+        }
+    }
+}
+
+/// One access rule. Empty lists match anything, except `destinations`, which must be given.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSection {
+    /// A label for the access log.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What a match does.
+    pub action: Action,
+    /// Client networks.
+    #[serde(default)]
+    pub clients: Vec<IpNet>,
+    /// Users (`"*"`: any authenticated user). Naming users makes the rule require authentication.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// `"*"`, host names, domain suffixes (`.example.com`), cluster names, CIDRs or addresses;
+    /// each parsed when the file is read.
+    pub destinations: Vec<Destination>,
+    /// Destination ports.
+    #[serde(default)]
+    pub ports: Vec<PortRange>,
+}
+
+/// Limits that keep one client, or a flood, from taking the proxy down.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Open client connections in all.
+    pub max_connections: usize,
+    /// Open client connections from one client address.
+    pub max_connections_per_client: usize,
+    /// DNS lookups in flight for new names.
+    pub max_concurrent_dns_lookups: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_connections: 20_000,
+            max_connections_per_client: 1024,
+            max_concurrent_dns_lookups: 256,
+        }
+    }
+}
+
+/// One destination pattern of a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// Any destination (but never a guarded address).
+    Any,
+    /// This host or cluster name exactly.
+    Name(String),
+    /// Any name ending in this suffix (stored with its leading dot), and the bare domain.
+    Suffix(String),
+    /// Addresses in this network.
+    Net(IpNet),
+}
+
+impl Destination {
+    /// Parses a configured destination; `None` if it is not one.
+    pub fn parse(s: &str) -> Option<Destination> {
+        let s = s.trim().to_ascii_lowercase();
+        if s == "*" {
+            return Some(Destination::Any);
+        }
+        if let Ok(net) = s.parse::<IpNet>() {
+            return Some(Destination::Net(net.trunc()));
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Some(Destination::Net(IpNet::from(ip)));
+        }
+        if let Some(rest) = s.strip_prefix('.') {
+            return crate::protocol::validate_hostname(rest)
+                .then(|| Destination::Suffix(format!(".{rest}")));
+        }
+        let name = s.trim_end_matches('.');
+        crate::protocol::validate_hostname(name).then(|| Destination::Name(name.to_string()))
+    }
+
+    /// Whether a host or cluster name matches this pattern.
+    pub fn matches_name(&self, name: &str) -> bool {
+        match self {
+            Destination::Any => true,
+            Destination::Name(n) => n == name,
+            Destination::Suffix(s) => name.ends_with(s.as_str()) || name == &s[1..],
+            Destination::Net(_) => false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Destination {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Destination::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not \"*\", a host name, a .suffix, an address or a CIDR"
+            ))
+        })
+    }
+}
+
+impl AccessSection {
+    /// Checks the values serde cannot.
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        for (i, r) in self.rules.iter().enumerate() {
+            let k = |f: &str| format!("access.rule[{i}].{f}");
+            if r.destinations.is_empty() {
+                return invalid(
+                    k("destinations"),
+                    "name at least one destination (\"*\" for any)",
+                );
+            }
+            if !r.users.is_empty() && self.users_file.is_none() {
+                return invalid(k("users"), "rules naming users need access.users_file");
+            }
+        }
+        if self.max_auth_failures_per_minute == 0 {
+            return invalid("access.max_auth_failures_per_minute", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl LimitsSection {
+    /// Checks the values serde cannot.
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if self.max_connections == 0 || self.max_connections_per_client == 0 {
+            return invalid("limits", "connection limits must be at least 1");
+        }
+        if self.max_concurrent_dns_lookups == 0 {
+            return invalid("limits.max_concurrent_dns_lookups", "must be at least 1");
+        }
+        Ok(())
+    }
+}

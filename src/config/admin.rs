@@ -1,0 +1,72 @@
+//! `[log]`, `[admin]` and `[pac]`: what carousel tells the people and browsers around it.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+/// Access log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessFormat {
+    /// One human-readable line.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Diagnostic level (`error`, `warn`, `info`, `debug`, `trace`, or a tracing filter);
+    /// `RUST_LOG` overrides it.
+    pub level: String,
+    /// Access log destination: `stdout`, `off`, or a file path.
+    pub access: String,
+    /// Access log format.
+    pub access_format: AccessFormat,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            access: "stdout".into(),
+            access_format: AccessFormat::Text,
+        }
+    }
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Whether to run it.
+    pub enabled: bool,
+    /// Where it listens. Keep it on loopback or a management network: it is unauthenticated.
+    pub address: SocketAddr,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: "127.0.0.1:9090".parse().expect("literal address"),
+        }
+    }
+}
+
+/// Inputs of the generated PAC file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PacSection {
+    /// `host:port` clients use for the HTTP proxy (default: the first HTTP listener's address).
+    pub http_proxy: Option<String>,
+    /// `host:port` clients use for SOCKS (default: the first SOCKS listener's address).
+    pub socks_proxy: Option<String>,
+    /// Domain suffixes (`.example.com`) or host names sent through carousel besides the clusters.
+    pub domains: Vec<String>,
+    /// What everything else gets, for example `DIRECT` or `PROXY other:8080`.
+    pub default: Option<String>,
+}

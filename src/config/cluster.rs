@@ -1,0 +1,220 @@
+//! `[[cluster]]`: a name carousel watches closely, with its health checks and passive ejection.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use super::{invalid, Invalid};
+
+/// How a cluster picks the member for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// Each request starts at the next member (weighted).
+    #[default]
+    RoundRobin,
+    /// The member with the fewest active connections among the next few in rotation.
+    LeastConnections,
+    /// Power of two choices: the next member in rotation and a random one, the less loaded wins
+    /// (a tie goes to the rotation, so idle members share requests evenly).
+    RandomTwo,
+}
+
+/// What an active health check does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthKind {
+    /// A TCP connect succeeds.
+    #[default]
+    Tcp,
+    /// Send `send`, expect the reply to start with `expect`.
+    SendExpect,
+    /// A TLS handshake completes.
+    Tls,
+}
+
+/// Active health checking of a cluster's members.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    /// Milliseconds between checks of one member.
+    pub interval_ms: u64,
+    /// Milliseconds one check may take.
+    pub timeout_ms: u64,
+    /// Consecutive passes that bring a down member up.
+    pub rise: u32,
+    /// Consecutive failures that take an up member down.
+    pub fall: u32,
+    /// Check kind.
+    pub kind: HealthKind,
+    /// Bytes sent by a `send_expect` check.
+    pub send: String,
+    /// Prefix the reply must start with for a `send_expect` check.
+    pub expect: String,
+    /// Server name sent in a `tls` check (default: the cluster name).
+    pub tls_server_name: String,
+    /// Spread of each interval, in percent, so members are not checked in lockstep.
+    pub jitter_percent: u32,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        Self {
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            rise: 2,
+            fall: 2,
+            kind: HealthKind::Tcp,
+            send: String::new(),
+            expect: String::new(),
+            tls_server_name: String::new(),
+            jitter_percent: 20,
+        }
+    }
+}
+
+/// Passive outlier detection on the request path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierSection {
+    /// Consecutive connect failures that eject a member.
+    pub consecutive_failures: u32,
+    /// First ejection length in milliseconds; doubles with each repeated ejection.
+    pub base_ejection_ms: u64,
+    /// Longest ejection in milliseconds.
+    pub max_ejection_ms: u64,
+    /// Most of a cluster (percent of members) that may be ejected at once.
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierSection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 3,
+            base_ejection_ms: 5000,
+            max_ejection_ms: 300_000,
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+/// One configured cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The name clients ask for (for example `chat.example.com`).
+    pub name: String,
+    /// Ports clients use for this cluster; each member is health-checked on each.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// Discover members from this SRV record instead of the name's A/AAAA records.
+    #[serde(default)]
+    pub srv: Option<String>,
+    /// Extra members: `ip` (on every port) or `ip:port`.
+    #[serde(default)]
+    pub static_members: Vec<String>,
+    /// Member choice per request.
+    #[serde(default)]
+    pub selection: Selection,
+    /// Seconds the last good member set keeps serving while DNS fails (RFC 8767).
+    #[serde(default = "default_serve_stale")]
+    pub serve_stale_seconds: u64,
+    /// Whether NXDOMAIN also counts as a DNS failure for serve-stale.
+    #[serde(default)]
+    pub serve_stale_nxdomain: bool,
+    /// Send requests for a down member's IP address (on a cluster port) to a healthy member.
+    #[serde(default)]
+    pub rescue_member_ips: bool,
+    /// Forwarded HTTP requests to this cluster: milliseconds its members may take to start a
+    /// response (default: `forward.response_timeout_ms`).
+    #[serde(default)]
+    pub response_timeout_ms: Option<u64>,
+    /// Lower TTL clamp for discovery, seconds (default: `dns.min_ttl_seconds`).
+    #[serde(default)]
+    pub min_ttl_seconds: Option<u64>,
+    /// Upper TTL clamp for discovery, seconds (default: `dns.max_ttl_seconds`).
+    #[serde(default)]
+    pub max_ttl_seconds: Option<u64>,
+    /// Active health checks.
+    #[serde(default)]
+    pub health: HealthSection,
+    /// Passive outlier detection.
+    #[serde(default)]
+    pub outlier: OutlierSection,
+}
+
+fn default_serve_stale() -> u64 {
+    300
+}
+
+/// Parses a static member: `ip` (port `None`: every cluster port) or `ip:port` / `[v6]:port`.
+pub fn parse_member(s: &str) -> Option<(std::net::IpAddr, Option<u16>)> {
+    if let Ok(ip) = s.parse() {
+        return Some((ip, None));
+    }
+    let sa: SocketAddr = s.parse().ok()?;
+    (sa.port() != 0).then_some((sa.ip(), Some(sa.port())))
+}
+
+impl ClusterSection {
+    /// Checks the values serde cannot; `i` is its index in the file.
+    pub(super) fn validate(&self, i: usize) -> Result<(), Invalid> {
+        let k = |f: &str| format!("cluster[{i}].{f}");
+        let name = self.name.trim_end_matches('.');
+        if !crate::protocol::validate_hostname(name) {
+            return invalid(k("name"), "must be a valid DNS name");
+        }
+        if name.parse::<std::net::IpAddr>().is_ok() {
+            return invalid(k("name"), "must be a DNS name, not an address");
+        }
+        if self.ports.is_empty() && self.srv.is_none() {
+            return invalid(k("ports"), "name at least one port (or use srv)");
+        }
+        if self.ports.contains(&0) {
+            return invalid(k("ports"), "port 0 is not a port");
+        }
+        if let Some(srv) = &self.srv {
+            if !crate::protocol::validate_hostname(srv.trim_end_matches('.')) {
+                return invalid(k("srv"), "must be a valid DNS name");
+            }
+        }
+        for (j, m) in self.static_members.iter().enumerate() {
+            if parse_member(m).is_none() {
+                return invalid(
+                    format!("cluster[{i}].static_members[{j}]"),
+                    "must be `ip` or `ip:port`",
+                );
+            }
+        }
+        if self.response_timeout_ms == Some(0) {
+            return invalid(k("response_timeout_ms"), "must be greater than 0");
+        }
+        let h = &self.health;
+        if h.interval_ms == 0 || h.timeout_ms == 0 {
+            return invalid(
+                k("health"),
+                "interval_ms and timeout_ms must be greater than 0",
+            );
+        }
+        if h.rise == 0 || h.fall == 0 {
+            return invalid(k("health"), "rise and fall must be at least 1");
+        }
+        if h.kind == HealthKind::SendExpect && h.expect.is_empty() {
+            return invalid(k("health.expect"), "a send_expect check needs `expect`");
+        }
+        if h.jitter_percent > 100 {
+            return invalid(k("health.jitter_percent"), "must be at most 100");
+        }
+        let o = &self.outlier;
+        if o.base_ejection_ms == 0 || o.max_ejection_ms < o.base_ejection_ms {
+            return invalid(
+                k("outlier.max_ejection_ms"),
+                "must be at least base_ejection_ms (> 0)",
+            );
+        }
+        if o.max_ejection_percent > 100 {
+            return invalid(k("outlier.max_ejection_percent"), "must be at most 100");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,139 @@
+//! `[dial]`, `[forward]` and `[tunnel]`: how carousel connects upstream and carries bytes.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{invalid, Invalid};
+
+/// Upstream connect settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialSection {
+    /// Milliseconds per connect attempt.
+    pub connect_timeout_ms: u64,
+    /// Milliseconds for all attempts of one request.
+    pub deadline_ms: u64,
+    /// Most addresses tried per request.
+    pub max_attempts: usize,
+    /// Milliseconds an attempt may go unanswered before the next candidate is started beside it
+    /// (connection racing, RFC 8305 §5).
+    pub attempt_delay_ms: u64,
+    /// Seconds a failed address is tried last.
+    pub failure_memory_seconds: u64,
+}
+
+impl Default for DialSection {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 500,
+            deadline_ms: 5000,
+            max_attempts: 8,
+            attempt_delay_ms: 250,
+            failure_memory_seconds: 30,
+        }
+    }
+}
+
+/// Forwarded HTTP requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardSection {
+    /// Milliseconds the upstream may take to start its response (and between later reads)
+    /// before the client gets 504.
+    pub response_timeout_ms: u64,
+}
+
+impl Default for ForwardSection {
+    fn default() -> Self {
+        Self {
+            response_timeout_ms: 120_000,
+        }
+    }
+}
+
+impl ForwardSection {
+    /// The response timeout as a `Duration`.
+    pub fn response_timeout(&self) -> Duration {
+        Duration::from_millis(self.response_timeout_ms)
+    }
+}
+
+/// Tunnel settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TunnelSection {
+    /// Seconds without traffic before a tunnel is closed.
+    pub idle_timeout_seconds: u64,
+    /// Capacity of each splice(2) pipe, bytes (0: the kernel's default, 64 KiB).
+    pub pipe_size_bytes: usize,
+    /// Most splice pipes the process holds at once; unset: derived from the kernel's per-user
+    /// pipe budget; 0: never splice (always copy through user space).
+    pub max_pipes: Option<usize>,
+}
+
+/// The splice pipe size carousel asks for unless configured: the largest an unprivileged process
+/// may have by default (`fs.pipe-max-size`), measured fastest in `bench/run.sh`.
+pub const DEFAULT_PIPE_SIZE: usize = 1 << 20;
+
+impl Default for TunnelSection {
+    fn default() -> Self {
+        Self {
+            idle_timeout_seconds: 300,
+            pipe_size_bytes: DEFAULT_PIPE_SIZE,
+            max_pipes: None,
+        }
+    }
+}
+
+impl DialSection {
+    /// Checks the values serde cannot.
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if self.connect_timeout_ms == 0 {
+            return invalid("dial.connect_timeout_ms", "must be greater than 0");
+        }
+        if self.deadline_ms < self.connect_timeout_ms {
+            return invalid(
+                "dial.deadline_ms",
+                "must not be below dial.connect_timeout_ms",
+            );
+        }
+        if !(10..=2000).contains(&self.attempt_delay_ms) {
+            return invalid(
+                "dial.attempt_delay_ms",
+                "must be between 10 and 2000 (RFC 8305)",
+            );
+        }
+        if self.max_attempts == 0 {
+            return invalid("dial.max_attempts", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+impl ForwardSection {
+    /// Checks the values serde cannot.
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if self.response_timeout_ms == 0 {
+            return invalid("forward.response_timeout_ms", "must be greater than 0");
+        }
+        Ok(())
+    }
+}
+
+impl TunnelSection {
+    /// Checks the values serde cannot.
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if self.idle_timeout_seconds == 0 {
+            return invalid("tunnel.idle_timeout_seconds", "must be greater than 0");
+        }
+        let pipe = self.pipe_size_bytes;
+        if pipe != 0 && !(4096..=(256 << 20)).contains(&pipe) {
+            return invalid(
+                "tunnel.pipe_size_bytes",
+                "must be 0 (kernel default) or between 4096 and 268435456",
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,310 @@
+//! The TOML configuration: schema, defaults, validation and error locations. One file per
+//! section, each with its own checks; `locate` finds the line of a key.
+//!
+//! Every error names the file, the key and the line, so an operator can fix a typo without
+//! guessing; unknown keys are errors because a misspelt key silently ignored is a security hole
+//! in a proxy's access rules.
+
+mod access;
+mod admin;
+mod cluster;
+mod dial;
+mod dns;
+mod locate;
+mod server;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+pub use access::*;
+pub use admin::*;
+pub use cluster::*;
+pub use dial::*;
+pub use dns::*;
+use locate::{first_line, line_of_key, locate_span};
+pub use server::*;
+
+/// The configuration carousel runs on when no file is given: the same text as
+/// `conf/carousel.toml`, so the documented file and the built-in behaviour never drift apart.
+pub const DEFAULT_TOML: &str = include_str!("../../conf/carousel.toml");
+
+/// Why a configuration was refused, with where in the file the problem is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read at all.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The path that was asked for.
+        file: String,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// The file was read but a key is wrong: syntax, type, unknown key or invalid value.
+    #[error("{file}:{line}: key `{key}`: {message}")]
+    Invalid {
+        /// The path of the file (or `<embedded>`).
+        file: String,
+        /// The dotted key path, for example `listener[1].address`.
+        key: String,
+        /// 1-based line of the key, or 0 if unknown.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Top-level configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Pingora server settings carousel controls.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// Client-facing listeners.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerSection>,
+    /// Name resolution.
+    #[serde(default)]
+    pub dns: DnsSection,
+    /// Upstream connect behaviour.
+    #[serde(default)]
+    pub dial: DialSection,
+    /// Established tunnels.
+    #[serde(default)]
+    pub tunnel: TunnelSection,
+    /// Forwarded (absolute-form) HTTP requests.
+    #[serde(default)]
+    pub forward: ForwardSection,
+    /// Who may use the proxy.
+    #[serde(default)]
+    pub access: AccessSection,
+    /// Diagnostics and the access log.
+    #[serde(default)]
+    pub log: LogSection,
+    /// Connection and lookup limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// The admin HTTP listener (metrics, health, status, PAC).
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// What the generated PAC file (`/proxy.pac`, `/wpad.dat`) tells browsers and clients.
+    #[serde(default)]
+    pub pac: PacSection,
+    /// Configured clusters: names watched closely (health checks, ejection, serve-stale).
+    #[serde(default, rename = "cluster")]
+    pub clusters: Vec<ClusterSection>,
+    /// The file name and text it was read from, so later stages (the files it names, see
+    /// [`crate::resources`]) can report file, key and line too.
+    #[serde(skip)]
+    source: Option<Arc<(String, String)>>,
+}
+
+/// A failed semantic check: the dotted key path and the reason.
+pub(crate) type Invalid = (String, String);
+
+/// The failed check for `key`.
+pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Result<(), Invalid> {
+    Err((key.into(), reason.into()))
+}
+
+impl Config {
+    /// Loads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded() -> Config {
+        Self::parse(DEFAULT_TOML, "<embedded>").expect("the embedded default config is valid")
+    }
+
+    /// Parses and validates `text`; `file` only labels errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let (key, line) = locate_span(text, span.start);
+            ConfigError::Invalid {
+                file: file.to_string(),
+                key,
+                line,
+                message: first_line(e.message()),
+            }
+        })?;
+        let mut cfg = cfg;
+        cfg.source = Some(Arc::new((file.to_string(), text.to_string())));
+        cfg.validate()
+            .map_err(|(key, message)| cfg.invalid(&key, message))?;
+        Ok(cfg)
+    }
+
+    /// The error for `key` of this configuration, with its file and line.
+    pub fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        let (file, line) = match &self.source {
+            Some(src) => (src.0.clone(), line_of_key(&src.1, key)),
+            None => ("<built>".to_string(), 0),
+        };
+        ConfigError::Invalid {
+            file,
+            key: key.to_string(),
+            line,
+            message: message.into(),
+        }
+    }
+
+    /// Semantic checks serde cannot express, section by section; returns the key path and the
+    /// reason. Nothing here reads a file: [`crate::resources`] loads the files a configuration
+    /// names.
+    fn validate(&self) -> Result<(), Invalid> {
+        self.server.validate()?;
+        if self.listeners.is_empty() {
+            return invalid("listener", "at least one [[listener]] is required");
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            l.validate(i)?;
+            if self.listeners[..i].iter().any(|o| o.address == l.address) {
+                return invalid(
+                    format!("listener[{i}].address"),
+                    "address used by another listener",
+                );
+            }
+        }
+        if self.admin.enabled {
+            if let Some(i) = self
+                .listeners
+                .iter()
+                .position(|l| l.address == self.admin.address)
+            {
+                return invalid("admin.address", format!("address used by listener[{i}]"));
+            }
+        }
+        self.dns.validate()?;
+        self.dial.validate()?;
+        self.forward.validate()?;
+        self.tunnel.validate()?;
+        self.access.validate()?;
+        self.limits.validate()?;
+        for (i, c) in self.clusters.iter().enumerate() {
+            c.validate(i)?;
+            let name = c.name.trim_end_matches('.');
+            if self.clusters[..i]
+                .iter()
+                .any(|o| o.name.trim_end_matches('.').eq_ignore_ascii_case(name))
+            {
+                return invalid(
+                    format!("cluster[{i}].name"),
+                    "another cluster has this name",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// A one-line summary for `carousel check`.
+    pub fn summary(&self) -> String {
+        let listeners: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|l| {
+                let p: Vec<&str> = l
+                    .protocols
+                    .iter()
+                    .map(|p| match p {
+                        Protocol::Http => "http",
+                        Protocol::Socks => "socks",
+                    })
+                    .collect();
+                format!("{} ({})", l.address, p.join("+"))
+            })
+            .collect();
+        let dns = if self.dns.nameservers.is_empty() {
+            "system resolver".to_string()
+        } else {
+            format!("{} nameserver(s)", self.dns.nameservers.len())
+        };
+        format!(
+            "ok: {} listener(s): {}; dns: {}; {} cluster(s); {} client network(s) allowed",
+            self.listeners.len(),
+            listeners.join(", "),
+            dns,
+            self.clusters.len(),
+            self.access.allow_clients.len()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_safe() {
+        let c = Config::embedded();
+        assert_eq!(c.listeners.len(), 2);
+        assert!(c.listeners.iter().all(|l| l.address.ip().is_loopback()));
+        assert!(c
+            .access
+            .allow_clients
+            .iter()
+            .all(|n| n.addr().is_loopback()));
+        assert_eq!(c.server.grace_period_seconds, 5);
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_key_and_line() {
+        let text = "[server]\nthreads = 2\n\n[dial]\nconect_timeout_ms = 5\n";
+        let e = Config::parse(text, "x.toml").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:5: key `dial"), "{e}");
+        assert!(e.contains("conect_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn semantic_error_points_at_the_key_line() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:1\"\nprotocols = [\"http\"]\n\n[[listener]]\naddress = \"127.0.0.1:2\"\nprotocols = []\n";
+        let e = Config::parse(text, "f").unwrap_err();
+        match e {
+            ConfigError::Invalid { key, line, .. } => {
+                assert_eq!(key, "listener[1].protocols");
+                assert_eq!(line, 7);
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn type_error_names_the_key() {
+        let text = "[dns]\ntimeout_ms = \"soon\"\n";
+        let e = Config::parse(text, "f").unwrap_err().to_string();
+        assert!(e.contains("f:2: key `dns.timeout_ms`"), "{e}");
+    }
+
+    #[test]
+    fn ttl_clamp_order_is_checked() {
+        let text = "[[listener]]\naddress = \"127.0.0.1:1\"\nprotocols = [\"http\"]\n[dns]\nmin_ttl_seconds = 10\nmax_ttl_seconds = 5\n";
+        let e = Config::parse(text, "f").unwrap_err().to_string();
+        assert!(
+            e.contains("dns.max_ttl_seconds") && e.contains("f:6"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pipe_size_is_bounded_and_zero_means_kernel_default() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:1\"\nprotocols = [\"http\"]\n[tunnel]\n";
+        let e = Config::parse(&format!("{base}pipe_size_bytes = 100\n"), "f")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("f:5") && e.contains("tunnel.pipe_size_bytes"),
+            "{e}"
+        );
+        let c = Config::parse(&format!("{base}pipe_size_bytes = 0\nmax_pipes = 0\n"), "f").unwrap();
+        assert_eq!((c.tunnel.pipe_size_bytes, c.tunnel.max_pipes), (0, Some(0)));
+        assert_eq!(Config::embedded().tunnel.pipe_size_bytes, DEFAULT_PIPE_SIZE);
+    }
+}

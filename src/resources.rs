@@ -1,0 +1,56 @@
+//! The files a configuration names (the users file, TLS certificates and keys), read once per
+//! load: by `carousel check` to validate them, at start-up to run with them, and on SIGHUP to
+//! swap them in. Kept apart from `config`, which only parses text, so the configuration knows
+//! nothing of bcrypt or rustls; errors still name file, key and line.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::sign::CertifiedKey;
+
+use crate::auth::Users;
+use crate::config::{Config, ConfigError};
+
+/// What the files of one configuration hold.
+pub struct Resources {
+    /// The users of `access.users_file` (none without one).
+    pub users: Users,
+    /// The certificate and key of each TLS listener, by listener address.
+    pub certs: HashMap<SocketAddr, Arc<CertifiedKey>>,
+}
+
+impl Resources {
+    /// Reads every file `config` names; the error points at the key that names the bad file.
+    pub fn load(config: &Config) -> Result<Resources, ConfigError> {
+        let mut certs = HashMap::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let Some(t) = &l.tls else { continue };
+            for (k, p) in [("cert", &t.cert), ("key", &t.key)] {
+                if !p.is_file() {
+                    return Err(config.invalid(
+                        &format!("listener[{i}].tls.{k}"),
+                        format!("{} is not a readable file", p.display()),
+                    ));
+                }
+            }
+            let key = crate::tls::load_certified_key(t)
+                .map_err(|e| config.invalid(&format!("listener[{i}].tls"), e))?;
+            certs.insert(l.address, key);
+        }
+        let users = match &config.access.users_file {
+            Some(path) => {
+                Users::load(path).map_err(|e| config.invalid("access.users_file", e.to_string()))?
+            }
+            None => Users::default(),
+        };
+        Ok(Resources { users, certs })
+    }
+
+    /// Parses `text` and reads the files it names: everything `carousel check` verifies.
+    pub fn check(text: &str, file: &str) -> Result<(Config, Resources), ConfigError> {
+        let config = Config::parse(text, file)?;
+        let resources = Resources::load(&config)?;
+        Ok((config, resources))
+    }
+}
