@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod dial;
+pub mod dns;
 pub mod forward;
 pub mod limits;
 pub mod listener;
@@ -20,7 +21,7 @@ pub mod policy;
 pub mod protocol;
 pub mod reload;
 pub mod reply;
-pub mod resolve;
+
 pub mod resources;
 pub mod server;
 pub mod session;

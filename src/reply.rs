@@ -4,9 +4,9 @@
 //! same failure reads the same in every protocol (the README's "Errors clients see" table).
 
 use crate::dial::FailKind;
+use crate::dns::ResolveError;
 use crate::outcome::Outcome;
 use crate::protocol::{http, socks4, socks5};
-use crate::resolve::ResolveError;
 use crate::session::OpenError;
 
 /// The HTTP status for a failed open: 403 denied, 407 credentials needed, 503 overloaded,

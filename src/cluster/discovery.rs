@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{health, Cluster, MemberSpec};
 use crate::config::{parse_member, DnsSection};
-use crate::resolve::{ResolveError, Resolver};
+use crate::dns::{ResolveError, Resolver};
 
 /// Runs discovery (and starts health checks) for `cluster` until it is retired.
 pub async fn run(cluster: Arc<Cluster>, resolver: Arc<Resolver>, dns: DnsSection) {

@@ -164,9 +164,6 @@ impl ClusterSection {
         if !crate::protocol::validate_hostname(name) {
             return invalid(k("name"), "must be a valid DNS name");
         }
-        if name.parse::<std::net::IpAddr>().is_ok() {
-            return invalid(k("name"), "must be a DNS name, not an address");
-        }
         if self.ports.is_empty() && self.srv.is_none() {
             return invalid(k("ports"), "name at least one port (or use srv)");
         }

@@ -13,41 +13,17 @@
 //! name or refresh) holds one of `limits.max_concurrent_dns_lookups` slots, which bounds the
 //! sockets in flight, and one lookup never takes longer than `dns.timeout_ms × dns.attempts`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
-use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::TokioResolver;
 use tokio::time::Instant;
 
-use crate::config::{DnsSection, IpStrategy};
-
-/// Why a name has no usable addresses.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ResolveError {
-    /// The nameserver said the name does not exist or has no addresses.
-    #[error("{0}: no such host")]
-    NotFound(String),
-    /// The lookup failed (timeout, SERVFAIL, network).
-    #[error("{name}: {reason}")]
-    Failed {
-        /// The name asked for.
-        name: String,
-        /// What went wrong, one line.
-        reason: String,
-    },
-    /// Too many lookups for new names are in flight.
-    #[error("too many DNS lookups in flight")]
-    Overloaded,
-    /// The resolver could not be built from the configuration.
-    #[error("resolver setup: {0}")]
-    Setup(String),
-}
+use super::client::{Client, ResolveError, SrvTarget};
+use crate::config::DnsSection;
 
 /// One answer for one request: the name's addresses and where this request starts in them.
 #[derive(Debug, Clone)]
@@ -78,8 +54,6 @@ struct Timing {
     negative_ttl: Duration,
     stale: Duration,
     idle: Duration,
-    /// The most one lookup may take in all (`timeout_ms × attempts`).
-    lookup_bound: Duration,
     max_names: usize,
 }
 
@@ -127,48 +101,19 @@ impl NameEntry {
 
 /// The shared resolver: one per process, used by every listener.
 pub struct Resolver {
-    dns: TokioResolver,
+    client: Client,
     names: DashMap<String, Arc<NameEntry>>,
     timing: Timing,
     epoch: Instant,
-    lookups: AtomicU64,
     lookup_slots: tokio::sync::Semaphore,
 }
 
 impl Resolver {
     /// Builds the resolver from `[dns]`; nameservers empty means the system configuration.
     pub fn new(cfg: &DnsSection, max_lookups: usize) -> Result<Arc<Self>, ResolveError> {
-        let provider = TokioRuntimeProvider::default();
-        let (rc, mut opts) = if cfg.nameservers.is_empty() {
-            hickory_resolver::system_conf::read_system_conf()
-                .map_err(|e| ResolveError::Setup(e.to_string()))?
-        } else {
-            let servers = cfg
-                .nameservers
-                .iter()
-                .map(|sa| nameserver(*sa))
-                .collect::<Vec<_>>();
-            (
-                ResolverConfig::from_name_servers(servers),
-                ResolverOpts::default(),
-            )
-        };
-        opts.timeout = Duration::from_millis(cfg.timeout_ms);
-        opts.attempts = cfg.attempts;
-        // carousel keeps its own per-name sets; hickory's cache would hand refreshes an old answer.
-        opts.cache_size = 0;
-        opts.ip_strategy = match cfg.ip_strategy {
-            IpStrategy::Ipv4AndIpv6 => LookupIpStrategy::Ipv4AndIpv6,
-            IpStrategy::Ipv4Only => LookupIpStrategy::Ipv4Only,
-            IpStrategy::Ipv6Only => LookupIpStrategy::Ipv6Only,
-        };
-        let mut builder = hickory_resolver::Resolver::builder_with_config(rc, provider);
-        *builder.options_mut() = opts;
-        let dns = builder
-            .build()
-            .map_err(|e| ResolveError::Setup(e.to_string()))?;
+        let client = Client::new(cfg)?;
         Ok(Arc::new(Self {
-            dns,
+            client,
             names: DashMap::new(),
             timing: Timing {
                 min_ttl: Duration::from_secs(cfg.min_ttl_seconds),
@@ -176,19 +121,16 @@ impl Resolver {
                 negative_ttl: Duration::from_secs(cfg.negative_ttl_seconds),
                 stale: Duration::from_secs(cfg.stale_seconds),
                 idle: Duration::from_secs(cfg.idle_seconds),
-                lookup_bound: Duration::from_millis(cfg.timeout_ms)
-                    .saturating_mul(cfg.attempts.max(1) as u32),
                 max_names: cfg.max_names.max(1),
             },
             epoch: Instant::now(),
-            lookups: AtomicU64::new(0),
             lookup_slots: tokio::sync::Semaphore::new(max_lookups.max(1)),
         }))
     }
 
     /// How many DNS lookups carousel itself has started (first lookups and refreshes).
     pub fn lookups(&self) -> u64 {
-        self.lookups.load(Ordering::Relaxed)
+        self.client.lookups()
     }
 
     /// How many names are currently kept.
@@ -320,103 +262,16 @@ impl Resolver {
     /// One A/AAAA lookup, bypassing the per-name sets: cluster discovery keeps its own state.
     /// Returns the addresses and their TTL (unclamped).
     pub async fn lookup_ips(&self, name: &str) -> Result<(Vec<IpAddr>, Duration), ResolveError> {
-        self.query_kind(name, "cluster").await
+        self.client.ips(name, "cluster").await
     }
 
     /// One SRV lookup: targets with priority, weight and port, and the TTL (unclamped).
-    /// Targets' addresses come from the additional section when present, else a lookup each.
     pub async fn lookup_srv(&self, name: &str) -> Result<(Vec<SrvTarget>, Duration), ResolveError> {
-        use hickory_resolver::proto::rr::RData;
-        let started = std::time::Instant::now();
-        let fqdn = absolute(name);
-        let result = self.dns.srv_lookup(fqdn.as_str()).await;
-        observe("cluster", started, &result);
-        let lookup = result.map_err(|e| classify(name, e))?;
-        let ttl = lookup
-            .valid_until()
-            .saturating_duration_since(std::time::Instant::now());
-        let mut out = Vec::new();
-        for rec in lookup.answers() {
-            if let RData::SRV(srv) = &rec.data {
-                let target = srv.target.to_ascii();
-                let mut addrs: Vec<IpAddr> = lookup
-                    .additionals()
-                    .iter()
-                    .filter(|r| r.name.to_ascii().eq_ignore_ascii_case(&target))
-                    .filter_map(|r| match &r.data {
-                        RData::A(a) => Some(IpAddr::V4(a.0)),
-                        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
-                        _ => None,
-                    })
-                    .collect();
-                if addrs.is_empty() {
-                    addrs = self
-                        .lookup_ips(&target)
-                        .await
-                        .map(|(a, _)| a)
-                        .unwrap_or_default();
-                }
-                out.push(SrvTarget {
-                    priority: srv.priority,
-                    weight: srv.weight,
-                    port: srv.port,
-                    addrs,
-                });
-            }
-        }
-        if out.is_empty() {
-            return Err(ResolveError::NotFound(name.to_string()));
-        }
-        Ok((out, ttl))
+        self.client.srv(name).await
     }
 
     async fn query(&self, name: &str) -> Result<(Vec<IpAddr>, Duration), ResolveError> {
-        self.query_kind(name, "name").await
-    }
-
-    async fn query_kind(
-        &self,
-        name: &str,
-        kind: &str,
-    ) -> Result<(Vec<IpAddr>, Duration), ResolveError> {
-        self.lookups.fetch_add(1, Ordering::Relaxed);
-        let started = std::time::Instant::now();
-        let fqdn = absolute(name);
-        let in_flight = &crate::metrics::metrics().dns_in_flight;
-        in_flight.inc();
-        let result =
-            tokio::time::timeout(self.timing.lookup_bound, self.dns.lookup_ip(fqdn.as_str())).await;
-        in_flight.dec();
-        let Ok(result) = result else {
-            let m = crate::metrics::metrics();
-            m.dns_duration
-                .with_label_values(&[kind])
-                .observe(started.elapsed().as_secs_f64());
-            m.dns_lookups.with_label_values(&[kind, "error"]).inc();
-            return Err(ResolveError::Failed {
-                name: name.to_string(),
-                reason: format!("no answer within {:?}", self.timing.lookup_bound),
-            });
-        };
-        observe(kind, started, &result);
-        match result {
-            Ok(lookup) => {
-                let mut addrs: Vec<IpAddr> = Vec::new();
-                for ip in lookup.iter() {
-                    if !addrs.contains(&ip) {
-                        addrs.push(ip);
-                    }
-                }
-                if addrs.is_empty() {
-                    return Err(ResolveError::NotFound(name.to_string()));
-                }
-                let ttl = lookup
-                    .valid_until()
-                    .saturating_duration_since(std::time::Instant::now());
-                Ok((addrs, ttl))
-            }
-            Err(e) => Err(classify(name, e)),
-        }
+        self.client.ips(name, "name").await
     }
 
     fn clamp(&self, ttl: Duration) -> Duration {
@@ -540,82 +395,12 @@ impl Resolver {
     }
 }
 
-/// One SRV target with its addresses.
-#[derive(Debug, Clone)]
-pub struct SrvTarget {
-    /// Lower is preferred.
-    pub priority: u16,
-    /// Relative share within a priority.
-    pub weight: u16,
-    /// The port to connect to.
-    pub port: u16,
-    /// The target's addresses.
-    pub addrs: Vec<IpAddr>,
-}
-
-/// A trailing dot makes the name absolute: no search-domain guessing for a proxy.
-fn absolute(name: &str) -> String {
-    if name.ends_with('.') {
-        name.to_string()
-    } else {
-        format!("{name}.")
-    }
-}
-
-fn classify(name: &str, e: hickory_resolver::net::NetError) -> ResolveError {
-    if e.is_nx_domain() || e.is_no_records_found() {
-        ResolveError::NotFound(name.to_string())
-    } else {
-        ResolveError::Failed {
-            name: name.to_string(),
-            reason: e
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or("lookup failed")
-                .into(),
-        }
-    }
-}
-
-fn observe<T>(
-    kind: &str,
-    started: std::time::Instant,
-    r: &Result<T, hickory_resolver::net::NetError>,
-) {
-    let m = crate::metrics::metrics();
-    m.dns_duration
-        .with_label_values(&[kind])
-        .observe(started.elapsed().as_secs_f64());
-    let result = match r {
-        Ok(_) => "ok",
-        Err(e) if e.is_nx_domain() || e.is_no_records_found() => "nxdomain",
-        Err(_) => "error",
-    };
-    m.dns_lookups.with_label_values(&[kind, result]).inc();
-}
-
-impl ResolveError {
-    /// Whether the name positively does not exist (as opposed to DNS failing).
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, ResolveError::NotFound(_))
-    }
-}
-
-fn nameserver(sa: SocketAddr) -> NameServerConfig {
-    let mut ns = NameServerConfig::udp_and_tcp(sa.ip());
-    for c in &mut ns.connections {
-        c.port = sa.port();
-    }
-    ns
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testbed::dns::DnsServer;
 
-    fn settings(dns: SocketAddr) -> DnsSection {
+    fn settings(dns: std::net::SocketAddr) -> DnsSection {
         DnsSection {
             nameservers: vec![dns],
             timeout_ms: 2000,

@@ -2,6 +2,13 @@
 //! tunnels) and the forwarder (for absolute-form HTTP) both come here, so every protocol is
 //! authorised, rotated and failed over the same way.
 
+mod error;
+mod plan;
+
+pub use error::{OpenError, SetupError};
+use plan::Source;
+pub use plan::{Plan, Requester};
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -11,238 +18,16 @@ use arc_swap::ArcSwap;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::auth::Authenticator;
-use crate::cluster::{Cluster, ClusterTable, Member, Picks};
+use crate::cluster::{Cluster, ClusterTable};
 use crate::config::Config;
 pub use crate::dial::Candidate;
-use crate::dial::{self, Attempts, Connected, DialFailure, DialSettings, FailKind, FailureMemory};
+use crate::dial::{self, Connected, DialSettings, FailureMemory};
+use crate::dns::Resolver;
 use crate::limits::Limits;
-use crate::metrics::metrics;
-use crate::outcome::Outcome;
 use crate::policy::{Policy, Verdict};
 use crate::protocol::{Target, TargetHost};
-use crate::resolve::{ResolveError, Resolver};
 use crate::resources::Resources;
 use crate::tls::Acceptor;
-
-/// Why the shared state could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    /// The resolver could not be built from `[dns]`.
-    #[error("{0}")]
-    Resolver(#[from] ResolveError),
-    /// A TLS listener's certificate could not be used.
-    #[error("TLS listener: {0}")]
-    Tls(String),
-    /// The access log could not be opened.
-    #[error("access log {0}: {1}")]
-    AccessLog(String, std::io::Error),
-}
-
-/// Why a request could not be given an upstream connection.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum OpenError {
-    /// The policy refused the request.
-    #[error("denied: {0}")]
-    Denied(String),
-    /// A rule would allow it for an authenticated user, and the client gave no valid credentials.
-    #[error("proxy authentication required")]
-    AuthRequired,
-    /// The target name has no usable addresses.
-    #[error("DNS: {0}")]
-    Dns(#[from] ResolveError),
-    /// A configured cluster has no members to offer.
-    #[error("cluster {0}: no members available")]
-    NoMembers(String),
-    /// A limit refused the request (too many lookups in flight).
-    #[error("overloaded: {0}")]
-    Overloaded(String),
-    /// Every candidate failed to connect.
-    #[error("connect failed: {0}")]
-    Dial(#[from] DialFailure),
-}
-
-impl OpenError {
-    /// How a request that met this error ended, for the metrics and the access log.
-    pub fn outcome(&self) -> Outcome {
-        match self {
-            OpenError::Denied(_) => Outcome::Denied,
-            OpenError::AuthRequired => Outcome::AuthFailed,
-            OpenError::Dns(ResolveError::Overloaded) | OpenError::Overloaded(_) => {
-                Outcome::Overload
-            }
-            OpenError::Dns(_) | OpenError::NoMembers(_) => Outcome::DnsError,
-            OpenError::Dial(d) if d.kind == FailKind::Timeout => Outcome::Timeout,
-            OpenError::Dial(_) => Outcome::ConnectError,
-        }
-    }
-}
-
-enum Source {
-    List(std::vec::IntoIter<SocketAddr>),
-    Cluster(Picks),
-    /// A member's own address, asked for literally: that member first (if given), then, with
-    /// `rescue_member_ips`, the cluster's other members in rotation.
-    Member {
-        first: Option<Arc<Member>>,
-        rest: Option<Picks>,
-    },
-}
-
-/// Who is asking: checked against the rules for every candidate address.
-#[derive(Debug, Clone, Default)]
-pub struct Requester {
-    /// The client's address.
-    pub client: Option<IpAddr>,
-    /// The authenticated user, if any.
-    pub user: Option<String>,
-}
-
-/// The ordered candidates of one request and where to report what happened to each.
-pub struct Plan {
-    /// The cluster serving this request, if any.
-    pub cluster: Option<Arc<Cluster>>,
-    /// The rule that allowed the request (for the access log).
-    pub rule: String,
-    source: Source,
-    /// The member address a literal request named, skipped when its cluster rescues it.
-    pinned: Option<SocketAddr>,
-    tried: u32,
-    panic_counted: bool,
-    runtime: Arc<Runtime>,
-    failures: Arc<FailureMemory>,
-    who: Requester,
-    name: Option<String>,
-}
-
-impl Plan {
-    fn allowed(&self, addr: SocketAddr) -> bool {
-        let client = self.who.client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        match self.runtime.policy.check_address(
-            client,
-            self.who.user.as_deref(),
-            self.name.as_deref(),
-            addr,
-        ) {
-            Verdict::Allow(_) => true,
-            other => {
-                tracing::info!(%addr, name = ?self.name, verdict = ?other, "candidate address refused by policy");
-                false
-            }
-        }
-    }
-}
-
-impl Attempts for Plan {
-    fn cluster_name(&self) -> &str {
-        self.cluster.as_ref().map_or("", |c| c.name.as_str())
-    }
-
-    /// The next address to try, or `None` when every candidate was handed out. Addresses the
-    /// policy refuses (a name resolving to a protected address) are skipped.
-    fn next_candidate(&mut self) -> Option<Candidate> {
-        loop {
-            let c = match &mut self.source {
-                Source::List(it) => it.next().map(|addr| Candidate { addr, member: None }),
-                Source::Member { first, rest } => match first.take() {
-                    Some(m) => Some(Candidate {
-                        addr: m.addr,
-                        member: Some(m),
-                    }),
-                    None => {
-                        let pinned = self.pinned;
-                        let sel = rest.as_mut()?;
-                        let m = sel.find(|m| Some(m.addr) != pinned)?;
-                        Some(Candidate {
-                            addr: m.addr,
-                            member: Some(m),
-                        })
-                    }
-                },
-                Source::Cluster(sel) => {
-                    let m = sel.next()?;
-                    if sel.is_panic() && !self.panic_counted {
-                        self.panic_counted = true;
-                        metrics()
-                            .panic_requests
-                            .with_label_values(&[self.cluster_name()])
-                            .inc();
-                        tracing::warn!(
-                            cluster = self.cluster_name(),
-                            "every member is down: trying them all (panic mode)"
-                        );
-                    }
-                    Some(Candidate {
-                        addr: m.addr,
-                        member: Some(m),
-                    })
-                }
-            }?;
-            if !self.allowed(c.addr) {
-                continue;
-            }
-            if self.tried > 0 {
-                metrics()
-                    .failovers
-                    .with_label_values(&[self.cluster_name()])
-                    .inc();
-            }
-            self.tried += 1;
-            return Some(c);
-        }
-    }
-
-    /// Records a failed connect to `c`.
-    fn report_failure(&self, c: &Candidate, kind: FailKind, detail: &str) {
-        self.failures.mark_failed(c.addr);
-        let result = match kind {
-            FailKind::Refused => "refused",
-            FailKind::Timeout => "timeout",
-            FailKind::Unreachable => "unreachable",
-            FailKind::Other => "error",
-        };
-        match (&self.cluster, &c.member) {
-            (Some(cluster), Some(m)) => cluster.report_failure(m, result, detail),
-            _ => metrics()
-                .connect_attempts
-                .with_label_values(&["", "", result])
-                .inc(),
-        }
-    }
-
-    /// Records an attempt to `c` given up because another candidate connected first. For a
-    /// cluster member that is neither a success nor a failure (its active checks judge it). A
-    /// plain name has no checks: an address that left a connect unanswered for the whole attempt
-    /// delay is tried last, like a failed one, with the same half-open way back, so a blackholed
-    /// address does not cost every request that starts with it the delay.
-    fn report_abandoned(&self, c: &Candidate) {
-        match &c.member {
-            Some(m) => m.report_abandoned(),
-            None => {
-                self.failures.mark_failed(c.addr);
-                metrics()
-                    .connect_attempts
-                    .with_label_values(&["", "", "abandoned"])
-                    .inc()
-            }
-        }
-    }
-
-    /// Records a successful connect to `c` after `took`.
-    fn report_success(&self, c: &Candidate, took: Duration) {
-        self.failures.mark_ok(c.addr);
-        match (&self.cluster, &c.member) {
-            (Some(cluster), Some(m)) => cluster.report_success(m),
-            (None, Some(m)) => {
-                m.report_success(crate::cluster::now_ms());
-            }
-            (_, None) => metrics()
-                .connect_attempts
-                .with_label_values(&["", "", "ok"])
-                .inc(),
-        }
-        crate::metrics::connect_timer(self.cluster_name()).observe(took.as_secs_f64());
-    }
-}
 
 /// What a reload replaces as a whole: configuration, rules and dial bounds.
 pub struct Runtime {
@@ -498,5 +283,163 @@ impl Proxy {
             ))),
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::MemberSpec;
+    use crate::dial::Attempts;
+    use crate::testbed::dns::DnsServer;
+
+    const CLUSTER: &str = "chat.plan.test";
+
+    /// A proxy whose resolver asks `dns`, with `rules` and one cluster (`rescue` as given) whose
+    /// members .11/.12/.13 on port 5222 are installed by hand (no discovery runs in a unit test).
+    async fn proxy(dns: &DnsServer, rules: &str, rescue: bool) -> Arc<Proxy> {
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:3128\"\nprotocols = [\"http\"]\n\
+             [admin]\naddress = \"127.0.0.1:9090\"\n\
+             [dns]\nnameservers = [\"{}\"]\ntimeout_ms = 500\nattempts = 1\n\
+             {rules}\n\
+             [[cluster]]\nname = \"{CLUSTER}\"\nports = [5222]\nrescue_member_ips = {rescue}\n",
+            dns.addr()
+        );
+        let config = Arc::new(Config::parse(&text, "t").unwrap());
+        let resources = Resources::load(&config).unwrap();
+        let proxy = Proxy::new(config, resources).unwrap();
+        let specs: Vec<MemberSpec> = [11, 12, 13]
+            .iter()
+            .map(|i| MemberSpec {
+                addr: format!("127.0.0.{i}:5222").parse().unwrap(),
+                weight: 1,
+                priority: 0,
+            })
+            .collect();
+        proxy
+            .clusters
+            .load()
+            .get(CLUSTER)
+            .unwrap()
+            .apply(&specs, None);
+        proxy
+    }
+
+    const LOOPBACK_RULE: &str =
+        "[[access.rule]]\naction = \"allow\"\ndestinations = [\"*\", \"127.0.0.0/8\"]\n";
+
+    fn target(host: &str, port: u16) -> Target {
+        crate::protocol::http::host_port(&format!("{host}:{port}"), 0).unwrap()
+    }
+
+    fn who() -> Requester {
+        Requester {
+            client: Some("127.0.0.1".parse().unwrap()),
+            user: None,
+        }
+    }
+
+    /// The candidates of one plan, in order, and its cluster.
+    async fn plan(p: &Proxy, t: &Target) -> Result<(Vec<String>, String), String> {
+        let mut plan = p.plan(&who(), t).await.map_err(|e| e.to_string())?;
+        let cluster = plan.cluster_name().to_string();
+        let mut out = Vec::new();
+        while let Some(c) = plan.next_candidate() {
+            out.push(format!(
+                "{}{}",
+                c.addr,
+                if c.member.is_some() { "*" } else { "" }
+            ));
+        }
+        Ok((out, cluster))
+    }
+
+    #[tokio::test]
+    async fn routes_and_candidates_table() {
+        let dns = DnsServer::start().await;
+        dns.set_a(
+            "name.plan.test",
+            &["127.0.0.21".parse().unwrap(), "127.0.0.22".parse().unwrap()],
+            30,
+        );
+        dns.set_a("meta.plan.test", &["169.254.169.254".parse().unwrap()], 30);
+        let p = proxy(&dns, LOOPBACK_RULE, false).await;
+        // (target, expected candidates ("*" = a cluster member), expected cluster) or an error.
+        type Want<'a> = Result<(Vec<&'a str>, &'a str), &'a str>;
+        let cases: Vec<(Target, Want)> = vec![
+            (target("127.0.0.31", 80), Ok((vec!["127.0.0.31:80"], ""))),
+            (
+                target("name.plan.test", 80),
+                Ok((vec!["127.0.0.21:80", "127.0.0.22:80"], "")),
+            ),
+            (
+                target("name.plan.test", 80),
+                Ok((vec!["127.0.0.22:80", "127.0.0.21:80"], "")),
+            ),
+            (
+                target(CLUSTER, 5222),
+                Ok((
+                    vec!["127.0.0.11:5222*", "127.0.0.12:5222*", "127.0.0.13:5222*"],
+                    CLUSTER,
+                )),
+            ),
+            // A member's own address is that member's request, and only that member's without
+            // rescue_member_ips.
+            (
+                target("127.0.0.12", 5222),
+                Ok((vec!["127.0.0.12:5222*"], CLUSTER)),
+            ),
+            // A name whose every address is protected: planned (the policy is judged per resolved
+            // address) with nothing to try; opening it answers "denied".
+            (target("meta.plan.test", 80), Ok((vec![], ""))),
+            (target("169.254.169.254", 80), Err("denied")),
+            (target("[::]", 80), Err("denied")),
+        ];
+        for (t, want) in cases {
+            let got = plan(&p, &t).await;
+            match want {
+                Ok((cands, cluster)) => {
+                    let (gc, gcl) = got.unwrap_or_else(|e| panic!("{t}: {e}"));
+                    assert_eq!(gc, cands, "{t}");
+                    assert_eq!(gcl, cluster, "{t}");
+                }
+                Err(word) => {
+                    let e = got.err().unwrap_or_else(|| panic!("{t} was planned"));
+                    assert!(e.contains(word), "{t}: {e}");
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn rescue_puts_the_member_first_then_the_others_and_skips_it_once_down() {
+        let dns = DnsServer::start().await;
+        let p = proxy(&dns, LOOPBACK_RULE, true).await;
+        let (c, cluster) = plan(&p, &target("127.0.0.12", 5222)).await.unwrap();
+        assert_eq!(cluster, CLUSTER);
+        assert_eq!(c[0], "127.0.0.12:5222*");
+        assert_eq!(c.len(), 3, "{c:?}");
+        assert!(!c[1..].contains(&"127.0.0.12:5222*".to_string()));
+        let cl = p.clusters.load().get(CLUSTER).unwrap().clone();
+        let m = cl.member_at("127.0.0.12:5222".parse().unwrap()).unwrap();
+        cl.report_check(&m, false, "refused");
+        let (c, _) = plan(&p, &target("127.0.0.12", 5222)).await.unwrap();
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert!(!c.contains(&"127.0.0.12:5222*".to_string()), "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn policy_refusals_are_named() {
+        let dns = DnsServer::start().await;
+        let p = proxy(&dns, "", false).await;
+        let e = plan(&p, &target("127.0.0.31", 80)).await.unwrap_err();
+        assert!(e.contains("no rule allows it"), "{e}");
+        let port0 = Target {
+            host: TargetHost::Ip("127.0.0.31".parse().unwrap()),
+            port: 0,
+        };
+        let e = plan(&p, &port0).await.unwrap_err();
+        assert!(e.contains("port 0"), "{e}");
     }
 }

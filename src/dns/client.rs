@@ -1,0 +1,250 @@
+//! The DNS client: one hickory-resolver query at a time, bounded in time, counted and timed. What
+//! carousel keeps of the answers (rotation, refresh, serve-stale) is the resolver's business.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::TokioResolver;
+
+use crate::config::{DnsSection, IpStrategy};
+
+/// Why a name has no usable addresses.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResolveError {
+    /// The nameserver said the name does not exist or has no addresses.
+    #[error("{0}: no such host")]
+    NotFound(String),
+    /// The lookup failed (timeout, SERVFAIL, network).
+    #[error("{name}: {reason}")]
+    Failed {
+        /// The name asked for.
+        name: String,
+        /// What went wrong, one line.
+        reason: String,
+    },
+    /// Too many lookups for new names are in flight.
+    #[error("too many DNS lookups in flight")]
+    Overloaded,
+    /// The resolver could not be built from the configuration.
+    #[error("resolver setup: {0}")]
+    Setup(String),
+}
+
+/// Queries the configured nameservers.
+pub struct Client {
+    dns: TokioResolver,
+    /// The most one lookup may take in all (`timeout_ms × attempts`).
+    bound: Duration,
+    lookups: AtomicU64,
+}
+
+impl Client {
+    /// A client for `[dns]`; nameservers empty means the system configuration.
+    pub fn new(cfg: &DnsSection) -> Result<Self, ResolveError> {
+        let provider = TokioRuntimeProvider::default();
+        let (rc, mut opts) = if cfg.nameservers.is_empty() {
+            hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| ResolveError::Setup(e.to_string()))?
+        } else {
+            let servers = cfg
+                .nameservers
+                .iter()
+                .map(|sa| nameserver(*sa))
+                .collect::<Vec<_>>();
+            (
+                ResolverConfig::from_name_servers(servers),
+                ResolverOpts::default(),
+            )
+        };
+        opts.timeout = Duration::from_millis(cfg.timeout_ms);
+        opts.attempts = cfg.attempts;
+        // carousel keeps its own per-name sets; hickory's cache would hand refreshes an old answer.
+        opts.cache_size = 0;
+        opts.ip_strategy = match cfg.ip_strategy {
+            IpStrategy::Ipv4AndIpv6 => LookupIpStrategy::Ipv4AndIpv6,
+            IpStrategy::Ipv4Only => LookupIpStrategy::Ipv4Only,
+            IpStrategy::Ipv6Only => LookupIpStrategy::Ipv6Only,
+        };
+        let mut builder = hickory_resolver::Resolver::builder_with_config(rc, provider);
+        *builder.options_mut() = opts;
+        let dns = builder
+            .build()
+            .map_err(|e| ResolveError::Setup(e.to_string()))?;
+        Ok(Self {
+            dns,
+            bound: Duration::from_millis(cfg.timeout_ms).saturating_mul(cfg.attempts.max(1) as u32),
+            lookups: AtomicU64::new(0),
+        })
+    }
+
+    /// How many A/AAAA lookups it has made.
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+
+    /// One SRV lookup: targets with priority, weight and port, and the TTL (unclamped).
+    /// Targets' addresses come from the additional section when present, else a lookup each.
+    pub async fn srv(&self, name: &str) -> Result<(Vec<SrvTarget>, Duration), ResolveError> {
+        use hickory_resolver::proto::rr::RData;
+        let started = std::time::Instant::now();
+        let fqdn = absolute(name);
+        let result = self.dns.srv_lookup(fqdn.as_str()).await;
+        observe("cluster", started, &result);
+        let lookup = result.map_err(|e| classify(name, e))?;
+        let ttl = lookup
+            .valid_until()
+            .saturating_duration_since(std::time::Instant::now());
+        let mut out = Vec::new();
+        for rec in lookup.answers() {
+            if let RData::SRV(srv) = &rec.data {
+                let target = srv.target.to_ascii();
+                let mut addrs: Vec<IpAddr> = lookup
+                    .additionals()
+                    .iter()
+                    .filter(|r| r.name.to_ascii().eq_ignore_ascii_case(&target))
+                    .filter_map(|r| match &r.data {
+                        RData::A(a) => Some(IpAddr::V4(a.0)),
+                        RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                        _ => None,
+                    })
+                    .collect();
+                if addrs.is_empty() {
+                    addrs = self
+                        .ips(&target, "cluster")
+                        .await
+                        .map(|(a, _)| a)
+                        .unwrap_or_default();
+                }
+                out.push(SrvTarget {
+                    priority: srv.priority,
+                    weight: srv.weight,
+                    port: srv.port,
+                    addrs,
+                });
+            }
+        }
+        if out.is_empty() {
+            return Err(ResolveError::NotFound(name.to_string()));
+        }
+        Ok((out, ttl))
+    }
+
+    /// One A/AAAA lookup of `name` (`kind` labels the metrics): the addresses, deduplicated,
+    /// and their TTL (unclamped).
+    pub async fn ips(
+        &self,
+        name: &str,
+        kind: &str,
+    ) -> Result<(Vec<IpAddr>, Duration), ResolveError> {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let fqdn = absolute(name);
+        let in_flight = &crate::metrics::metrics().dns_in_flight;
+        in_flight.inc();
+        let result = tokio::time::timeout(self.bound, self.dns.lookup_ip(fqdn.as_str())).await;
+        in_flight.dec();
+        let Ok(result) = result else {
+            let m = crate::metrics::metrics();
+            m.dns_duration
+                .with_label_values(&[kind])
+                .observe(started.elapsed().as_secs_f64());
+            m.dns_lookups.with_label_values(&[kind, "error"]).inc();
+            return Err(ResolveError::Failed {
+                name: name.to_string(),
+                reason: format!("no answer within {:?}", self.bound),
+            });
+        };
+        observe(kind, started, &result);
+        match result {
+            Ok(lookup) => {
+                let mut addrs: Vec<IpAddr> = Vec::new();
+                for ip in lookup.iter() {
+                    if !addrs.contains(&ip) {
+                        addrs.push(ip);
+                    }
+                }
+                if addrs.is_empty() {
+                    return Err(ResolveError::NotFound(name.to_string()));
+                }
+                let ttl = lookup
+                    .valid_until()
+                    .saturating_duration_since(std::time::Instant::now());
+                Ok((addrs, ttl))
+            }
+            Err(e) => Err(classify(name, e)),
+        }
+    }
+}
+
+/// One SRV target with its addresses.
+#[derive(Debug, Clone)]
+pub struct SrvTarget {
+    /// Lower is preferred.
+    pub priority: u16,
+    /// Relative share within a priority.
+    pub weight: u16,
+    /// The port to connect to.
+    pub port: u16,
+    /// The target's addresses.
+    pub addrs: Vec<IpAddr>,
+}
+
+/// A trailing dot makes the name absolute: no search-domain guessing for a proxy.
+fn absolute(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    }
+}
+
+fn classify(name: &str, e: hickory_resolver::net::NetError) -> ResolveError {
+    if e.is_nx_domain() || e.is_no_records_found() {
+        ResolveError::NotFound(name.to_string())
+    } else {
+        ResolveError::Failed {
+            name: name.to_string(),
+            reason: e
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or("lookup failed")
+                .into(),
+        }
+    }
+}
+
+fn observe<T>(
+    kind: &str,
+    started: std::time::Instant,
+    r: &Result<T, hickory_resolver::net::NetError>,
+) {
+    let m = crate::metrics::metrics();
+    m.dns_duration
+        .with_label_values(&[kind])
+        .observe(started.elapsed().as_secs_f64());
+    let result = match r {
+        Ok(_) => "ok",
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => "nxdomain",
+        Err(_) => "error",
+    };
+    m.dns_lookups.with_label_values(&[kind, result]).inc();
+}
+
+impl ResolveError {
+    /// Whether the name positively does not exist (as opposed to DNS failing).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ResolveError::NotFound(_))
+    }
+}
+
+fn nameserver(sa: SocketAddr) -> NameServerConfig {
+    let mut ns = NameServerConfig::udp_and_tcp(sa.ip());
+    for c in &mut ns.connections {
+        c.port = sa.port();
+    }
+    ns
+}

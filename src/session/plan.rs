@@ -1,0 +1,181 @@
+//! One request's candidates: where they come from (a cluster's rotation, a name's addresses, a
+//! member's own address), the policy applied to each, and what the dial reports back.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cluster::{Cluster, Member, Picks};
+pub use crate::dial::Candidate;
+use crate::dial::{Attempts, FailKind, FailureMemory};
+use crate::metrics::metrics;
+use crate::policy::Verdict;
+
+use super::Runtime;
+
+pub(super) enum Source {
+    List(std::vec::IntoIter<SocketAddr>),
+    Cluster(Picks),
+    /// A member's own address, asked for literally: that member first (if given), then, with
+    /// `rescue_member_ips`, the cluster's other members in rotation.
+    Member {
+        first: Option<Arc<Member>>,
+        rest: Option<Picks>,
+    },
+}
+
+/// Who is asking: checked against the rules for every candidate address.
+#[derive(Debug, Clone, Default)]
+pub struct Requester {
+    /// The client's address.
+    pub client: Option<IpAddr>,
+    /// The authenticated user, if any.
+    pub user: Option<String>,
+}
+
+/// The ordered candidates of one request and where to report what happened to each.
+pub struct Plan {
+    /// The cluster serving this request, if any.
+    pub cluster: Option<Arc<Cluster>>,
+    /// The rule that allowed the request (for the access log).
+    pub rule: String,
+    pub(super) source: Source,
+    /// The member address a literal request named, skipped when its cluster rescues it.
+    pub(super) pinned: Option<SocketAddr>,
+    pub(super) tried: u32,
+    pub(super) panic_counted: bool,
+    pub(super) runtime: Arc<Runtime>,
+    pub(super) failures: Arc<FailureMemory>,
+    pub(super) who: Requester,
+    pub(super) name: Option<String>,
+}
+
+impl Plan {
+    fn allowed(&self, addr: SocketAddr) -> bool {
+        let client = self.who.client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        match self.runtime.policy.check_address(
+            client,
+            self.who.user.as_deref(),
+            self.name.as_deref(),
+            addr,
+        ) {
+            Verdict::Allow(_) => true,
+            other => {
+                tracing::info!(%addr, name = ?self.name, verdict = ?other, "candidate address refused by policy");
+                false
+            }
+        }
+    }
+}
+
+impl Attempts for Plan {
+    fn cluster_name(&self) -> &str {
+        self.cluster.as_ref().map_or("", |c| c.name.as_str())
+    }
+
+    /// The next address to try, or `None` when every candidate was handed out. Addresses the
+    /// policy refuses (a name resolving to a protected address) are skipped.
+    fn next_candidate(&mut self) -> Option<Candidate> {
+        loop {
+            let c = match &mut self.source {
+                Source::List(it) => it.next().map(|addr| Candidate { addr, member: None }),
+                Source::Member { first, rest } => match first.take() {
+                    Some(m) => Some(Candidate {
+                        addr: m.addr,
+                        member: Some(m),
+                    }),
+                    None => {
+                        let pinned = self.pinned;
+                        let sel = rest.as_mut()?;
+                        let m = sel.find(|m| Some(m.addr) != pinned)?;
+                        Some(Candidate {
+                            addr: m.addr,
+                            member: Some(m),
+                        })
+                    }
+                },
+                Source::Cluster(sel) => {
+                    let m = sel.next()?;
+                    if sel.is_panic() && !self.panic_counted {
+                        self.panic_counted = true;
+                        metrics()
+                            .panic_requests
+                            .with_label_values(&[self.cluster_name()])
+                            .inc();
+                        tracing::warn!(
+                            cluster = self.cluster_name(),
+                            "every member is down: trying them all (panic mode)"
+                        );
+                    }
+                    Some(Candidate {
+                        addr: m.addr,
+                        member: Some(m),
+                    })
+                }
+            }?;
+            if !self.allowed(c.addr) {
+                continue;
+            }
+            if self.tried > 0 {
+                metrics()
+                    .failovers
+                    .with_label_values(&[self.cluster_name()])
+                    .inc();
+            }
+            self.tried += 1;
+            return Some(c);
+        }
+    }
+
+    /// Records a failed connect to `c`.
+    fn report_failure(&self, c: &Candidate, kind: FailKind, detail: &str) {
+        self.failures.mark_failed(c.addr);
+        let result = match kind {
+            FailKind::Refused => "refused",
+            FailKind::Timeout => "timeout",
+            FailKind::Unreachable => "unreachable",
+            FailKind::Other => "error",
+        };
+        match (&self.cluster, &c.member) {
+            (Some(cluster), Some(m)) => cluster.report_failure(m, result, detail),
+            _ => metrics()
+                .connect_attempts
+                .with_label_values(&["", "", result])
+                .inc(),
+        }
+    }
+
+    /// Records an attempt to `c` given up because another candidate connected first. For a
+    /// cluster member that is neither a success nor a failure (its active checks judge it). A
+    /// plain name has no checks: an address that left a connect unanswered for the whole attempt
+    /// delay is tried last, like a failed one, with the same half-open way back, so a blackholed
+    /// address does not cost every request that starts with it the delay.
+    fn report_abandoned(&self, c: &Candidate) {
+        match &c.member {
+            Some(m) => m.report_abandoned(),
+            None => {
+                self.failures.mark_failed(c.addr);
+                metrics()
+                    .connect_attempts
+                    .with_label_values(&["", "", "abandoned"])
+                    .inc()
+            }
+        }
+    }
+
+    /// Records a successful connect to `c` after `took`.
+    fn report_success(&self, c: &Candidate, took: Duration) {
+        self.failures.mark_ok(c.addr);
+        match (&self.cluster, &c.member) {
+            (Some(cluster), Some(m)) => cluster.report_success(m),
+            (None, Some(m)) => {
+                m.report_success(crate::cluster::now_ms());
+            }
+            (_, None) => metrics()
+                .connect_attempts
+                .with_label_values(&["", "", "ok"])
+                .inc(),
+        }
+        crate::metrics::connect_timer(self.cluster_name()).observe(took.as_secs_f64());
+    }
+}
