@@ -9,6 +9,7 @@ pub mod admin;
 pub mod auth;
 pub mod cluster;
 pub mod config;
+#[cfg(feature = "testbed")]
 pub mod demo;
 pub mod dial;
 pub mod dns;
@@ -25,6 +26,7 @@ pub mod reply;
 pub mod resources;
 pub mod server;
 pub mod session;
+#[cfg(any(test, feature = "testbed"))]
 pub mod testbed;
 pub mod tls;
 pub mod tunnel;

@@ -30,6 +30,7 @@ enum Command {
         #[arg(short, long)]
         upgrade: bool,
     },
+    #[cfg(feature = "testbed")]
     /// Show the point of carousel: a three-member cluster, clients on every protocol, one member
     /// killed, one blackholed, both back; live per-member counts and health, then a summary.
     Demo {
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        #[cfg(feature = "testbed")]
         Command::Demo { seconds } => match demo(seconds) {
             Ok(s) if s.failures == 0 => ExitCode::SUCCESS,
             Ok(_) => ExitCode::from(1),
@@ -93,6 +95,7 @@ fn run(path: Option<PathBuf>, upgrade: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "testbed")]
 fn demo(seconds: u64) -> anyhow::Result<carousel::demo::Summary> {
     let exe = std::env::current_exe().context("locating the carousel binary")?;
     let rt = tokio::runtime::Builder::new_multi_thread()

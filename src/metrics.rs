@@ -53,6 +53,8 @@ pub struct Metrics {
     pub dns_stale: IntCounterVec,
     /// 1 while a cluster serves its last good member set because DNS fails.
     pub cluster_dns_stale: IntGaugeVec,
+    /// Tunnels closed because their member was marked down (`on_member_down = "close_tunnels"`).
+    pub tunnels_closed_member_down: IntCounterVec,
     /// Open tunnels by protocol.
     pub active_tunnels: IntGaugeVec,
     /// Tunnel bytes by direction (`up` client→server, `down`).
@@ -159,6 +161,7 @@ impl Metrics {
             dns_in_flight: plain_gauge(&r, "carousel_dns_lookups_in_flight", "DNS lookups in flight (name lookups bounded by limits.max_concurrent_dns_lookups)."),
             dns_stale: counter(&r, "carousel_dns_stale_answers_total", "Requests answered from an address set past its TTL because DNS failed.", &["kind"]),
             cluster_dns_stale: gauge(&r, "carousel_cluster_dns_stale", "1 while a cluster serves its last good member set because DNS fails.", &["cluster"]),
+            tunnels_closed_member_down: counter(&r, "carousel_tunnels_closed_member_down_total", "Tunnels carousel closed because the active checks marked their member down (on_member_down = close_tunnels).", &["cluster"]),
             active_tunnels: gauge(&r, "carousel_active_tunnels", "Open tunnels by protocol.", &["protocol"]),
             tunnel_bytes,
             tunnel_pipes: plain_gauge(&r, "carousel_tunnel_pipes", "Splice pipes held by the process, pooled or busy (bounded by tunnel.max_pipes)."),

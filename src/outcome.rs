@@ -37,6 +37,8 @@ pub enum Outcome {
     Ok,
     /// A tunnel closed by the idle timeout (it was served until then).
     IdleTimeout,
+    /// A tunnel closed because the active checks marked its member down (`close_tunnels`).
+    MemberDown,
     /// Refused by the access policy or the client gate.
     Denied,
     /// Credentials missing, wrong, or the client's failure budget spent.
@@ -58,9 +60,10 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for metrics initialised at zero.
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Self::Ok,
         Self::IdleTimeout,
+        Self::MemberDown,
         Self::Denied,
         Self::AuthFailed,
         Self::DnsError,
@@ -76,6 +79,7 @@ impl Outcome {
         match self {
             Self::Ok => "ok",
             Self::IdleTimeout => "idle_timeout",
+            Self::MemberDown => "member_down",
             Self::Denied => "denied",
             Self::AuthFailed => "auth_failed",
             Self::DnsError => "dns_error",

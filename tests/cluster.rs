@@ -666,3 +666,79 @@ async fn a_blackholed_member_costs_the_attempt_delay_not_the_connect_timeout() {
     // An abandoned attempt is not a failure: the member was not marked failed by it.
     assert_eq!(f.attempts(11, "timeout").await, 0.0);
 }
+
+/// `n` SOCKS5 tunnels to member 127.0.0.`last` (by its address), each with one echo done.
+async fn echo_tunnels(f: &Fixture, last: u8, n: usize) -> Vec<TcpStream> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut s = TcpStream::connect(f.proxy.socks).await.unwrap();
+        s.write_all(&[5, 1, 0]).await.unwrap();
+        let mut m = [0u8; 2];
+        s.read_exact(&mut m).await.unwrap();
+        s.write_all(&support::socks5_connect(&format!("127.0.0.{last}"), f.port))
+            .await
+            .unwrap();
+        let mut r = [0u8; 10];
+        s.read_exact(&mut r).await.unwrap();
+        assert_eq!(r[1], 0);
+        s.write_all(b"ECHO\nx").await.unwrap();
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.unwrap();
+        out.push(s);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_tunnels_cuts_a_down_members_tunnels_and_keep_does_not() {
+    for (setting, closes) in [("close_tunnels", true), ("keep", false)] {
+        let f = Fixture::new(
+            30,
+            &format!("on_member_down = \"{setting}\""),
+            FAST_HEALTH,
+            NO_EJECT,
+        )
+        .await;
+        let mut tunnels = echo_tunnels(&f, 12, 20).await;
+        // The member's listener goes away and new connects hang (blackholed); the tunnels'
+        // own connections stay up, as with a hung server.
+        f.backends[1].stop();
+        let _hole = carousel::testbed::blackhole::Blackhole::new(SocketAddr::new(
+            IpAddr::V4(ip4(12)),
+            f.port,
+        ))
+        .unwrap();
+        f.wait_until("b12 down", Duration::from_secs(5), || async {
+            f.metric("carousel_member_up", 12).await == 0.0
+        })
+        .await;
+        let mut closed = 0;
+        for t in &mut tunnels {
+            let mut b = [0u8; 1];
+            // A closed tunnel reads EOF at once; an open one still echoes.
+            let _ = t.write_all(b"y").await;
+            match timeout(Duration::from_secs(5), t.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("{setting}: a tunnel neither echoed nor closed"),
+            }
+        }
+        let counted = f
+            .proxy
+            .metric(&format!(
+                "carousel_tunnels_closed_member_down_total{{cluster=\"{NAME}\"}}"
+            ))
+            .await;
+        if closes {
+            assert_eq!(closed, 20, "{setting}");
+            assert_eq!(counted, 20.0);
+            // Reconnecting clients land on the survivors.
+            let (served, errors) = run(&f, 10).await;
+            assert!(errors.is_empty(), "{errors:?}");
+            assert!(served.iter().all(|s| s != "b12"), "{served:?}");
+        } else {
+            assert_eq!(closed, 0, "{setting}");
+            assert_eq!(counted, 0.0);
+        }
+    }
+}

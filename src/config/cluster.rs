@@ -20,6 +20,18 @@ pub enum Selection {
     RandomTwo,
 }
 
+/// What happens to a member's open tunnels when the active checks mark it down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnMemberDown {
+    /// They stay open: an overloaded member's live sessions are not cut.
+    #[default]
+    Keep,
+    /// They are closed on the client side, so clients reconnect at once and land on a survivor
+    /// (HAProxy's `on-marked-down shutdown-sessions`). Not on a passive ejection alone.
+    CloseTunnels,
+}
+
 /// What an active health check does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -125,6 +137,9 @@ pub struct ClusterSection {
     /// Send requests for a down member's IP address (on a cluster port) to a healthy member.
     #[serde(default)]
     pub rescue_member_ips: bool,
+    /// What happens to the open tunnels of a member the active checks mark down.
+    #[serde(default)]
+    pub on_member_down: OnMemberDown,
     /// Forwarded HTTP requests to this cluster: milliseconds its members may take to start a
     /// response (default: `forward.response_timeout_ms`).
     #[serde(default)]

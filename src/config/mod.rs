@@ -96,7 +96,7 @@ pub struct Config {
     #[serde(default, rename = "cluster")]
     pub clusters: Vec<ClusterSection>,
     /// The file name and text it was read from, so later stages (the files it names, see
-    /// [`crate::resources`]) can report file, key and line too.
+    /// `resources`) can report file, key and line too.
     #[serde(skip)]
     source: Option<Arc<(String, String)>>,
 }
@@ -158,7 +158,7 @@ impl Config {
     }
 
     /// Semantic checks serde cannot express, section by section; returns the key path and the
-    /// reason. Nothing here reads a file: [`crate::resources`] loads the files a configuration
+    /// reason. Nothing here reads a file: `resources` loads the files a configuration
     /// names.
     fn validate(&self) -> Result<(), Invalid> {
         self.server.validate()?;

@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 use pingora::protocols::Stream;
 
-use super::io::{read_until, write_reply};
+use super::io::write_reply;
 use super::{Listener, Request};
 use crate::outcome::Outcome;
 use crate::protocol::http;
@@ -12,22 +12,20 @@ use crate::reply;
 
 impl Listener {
     pub(super) async fn connect(&self, mut stream: Stream, mut buf: BytesMut, mut req: Request) {
-        let Ok(parsed) = read_until(&mut stream, &mut buf, req.deadline, http::parse_head).await
-        else {
-            return;
-        };
-        let checked = parsed.and_then(|(head, used)| {
+        let parse = |buf: &[u8]| {
+            let Some((head, used)) = http::parse_head(buf)? else {
+                return Ok(None);
+            };
             http::hygiene(&head)?;
             let target = http::connect_target(&head.target)?;
-            Ok((head, used, target))
-        });
-        let (head, used, target) = match checked {
-            Ok(done) => done,
-            Err(e) => {
-                self.finish_refused(&req, None, Outcome::BadRequest, e.to_string());
-                write_reply(&mut stream, &reply::http_error(e.status(), &e.to_string())).await;
-                return;
-            }
+            Ok(Some(((head, target), used)))
+        };
+        let refusal = |e: &http::Error| Some(reply::http_error(e.status(), &e.to_string()));
+        let Some(((head, target), used)) = self
+            .read_message(&mut stream, &mut buf, &req, parse, refusal)
+            .await
+        else {
+            return;
         };
         let early = buf.split_off(used);
         if let Err(why) = self.authenticate(&head, &mut req.who).await {

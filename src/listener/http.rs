@@ -14,7 +14,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 
-use super::io::{read_until, unread, write_reply};
+use super::io::{unread, write_reply};
 use super::{Listener, Request, KEEPALIVE};
 use crate::forward::Admitted;
 use crate::outcome::Outcome;
@@ -30,23 +30,14 @@ impl Listener {
         mut req: Request,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let parsed = read_until(&mut stream, &mut buf, req.deadline, http::parse_forward)
-            .await
-            .ok()?;
-        let (
-            http::Forward {
-                head,
-                target: forward,
-            },
-            used,
-        ) = match parsed {
-            Ok(done) => done,
-            Err(e) => {
-                self.finish_refused(&req, None, Outcome::BadRequest, e.to_string());
-                write_reply(&mut stream, &reply::http_error(e.status(), &e.to_string())).await;
-                return None;
-            }
-        };
+        let refusal = |e: &http::Error| Some(reply::http_error(e.status(), &e.to_string()));
+        let (forward, used) = self
+            .read_message(&mut stream, &mut buf, &req, http::parse_forward, refusal)
+            .await?;
+        let http::Forward {
+            head,
+            target: forward,
+        } = forward;
         let target = forward.target.clone();
         if let Err(why) = self.authenticate(&head, &mut req.who).await {
             self.finish_refused(&req, Some(&target), Outcome::AuthFailed, why.into());

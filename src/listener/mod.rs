@@ -249,6 +249,32 @@ impl Listener {
         self.finish_refused(&req, None, outcome, why);
     }
 
+    /// Reads one protocol message with `parse` under the request's deadline. A malformed one is
+    /// logged and counted as a bad request and answered with `refusal` (when the protocol has an
+    /// answer for it); `None` then, or when the client went away.
+    async fn read_message<T, E: std::fmt::Display>(
+        &self,
+        stream: &mut Stream,
+        buf: &mut BytesMut,
+        req: &Request,
+        parse: impl Fn(&[u8]) -> Result<Option<(T, usize)>, E>,
+        refusal: impl FnOnce(&E) -> Option<Vec<u8>>,
+    ) -> Option<(T, usize)> {
+        match io::read_until(stream, buf, req.deadline, parse)
+            .await
+            .ok()?
+        {
+            Ok(done) => Some(done),
+            Err(e) => {
+                self.finish_refused(req, None, Outcome::BadRequest, e.to_string());
+                if let Some(bytes) = refusal(&e) {
+                    write_reply(stream, &bytes).await;
+                }
+                None
+            }
+        }
+    }
+
     /// Logs and counts a request that ended before a tunnel opened or a request was forwarded.
     fn finish_refused(
         &self,

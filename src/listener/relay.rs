@@ -7,6 +7,7 @@ use pingora::protocols::Stream;
 use super::io::write_reply;
 use super::{Listener, Request};
 use crate::access_log::Entry;
+use crate::config::OnMemberDown;
 use crate::dial::Connected;
 use crate::metrics;
 use crate::outcome::Outcome;
@@ -55,14 +56,46 @@ impl Listener {
         let active = m.active_tunnels.with_label_values(&[req.protocol.as_str()]);
         active.inc();
         let opts = self.proxy.tunnel_options();
-        let stats = match tunnel::tcp_of(&client) {
-            Some(raw) => {
-                // The duplicate is all the tunnel needs: closing Pingora's descriptor keeps
-                // the tunnel at two descriptors (client and upstream).
-                drop(client);
-                tunnel::run_tcp(&raw, &up.stream, early, opts).await
+        // A member marked down closes its tunnels when its cluster says so.
+        let mut down = up
+            .member
+            .as_ref()
+            .filter(|_| {
+                self.proxy
+                    .clusters
+                    .load()
+                    .get(&up.cluster)
+                    .is_some_and(|c| c.cfg.on_member_down == OnMemberDown::CloseTunnels)
+            })
+            .map(|m| m.watch_down());
+        let member_down = async {
+            match down.as_mut() {
+                Some(rx) => {
+                    let _ = rx.wait_for(|d| *d).await;
+                }
+                None => std::future::pending().await,
             }
-            None => tunnel::run(&mut client, &mut up.stream, early, opts.idle).await,
+        };
+        let relay = async {
+            match tunnel::tcp_of(&client) {
+                Some(raw) => {
+                    // The duplicate is all the tunnel needs: closing Pingora's descriptor keeps
+                    // the tunnel at two descriptors (client and upstream).
+                    drop(client);
+                    tunnel::run_tcp(&raw, &up.stream, early, opts).await
+                }
+                None => tunnel::run(&mut client, &mut up.stream, early, opts.idle).await,
+            }
+        };
+        let (stats, outcome) = tokio::select! {
+            stats = relay => {
+                let o = if stats.idled_out { Outcome::IdleTimeout } else { Outcome::Ok };
+                (stats, o)
+            }
+            _ = member_down => {
+                m.tunnels_closed_member_down.with_label_values(&[&up.cluster]).inc();
+                (tunnel::TunnelStats::default(), Outcome::MemberDown)
+            }
         };
         active.dec();
         m.tunnel_up.inc_by(stats.up);
@@ -75,11 +108,7 @@ impl Listener {
             cluster: up.cluster.clone(),
             member: Some(up.addr),
             attempts: up.attempts,
-            outcome: if stats.idled_out {
-                Outcome::IdleTimeout
-            } else {
-                Outcome::Ok
-            },
+            outcome,
             rule,
             bytes_up: stats.up,
             bytes_down: stats.down,

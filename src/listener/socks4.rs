@@ -4,7 +4,7 @@
 use bytes::BytesMut;
 use pingora::protocols::Stream;
 
-use super::io::{read_until, write_reply};
+use super::io::write_reply;
 use super::{Listener, Request};
 use crate::outcome::Outcome;
 use crate::protocol::socks4;
@@ -12,18 +12,12 @@ use crate::reply;
 
 impl Listener {
     pub(super) async fn socks4(&self, mut stream: Stream, mut buf: BytesMut, req: Request) {
-        let Ok(parsed) =
-            read_until(&mut stream, &mut buf, req.deadline, socks4::parse_request).await
+        let refusal = |_: &_| Some(reply::socks4_failure().to_vec());
+        let Some((request, used)) = self
+            .read_message(&mut stream, &mut buf, &req, socks4::parse_request, refusal)
+            .await
         else {
             return;
-        };
-        let (request, used) = match parsed {
-            Ok(done) => done,
-            Err(e) => {
-                self.finish_refused(&req, None, Outcome::BadRequest, e.to_string());
-                write_reply(&mut stream, &reply::socks4_failure()).await;
-                return;
-            }
         };
         let early = buf.split_off(used);
         if request.command != socks4::CONNECT {

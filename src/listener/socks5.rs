@@ -13,23 +13,21 @@ use crate::reply;
 
 impl Listener {
     pub(super) async fn socks5(&self, mut stream: Stream, mut buf: BytesMut, mut req: Request) {
-        let Ok(greeting) =
-            read_until(&mut stream, &mut buf, req.deadline, socks5::parse_greeting).await
+        // No method offered: "no acceptable methods" is the answer RFC 1928 has.
+        let no_method = |_: &_| Some(socks5::method_reply(socks5::NO_ACCEPTABLE).to_vec());
+        let Some((methods, used)) = self
+            .read_message(
+                &mut stream,
+                &mut buf,
+                &req,
+                socks5::parse_greeting,
+                no_method,
+            )
+            .await
         else {
             return;
         };
-        let methods = match greeting {
-            Ok((methods, used)) => {
-                let _ = buf.split_to(used);
-                methods
-            }
-            Err(e) => {
-                // No method offered: "no acceptable methods" is the answer RFC 1928 has.
-                self.finish_refused(&req, None, Outcome::BadRequest, e.to_string());
-                write_reply(&mut stream, &socks5::method_reply(socks5::NO_ACCEPTABLE)).await;
-                return;
-            }
-        };
+        let _ = buf.split_to(used);
         let method = if self.proxy.wants_users() && methods.contains(&socks5::USER_PASS) {
             socks5::USER_PASS
         } else if methods.contains(&socks5::NO_AUTH) {
@@ -74,20 +72,12 @@ impl Listener {
             }
             write_reply(&mut stream, &socks5::user_pass_reply(true)).await;
         }
-        let Ok(parsed) =
-            read_until(&mut stream, &mut buf, req.deadline, socks5::parse_request).await
+        let refusal = |e: &socks5::Error| e.reply().map(|code| socks5::reply(code, None));
+        let Some((request, used)) = self
+            .read_message(&mut stream, &mut buf, &req, socks5::parse_request, refusal)
+            .await
         else {
             return;
-        };
-        let (request, used) = match parsed {
-            Ok(done) => done,
-            Err(e) => {
-                self.finish_refused(&req, None, Outcome::BadRequest, e.to_string());
-                if let Some(code) = e.reply() {
-                    write_reply(&mut stream, &socks5::reply(code, None)).await;
-                }
-                return;
-            }
         };
         let early = buf.split_off(used);
         if request.command != socks5::Command::Connect {
