@@ -31,8 +31,10 @@ pub struct Entry {
     pub attempts: u32,
     /// How it ended.
     pub outcome: Outcome,
-    /// The rule that decided, or the refusal reason.
+    /// The rule that allowed it ("" when none did).
     pub rule: String,
+    /// Why it failed or was refused ("" when it was served).
+    pub error: String,
     /// Bytes client → server.
     pub bytes_up: u64,
     /// Bytes server → client.
@@ -126,13 +128,14 @@ impl AccessLog {
                 "outcome": e.outcome.as_str(),
                 "status": e.status,
                 "rule": e.rule,
+                "error": e.error,
                 "bytes_up": e.bytes_up,
                 "bytes_down": e.bytes_down,
                 "duration_ms": e.duration.as_secs_f64() * 1000.0,
             })
             .to_string(),
             AccessFormat::Text => format!(
-                "{time} {client} {user} {proto} {target} cluster={cluster} member={member} attempts={att} outcome={out} status={status} up={up} down={down} ms={ms:.1} rule={rule:?}",
+                "{time} {client} {user} {proto} {target} cluster={cluster} member={member} attempts={att} outcome={out} status={status} up={up} down={down} ms={ms:.1} rule={rule:?} error={error:?}",
                 user = e.user.as_deref().unwrap_or("-"),
                 proto = e.protocol.as_str(),
                 target = if e.target.is_empty() { "-" } else { &e.target },
@@ -144,6 +147,7 @@ impl AccessLog {
                 down = e.bytes_down,
                 ms = e.duration.as_secs_f64() * 1000.0,
                 rule = e.rule,
+                error = e.error,
             ),
         }
     }

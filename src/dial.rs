@@ -101,6 +101,8 @@ pub struct DialFailure {
     pub attempts: u32,
     /// One line for the client and the log: last address and error.
     pub detail: String,
+    /// The cluster label of the attempts ("" outside clusters).
+    pub cluster: String,
 }
 
 /// A connected upstream.
@@ -224,10 +226,38 @@ impl FailureMemory {
             }
         }
         let mut out: Vec<SocketAddr> = trial.into_iter().collect();
-        out.extend(rotate(&good));
+        out.extend(interleave(rotate(&good)));
         out.extend(bad);
         out
     }
+}
+
+/// Alternates address families after the first candidate (RFC 8305 §4), keeping each family's
+/// order: when one family is broken (a dead IPv6 path, say), the next attempt, and the race
+/// against the first, go to the other one. The first candidate stays the rotation's pick, so the
+/// load still spreads over every address of the name, whatever its family.
+pub fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let Some(first) = addrs.first().copied() else {
+        return addrs;
+    };
+    type Queue = std::collections::VecDeque<SocketAddr>;
+    let (mut same, mut other): (Queue, Queue) = addrs[1..]
+        .iter()
+        .copied()
+        .partition(|a| a.is_ipv4() == first.is_ipv4());
+    let mut out = Vec::with_capacity(addrs.len());
+    out.push(first);
+    let mut take_other = true;
+    while !same.is_empty() || !other.is_empty() {
+        let next = if take_other {
+            other.pop_front().or_else(|| same.pop_front())
+        } else {
+            same.pop_front().or_else(|| other.pop_front())
+        };
+        out.extend(next);
+        take_other = !take_other;
+    }
+    out
 }
 
 /// Connects to the first candidate of `plan` that answers, racing them (RFC 8305 §5): the next
@@ -246,6 +276,7 @@ pub async fn dial(
         kind: FailKind::Other,
         attempts: 0,
         detail: "no addresses to try".into(),
+        cluster: plan.cluster_name().to_string(),
     };
     let mut racing: tokio::task::JoinSet<(usize, Instant, Result<TcpStream, FailKind>, String)> =
         tokio::task::JoinSet::new();
@@ -366,6 +397,31 @@ mod tests {
         }
         assert_eq!(firsts.get(&a[2]), None);
         assert!(firsts.values().all(|&n| n == 30), "{firsts:?}");
+    }
+
+    #[test]
+    fn families_interleave_after_the_rotations_pick() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let v = vec![
+            a("[::1]:80"),
+            a("[::2]:80"),
+            a("127.0.0.1:80"),
+            a("127.0.0.2:80"),
+        ];
+        assert_eq!(
+            interleave(v.clone()),
+            vec![
+                a("[::1]:80"),
+                a("127.0.0.1:80"),
+                a("[::2]:80"),
+                a("127.0.0.2:80")
+            ]
+        );
+        let w = vec![a("127.0.0.1:80"), a("127.0.0.2:80"), a("[::1]:80")];
+        assert_eq!(
+            interleave(w),
+            vec![a("127.0.0.1:80"), a("[::1]:80"), a("127.0.0.2:80")]
+        );
     }
 
     #[tokio::test(start_paused = true)]

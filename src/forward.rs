@@ -287,14 +287,12 @@ impl ProxyHttp for Forwarder {
             member: ctx.connected.as_ref().map(|c| c.addr),
             attempts: ctx.attempts,
             outcome,
-            rule: if ctx.why.is_empty() {
-                ctx.plan
-                    .as_ref()
-                    .map(|p| p.rule.clone())
-                    .unwrap_or_default()
-            } else {
-                ctx.why.clone()
-            },
+            rule: ctx
+                .plan
+                .as_ref()
+                .map(|p| p.rule.clone())
+                .unwrap_or_default(),
+            error: ctx.why.clone(),
             bytes_up: session.body_bytes_read() as u64,
             bytes_down: session.body_bytes_sent() as u64,
             duration: ctx.started.map(|t| t.elapsed()).unwrap_or_default(),
@@ -339,6 +337,7 @@ impl ProxyHttp for Forwarder {
                     kind: *kind,
                     attempts: ctx.attempts,
                     detail: detail.clone(),
+                    cluster: String::new(),
                 });
                 ctx.outcome = Some(err.outcome());
                 (http_status(&err), err.to_string())

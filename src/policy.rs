@@ -46,6 +46,10 @@ impl Rule {
     }
 }
 
+/// The verdict's label for a name that only address rules can allow: decided per resolved
+/// address, which then names its rule.
+pub const PENDING: &str = "pending address rules";
+
 /// What the policy says about a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -165,7 +169,7 @@ impl Policy {
                     }
                 }
                 if pending_cidr {
-                    Verdict::Allow("pending address rules".into())
+                    Verdict::Allow(PENDING.into())
                 } else if auth_would_help && user.is_none() {
                     Verdict::AuthRequired
                 } else {

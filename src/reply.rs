@@ -102,6 +102,7 @@ mod tests {
             kind,
             attempts: 3,
             detail: String::new(),
+            cluster: String::new(),
         })
     }
 

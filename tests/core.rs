@@ -433,6 +433,21 @@ async fn a_restarted_backend_of_a_plain_name_gets_its_share_back() {
     assert_even("after restart", &seen, &["b11", "b12", "b13"], 30, 3);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_name_with_a_dead_ipv6_address_is_always_served() {
+    let f = fixture().await;
+    // ::1 has nothing on the backends' port; 127.0.0.11 does.
+    f.dns.set_a("dual.cluster.test", &[ip4(11)], TTL);
+    f.dns
+        .set_aaaa("dual.cluster.test", &[Ipv6Addr::LOCALHOST], TTL);
+    for i in 0..20 {
+        let who = socks5_who(f.proxy.socks, "dual.cluster.test", f.port)
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(who, "b11");
+    }
+}
+
 /// Sends a SOCKS5 CONNECT for `host:port` and returns the reply code.
 async fn socks5_reply_code(proxy: SocketAddr, host: &str, port: u16) -> u8 {
     let mut s = TcpStream::connect(proxy).await.unwrap();

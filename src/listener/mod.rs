@@ -290,7 +290,7 @@ impl Listener {
             protocol: req.protocol,
             target: target.map(|t| t.to_string()).unwrap_or_default(),
             outcome,
-            rule: why,
+            error: why,
             duration: req.started.elapsed(),
             ..Default::default()
         });

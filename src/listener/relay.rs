@@ -36,7 +36,23 @@ impl Listener {
             }
             Err(e) => {
                 tracing::info!(%target, error = %e, protocol = req.protocol.as_str(), "request failed");
-                self.finish_refused(&req, Some(target), e.outcome(), e.to_string());
+                metrics::request(req.protocol, e.outcome());
+                let (cluster, attempts) = match &e {
+                    OpenError::Dial(d) => (d.cluster.clone(), d.attempts),
+                    _ => (String::new(), 0),
+                };
+                self.proxy.log(&Entry {
+                    client: req.who.client,
+                    user: req.who.user.clone(),
+                    protocol: req.protocol,
+                    target: target.to_string(),
+                    cluster,
+                    attempts,
+                    outcome: e.outcome(),
+                    error: e.to_string(),
+                    duration: req.started.elapsed(),
+                    ..Default::default()
+                });
                 write_reply(&mut stream, &fail(&e)).await;
             }
         }
@@ -110,6 +126,11 @@ impl Listener {
             attempts: up.attempts,
             outcome,
             rule,
+            error: if outcome == Outcome::MemberDown {
+                "member marked down: tunnel closed (on_member_down = close_tunnels)".into()
+            } else {
+                String::new()
+            },
             bytes_up: stats.up,
             bytes_down: stats.down,
             duration: req.started.elapsed(),

@@ -51,7 +51,9 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn allowed(&self, addr: SocketAddr) -> bool {
+    /// Whether the policy allows `addr`; a name allowed only by address rules takes the name of
+    /// the rule that allowed this address, for the access log.
+    fn allowed(&mut self, addr: SocketAddr) -> bool {
         let client = self.who.client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         match self.runtime.policy.check_address(
             client,
@@ -59,7 +61,12 @@ impl Plan {
             self.name.as_deref(),
             addr,
         ) {
-            Verdict::Allow(_) => true,
+            Verdict::Allow(rule) => {
+                if self.rule == crate::policy::PENDING {
+                    self.rule = rule;
+                }
+                true
+            }
             other => {
                 tracing::info!(%addr, name = ?self.name, verdict = ?other, "candidate address refused by policy");
                 false
