@@ -147,8 +147,17 @@ impl Admin {
                 .map(|m| member(m, false))
                 .chain(snap.draining.iter().map(|m| member(m, true)))
                 .collect();
+            let dns_answer = match self.proxy.clusters.load().publish(&c.name) {
+                crate::dns::responder::Lookup::Found(a) => json!({
+                    "addresses": a.addrs.iter().map(|ip| ip.to_string()).collect::<Vec<_>>(),
+                    "all_down": a.all_down,
+                    "degraded": a.degraded,
+                }),
+                _ => serde_json::Value::Null,
+            };
             clusters.push(json!({
                 "name": c.name,
+                "dns_answer": dns_answer,
                 "ports": c.cfg.ports,
                 "srv": c.cfg.srv,
                 "selection": format!("{:?}", c.cfg.selection),

@@ -49,6 +49,14 @@ pub struct Metrics {
     pub dns_refreshes: IntCounter,
     /// DNS lookups in flight (bounded by `limits.max_concurrent_dns_lookups`).
     pub dns_in_flight: IntGauge,
+    /// Responder queries by type and response code.
+    pub dns_queries: IntCounterVec,
+    /// Records per responder answer.
+    pub dns_answer_records: Histogram,
+    /// Responder answers that published every member because none was usable.
+    pub dns_all_down: IntCounterVec,
+    /// Responder queries dropped by the per-client rate limit.
+    pub dns_rate_limited: IntCounter,
     /// Answers served from a set past its TTL because DNS failed.
     pub dns_stale: IntCounterVec,
     /// 1 while a cluster serves its last good member set because DNS fails.
@@ -159,6 +167,14 @@ impl Metrics {
             dns_names_evicted: plain_counter(&r, "carousel_dns_names_evicted_total", "Least recently used names forgotten to stay within dns.max_names."),
             dns_refreshes: plain_counter(&r, "carousel_dns_refreshes_total", "Background refreshes of names clients keep asking for."),
             dns_in_flight: plain_gauge(&r, "carousel_dns_lookups_in_flight", "DNS lookups in flight (name lookups bounded by limits.max_concurrent_dns_lookups)."),
+            dns_queries: counter(&r, "carousel_dns_queries_total", "Queries the DNS responder answered, by type and response code.", &["qtype", "rcode"]),
+            dns_answer_records: {
+                let h = Histogram::with_opts(HistogramOpts::new("carousel_dns_answer_records", "Records in one DNS responder answer.").buckets(vec![0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 16.0, 32.0, 64.0])).expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            dns_all_down: counter(&r, "carousel_dns_all_down_answers_total", "DNS responder answers that published every member because none was usable (TTL 1).", &["cluster"]),
+            dns_rate_limited: plain_counter(&r, "carousel_dns_rate_limited_total", "DNS responder queries dropped by the per-client rate limit."),
             dns_stale: counter(&r, "carousel_dns_stale_answers_total", "Requests answered from an address set past its TTL because DNS failed.", &["kind"]),
             cluster_dns_stale: gauge(&r, "carousel_cluster_dns_stale", "1 while a cluster serves its last good member set because DNS fails.", &["cluster"]),
             tunnels_closed_member_down: counter(&r, "carousel_tunnels_closed_member_down_total", "Tunnels carousel closed because the active checks marked their member down (on_member_down = close_tunnels).", &["cluster"]),

@@ -51,6 +51,9 @@ pub fn reload(proxy: &Arc<Proxy>, path: Option<&Path>) -> Result<(), String> {
     if format!("{:?}", old.admin) != format!("{:?}", new.admin) {
         restart_needed("[admin]");
     }
+    if format!("{:?}", old.responder) != format!("{:?}", new.responder) {
+        restart_needed("[responder]");
+    }
     // Files first, so a bad users file, certificate or log path fails the reload before
     // anything is swapped.
     let resources = Resources::load(&new).map_err(|e| fail(e.to_string()))?;

@@ -148,6 +148,42 @@ impl ShutdownSignalWatch for Drain {
     }
 }
 
+/// The DNS responder (`[responder]`), on sockets bound at start-up, served until shutdown.
+struct DnsResponder {
+    proxy: Arc<Proxy>,
+    sockets: std::sync::Mutex<Vec<(std::net::UdpSocket, std::net::TcpListener)>>,
+}
+
+#[async_trait]
+impl BackgroundService for DnsResponder {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use crate::dns::responder::{serve, Responder, Settings};
+        let config = self.proxy.config();
+        let r = &config.responder;
+        let settings = Settings {
+            ttl: r.ttl_seconds,
+            max_answers: r.max_answers,
+            allow_clients: r
+                .allow_clients
+                .clone()
+                .unwrap_or_else(|| config.access.allow_clients.clone()),
+            rate: r.rate_limit_per_second,
+        };
+        let sockets = std::mem::take(&mut *self.sockets.lock().unwrap_or_else(|e| e.into_inner()));
+        let zone: Arc<dyn crate::dns::responder::Zone> = self.proxy.clone();
+        let mut server = match serve(Responder::new(zone, settings), sockets) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "DNS responder could not start");
+                return;
+            }
+        };
+        tracing::info!(listen = ?r.listen, "DNS responder answering for the clusters");
+        let _ = shutdown.changed().await;
+        let _ = server.shutdown_gracefully().await;
+    }
+}
+
 /// A carousel ready to run: the Pingora server and the state its shutdown watch drains.
 pub struct Carousel {
     server: Server,
@@ -236,6 +272,33 @@ pub fn build(
             path,
         },
     ));
+    if !config.responder.listen.is_empty() {
+        let mut sockets = Vec::new();
+        for &address in &config.responder.listen {
+            let bound = crate::dns::responder::bind(address).map_err(|source| {
+                if source.kind() == std::io::ErrorKind::AddrInUse {
+                    StartupError::AddressInUse {
+                        what: "DNS responder",
+                        address,
+                    }
+                } else {
+                    StartupError::Bind {
+                        what: "DNS responder",
+                        address,
+                        source,
+                    }
+                }
+            })?;
+            sockets.push(bound);
+        }
+        server.add_service(background_service(
+            "carousel DNS responder",
+            DnsResponder {
+                proxy: proxy.clone(),
+                sockets: std::sync::Mutex::new(sockets),
+            },
+        ));
+    }
     if config.admin.enabled {
         let mut admin = Service::new("carousel admin".to_string(), Admin::new(proxy.clone()));
         admin.add_tcp(&config.admin.address.to_string());

@@ -5,6 +5,7 @@
 pub mod discovery;
 pub mod health;
 pub mod member;
+pub mod publish;
 pub mod select;
 
 use std::collections::HashMap;

@@ -11,6 +11,7 @@ mod cluster;
 mod dial;
 mod dns;
 mod locate;
+mod responder;
 mod server;
 
 use std::path::Path;
@@ -24,6 +25,7 @@ pub use cluster::*;
 pub use dial::*;
 pub use dns::*;
 use locate::{first_line, line_of_key, locate_span};
+pub use responder::*;
 pub use server::*;
 
 /// The configuration carousel runs on when no file is given: the same text as
@@ -92,6 +94,9 @@ pub struct Config {
     /// What the generated PAC file (`/proxy.pac`, `/wpad.dat`) tells browsers and clients.
     #[serde(default)]
     pub pac: PacSection,
+    /// Health-aware DNS answers for the clusters (off unless it listens).
+    #[serde(default)]
+    pub responder: ResponderSection,
     /// Configured clusters: names watched closely (health checks, ejection, serve-stale).
     #[serde(default, rename = "cluster")]
     pub clusters: Vec<ClusterSection>,
@@ -181,6 +186,19 @@ impl Config {
                 .position(|l| l.address == self.admin.address)
             {
                 return invalid("admin.address", format!("address used by listener[{i}]"));
+            }
+        }
+        self.responder.validate()?;
+        for (i, a) in self.responder.listen.iter().enumerate() {
+            // The responder speaks TCP too: no clash with a listener or the admin port.
+            if let Some(j) = self.listeners.iter().position(|l| l.address == *a) {
+                return invalid(
+                    format!("responder.listen[{i}]"),
+                    format!("address used by listener[{j}]"),
+                );
+            }
+            if self.admin.enabled && self.admin.address == *a {
+                return invalid(format!("responder.listen[{i}]"), "address used by admin");
             }
         }
         self.dns.validate()?;

@@ -286,6 +286,12 @@ impl Proxy {
     }
 }
 
+impl crate::dns::responder::Zone for Proxy {
+    fn lookup(&self, name: &str) -> crate::dns::responder::Lookup {
+        self.clusters.load().publish(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

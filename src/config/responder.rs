@@ -1,0 +1,65 @@
+//! `[responder]`: the authoritative DNS answers carousel publishes for its clusters, for the
+//! clients that resolve a cluster name themselves.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::{invalid, Invalid};
+
+/// The health-aware DNS responder.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponderSection {
+    /// Where to answer, UDP and TCP on each; empty: off.
+    pub listen: Vec<SocketAddr>,
+    /// TTL of positive answers, seconds (halved while a member is down, 1 when all are).
+    pub ttl_seconds: u32,
+    /// Most A/AAAA records in one answer.
+    pub max_answers: usize,
+    /// Who may query (default: `access.allow_clients`).
+    pub allow_clients: Option<Vec<IpNet>>,
+    /// Queries one client address may make per second (a burst of twice this); past it the
+    /// queries are dropped, so the responder is never a reflector.
+    pub rate_limit_per_second: u32,
+}
+
+impl Default for ResponderSection {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            ttl_seconds: 2,
+            max_answers: 8,
+            allow_clients: None,
+            rate_limit_per_second: 100,
+        }
+    }
+}
+
+impl ResponderSection {
+    /// The TTL of positive answers.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(u64::from(self.ttl_seconds))
+    }
+
+    /// Checks the values serde cannot.
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        if !(1..=300).contains(&self.ttl_seconds) {
+            return invalid("responder.ttl_seconds", "must be between 1 and 300");
+        }
+        if !(1..=64).contains(&self.max_answers) {
+            return invalid("responder.max_answers", "must be between 1 and 64");
+        }
+        if self.rate_limit_per_second == 0 {
+            return invalid("responder.rate_limit_per_second", "must be at least 1");
+        }
+        for (i, a) in self.listen.iter().enumerate() {
+            if self.listen[..i].contains(a) {
+                return invalid(format!("responder.listen[{i}]"), "address listed twice");
+            }
+        }
+        Ok(())
+    }
+}
