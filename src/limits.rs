@@ -1,5 +1,12 @@
-//! Connection limits: in all and per client address. Over a limit a client is answered at once
-//! (HTTP 503, SOCKS5 0x01) instead of queueing; connections already open are not disturbed.
+//! Connection limits: in all, per client address (off by default), and connections per client
+//! address still in their handshake. Over a limit a client is answered at once (HTTP 503, SOCKS5
+//! 0x01) instead of queueing; connections already open are not disturbed.
+//!
+//! Many users can share one client address (an office NAT, a terminal-server farm, a balancer
+//! without the PROXY protocol): a reconnect storm after a chat server dies opens thousands of
+//! tunnels from it at once. So open connections per address are not capped by default (Squid,
+//! HAProxy and Envoy set no per-source cap either); what is capped is what an attacker holds
+//! cheaply, connections that never finish their handshake.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,8 +21,27 @@ use crate::metrics::metrics;
 pub struct Limits {
     total: AtomicUsize,
     per_client: DashMap<IpAddr, usize>,
+    handshakes: DashMap<IpAddr, usize>,
     max_total: AtomicUsize,
     max_per_client: AtomicUsize,
+    max_handshakes: AtomicUsize,
+}
+
+/// Holds one connection's place among its client's connections still in their handshake.
+pub struct Handshake {
+    limits: Arc<Limits>,
+    client: IpAddr,
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        if let dashmap::Entry::Occupied(mut e) = self.limits.handshakes.entry(self.client) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
 }
 
 /// Holds one connection's place; dropping it frees the place.
@@ -44,8 +70,10 @@ impl Limits {
         Arc::new(Self {
             total: AtomicUsize::new(0),
             per_client: DashMap::new(),
+            handshakes: DashMap::new(),
             max_total: AtomicUsize::new(cfg.max_connections),
             max_per_client: AtomicUsize::new(cfg.max_connections_per_client),
+            max_handshakes: AtomicUsize::new(cfg.max_handshakes_per_client),
         })
     }
 
@@ -54,6 +82,31 @@ impl Limits {
         self.max_total.store(cfg.max_connections, Ordering::Relaxed);
         self.max_per_client
             .store(cfg.max_connections_per_client, Ordering::Relaxed);
+        self.max_handshakes
+            .store(cfg.max_handshakes_per_client, Ordering::Relaxed);
+    }
+
+    /// Counts one more connection of `client` in its handshake, or names the limit it breaks;
+    /// the guard is dropped when the request is complete.
+    pub fn handshake(
+        self: &Arc<Self>,
+        client: Option<IpAddr>,
+    ) -> Result<Option<Handshake>, &'static str> {
+        let Some(ip) = client else { return Ok(None) };
+        let mut n = self.handshakes.entry(ip).or_insert(0);
+        if *n >= self.max_handshakes.load(Ordering::Relaxed) {
+            drop(n);
+            metrics()
+                .overload
+                .with_label_values(&["handshakes_per_client"])
+                .inc();
+            return Err("handshakes_per_client");
+        }
+        *n += 1;
+        Ok(Some(Handshake {
+            limits: self.clone(),
+            client: ip,
+        }))
     }
 
     /// Open connections in all.
@@ -68,9 +121,10 @@ impl Limits {
             metrics().overload.with_label_values(&["global"]).inc();
             return Err("global");
         }
-        if let Some(ip) = client {
+        let cap = self.max_per_client.load(Ordering::Relaxed);
+        if let Some(ip) = client.filter(|_| cap > 0) {
             let mut n = self.per_client.entry(ip).or_insert(0);
-            if *n >= self.max_per_client.load(Ordering::Relaxed) {
+            if *n >= cap {
                 drop(n);
                 self.total.fetch_sub(1, Ordering::Relaxed);
                 metrics().overload.with_label_values(&["per_client"]).inc();
@@ -80,7 +134,7 @@ impl Limits {
         }
         Ok(Admitted {
             limits: self.clone(),
-            client,
+            client: client.filter(|_| cap > 0),
         })
     }
 }
@@ -94,6 +148,7 @@ mod tests {
         let l = Limits::new(&LimitsSection {
             max_connections: 3,
             max_connections_per_client: 2,
+            max_handshakes_per_client: 1,
             max_concurrent_dns_lookups: 1,
         });
         let a: IpAddr = "127.0.0.1".parse().unwrap();
@@ -106,5 +161,20 @@ mod tests {
         drop(g1);
         assert!(l.admit(Some(a)).is_ok());
         assert_eq!(l.open(), 2);
+        // One handshake at a time per client here; a finished one frees its place.
+        let h = l.handshake(Some(a)).unwrap();
+        assert_eq!(l.handshake(Some(a)).err(), Some("handshakes_per_client"));
+        assert!(l.handshake(Some(b)).is_ok());
+        drop(h);
+        assert!(l.handshake(Some(a)).is_ok());
+    }
+
+    #[test]
+    fn no_per_client_cap_by_default() {
+        let l = Limits::new(&LimitsSection::default());
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let held: Vec<_> = (0..5000).map(|_| l.admit(Some(a)).unwrap()).collect();
+        assert_eq!(l.open(), 5000);
+        drop(held);
     }
 }

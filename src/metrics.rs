@@ -63,6 +63,8 @@ pub struct Metrics {
     pub cluster_dns_stale: IntGaugeVec,
     /// Tunnels closed because their member was marked down (`on_member_down = "close_tunnels"`).
     pub tunnels_closed_member_down: IntCounterVec,
+    /// Connections refused while reading a PROXY protocol header, by reason.
+    pub proxy_protocol_rejected: IntCounterVec,
     /// Open tunnels by protocol.
     pub active_tunnels: IntGaugeVec,
     /// Tunnel bytes by direction (`up` client→server, `down`).
@@ -178,6 +180,7 @@ impl Metrics {
             dns_stale: counter(&r, "carousel_dns_stale_answers_total", "Requests answered from an address set past its TTL because DNS failed.", &["kind"]),
             cluster_dns_stale: gauge(&r, "carousel_cluster_dns_stale", "1 while a cluster serves its last good member set because DNS fails.", &["cluster"]),
             tunnels_closed_member_down: counter(&r, "carousel_tunnels_closed_member_down_total", "Tunnels carousel closed because the active checks marked their member down (on_member_down = close_tunnels).", &["cluster"]),
+            proxy_protocol_rejected: counter(&r, "carousel_proxy_protocol_rejected_total", "Connections closed while reading a PROXY protocol header, by reason (untrusted, malformed, version, timeout).", &["reason"]),
             active_tunnels: gauge(&r, "carousel_active_tunnels", "Open tunnels by protocol.", &["protocol"]),
             tunnel_bytes,
             tunnel_pipes: plain_gauge(&r, "carousel_tunnel_pipes", "Splice pipes held by the process, pooled or busy (bounded by tunnel.max_pipes)."),
@@ -195,6 +198,9 @@ impl Metrics {
             .set(1);
         for r in ["ok", "error"] {
             m.reloads.with_label_values(&[r]);
+        }
+        for r in ["untrusted", "malformed", "version", "timeout"] {
+            m.proxy_protocol_rejected.with_label_values(&[r]);
         }
         m
     }

@@ -114,8 +114,12 @@ pub struct RuleSection {
 pub struct LimitsSection {
     /// Open client connections in all.
     pub max_connections: usize,
-    /// Open client connections from one client address.
+    /// Open client connections from one client address; 0: no cap (the default: an office behind
+    /// one NAT address or a terminal-server farm is one address for hundreds of users).
     pub max_connections_per_client: usize,
+    /// Connections from one client address still in their handshake (no complete request yet):
+    /// the slowloris guard that does not hurt many users behind one address.
+    pub max_handshakes_per_client: usize,
     /// DNS lookups in flight for new names.
     pub max_concurrent_dns_lookups: usize,
 }
@@ -124,7 +128,8 @@ impl Default for LimitsSection {
     fn default() -> Self {
         Self {
             max_connections: 20_000,
-            max_connections_per_client: 1024,
+            max_connections_per_client: 0,
+            max_handshakes_per_client: 256,
             max_concurrent_dns_lookups: 256,
         }
     }
@@ -211,8 +216,11 @@ impl AccessSection {
 impl LimitsSection {
     /// Checks the values serde cannot.
     pub(super) fn validate(&self) -> Result<(), Invalid> {
-        if self.max_connections == 0 || self.max_connections_per_client == 0 {
-            return invalid("limits", "connection limits must be at least 1");
+        if self.max_connections == 0 {
+            return invalid("limits.max_connections", "must be at least 1");
+        }
+        if self.max_handshakes_per_client == 0 {
+            return invalid("limits.max_handshakes_per_client", "must be at least 1");
         }
         if self.max_concurrent_dns_lookups == 0 {
             return invalid("limits.max_concurrent_dns_lookups", "must be at least 1");

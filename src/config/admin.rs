@@ -61,12 +61,29 @@ impl Default for AdminSection {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct PacSection {
-    /// `host:port` clients use for the HTTP proxy (default: the first HTTP listener's address).
-    pub http_proxy: Option<String>,
-    /// `host:port` clients use for SOCKS (default: the first SOCKS listener's address).
-    pub socks_proxy: Option<String>,
+    /// `host:port` clients use for the HTTP proxy, one or a list in order of preference (for
+    /// client-side failover between replicas or sites); default: the first HTTP listener.
+    #[serde(deserialize_with = "one_or_many")]
+    pub http_proxy: Vec<String>,
+    /// `host:port` clients use for SOCKS, one or a list; default: the first SOCKS listener.
+    #[serde(deserialize_with = "one_or_many")]
+    pub socks_proxy: Vec<String>,
     /// Domain suffixes (`.example.com`) or host names sent through carousel besides the clusters.
     pub domains: Vec<String>,
     /// What everything else gets, for example `DIRECT` or `PROXY other:8080`.
     pub default: Option<String>,
+}
+
+/// A string or a list of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::One(s) => vec![s],
+        Raw::Many(v) => v,
+    })
 }

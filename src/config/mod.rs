@@ -179,6 +179,23 @@ impl Config {
                 );
             }
         }
+        // A PAC naming 0.0.0.0 would send browsers nowhere: such a listener needs the address
+        // clients reach it at.
+        if self.pac.http_proxy.is_empty() {
+            if let Some(i) = self
+                .listeners
+                .iter()
+                .position(|l| l.address.ip().is_unspecified() && l.accepts(Protocol::Http))
+            {
+                return invalid(
+                    "pac.http_proxy",
+                    format!(
+                        "listener[{i}] listens on {}: name the address clients use",
+                        self.listeners[i].address
+                    ),
+                );
+            }
+        }
         if self.admin.enabled {
             if let Some(i) = self
                 .listeners

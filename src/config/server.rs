@@ -72,6 +72,27 @@ pub struct ListenerSection {
     /// Serve TLS on this port (clients speak HTTP/CONNECT inside): an "HTTPS proxy".
     #[serde(default)]
     pub tls: Option<TlsSection>,
+    /// Whether connections start with a PROXY protocol header from a load balancer.
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+    /// The balancers allowed to send that header; required when `proxy_protocol` is not off.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// The PROXY protocol versions a listener expects in front of every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// No header: the peer is the client.
+    #[default]
+    Off,
+    /// The text header (HAProxy `send-proxy`).
+    V1,
+    /// The binary header (HAProxy `send-proxy-v2`, cloud load balancers).
+    V2,
+    /// Either, told apart by the first byte.
+    Any,
 }
 
 impl ListenerSection {
@@ -111,6 +132,12 @@ impl ListenerSection {
             return invalid(
                 format!("listener[{i}].protocols"),
                 "must name http, socks or both",
+            );
+        }
+        if self.proxy_protocol != ProxyProtocol::Off && self.trusted_proxies.is_empty() {
+            return invalid(
+                format!("listener[{i}].trusted_proxies"),
+                "proxy_protocol needs the balancers' addresses (trusted_proxies)",
             );
         }
         if self.tls.is_some() && self.accepts(Protocol::Socks) {

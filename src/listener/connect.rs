@@ -27,6 +27,7 @@ impl Listener {
         else {
             return;
         };
+        req.handshake_done();
         let early = buf.split_off(used);
         if let Err(why) = self.authenticate(&head, &mut req.who).await {
             self.finish_refused(&req, Some(&target), Outcome::AuthFailed, why.into());

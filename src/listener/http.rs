@@ -38,6 +38,7 @@ impl Listener {
             head,
             target: forward,
         } = forward;
+        req.handshake_done();
         let target = forward.target.clone();
         if let Err(why) = self.authenticate(&head, &mut req.who).await {
             self.finish_refused(&req, Some(&target), Outcome::AuthFailed, why.into());

@@ -26,11 +26,12 @@ use tokio::time::Instant;
 
 use crate::access_log::Entry;
 use crate::auth::{parse_basic, Check};
-use crate::config::{ListenerSection, Protocol};
+use crate::config::{ListenerSection, Protocol, ProxyProtocol};
 use crate::forward::Forwarder;
+use crate::limits::Handshake;
 use crate::metrics;
 use crate::outcome::{ClientProtocol, Outcome};
-use crate::protocol::{self, Target};
+use crate::protocol::{self, proxy_header, Target};
 use crate::reply;
 use crate::session::{Proxy, Requester};
 use io::{read_more, write_reply};
@@ -44,6 +45,8 @@ pub struct Listener {
     address: SocketAddr,
     http: bool,
     socks: bool,
+    /// The PROXY protocol versions expected, and from whom.
+    proxy_protocol: Option<(proxy_header::Accept, Vec<ipnet::IpNet>)>,
     forwarder: Arc<HttpProxy<Forwarder>>,
 }
 
@@ -59,6 +62,13 @@ impl Listener {
             address: section.address,
             http: section.accepts(Protocol::Http),
             socks: section.accepts(Protocol::Socks),
+            proxy_protocol: match section.proxy_protocol {
+                ProxyProtocol::Off => None,
+                ProxyProtocol::V1 => Some(proxy_header::Accept::V1),
+                ProxyProtocol::V2 => Some(proxy_header::Accept::V2),
+                ProxyProtocol::Any => Some(proxy_header::Accept::Any),
+            }
+            .map(|a| (a, section.trusted_proxies.clone())),
             forwarder,
         }
     }
@@ -71,6 +81,16 @@ struct Request {
     started: Instant,
     /// When the request head (or SOCKS handshake) must be complete.
     deadline: Instant,
+    /// Its place among the client's connections still in their handshake, until the request is
+    /// read.
+    handshake: Option<Handshake>,
+}
+
+impl Request {
+    /// The request is read: the connection no longer counts as one in its handshake.
+    fn handshake_done(&mut self) {
+        drop(self.handshake.take());
+    }
 }
 
 #[async_trait]
@@ -80,9 +100,19 @@ impl ServerApp for Listener {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let client = io::peer_ip(&stream);
+        let peer = io::peer_ip(&stream);
         let handshake = self.proxy.runtime().config.server.handshake_timeout();
+        // The client's identity, computed once: the PROXY header's source when a trusted
+        // balancer sent one, otherwise the peer. Everything after takes it from here.
+        let (stream, client) = match &self.proxy_protocol {
+            None => (stream, peer),
+            Some((accept, trusted)) => {
+                self.read_proxy_header(stream, peer, *accept, trusted, handshake)
+                    .await?
+            }
+        };
         let admitted = self.proxy.limits.admit(client);
+        let in_handshake = self.proxy.limits.handshake(client);
         let mut stream = match self.proxy.tls.get(&self.address) {
             Some(acceptor) => {
                 match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
@@ -97,9 +127,9 @@ impl ServerApp for Listener {
             None => stream,
         };
         let who = Requester { client, user: None };
-        let _admitted = match admitted {
-            Ok(a) => a,
-            Err(limit) => {
+        let (_admitted, mut first_handshake) = match (admitted, in_handshake) {
+            (Ok(a), Ok(h)) => (a, h),
+            (Err(limit), _) | (_, Err(limit)) => {
                 let why = format!("overloaded: {limit} connection limit reached");
                 self.refuse_early(stream, who, Outcome::Overload, why, handshake)
                     .await;
@@ -120,11 +150,19 @@ impl ServerApp for Listener {
                 .await
                 .ok()?;
             let started = Instant::now();
+            let handshake_place = match first_handshake.take() {
+                Some(h) => Some(h),
+                None => match self.proxy.limits.handshake(client) {
+                    Ok(h) => h,
+                    Err(_) => return None,
+                },
+            };
             let mut req = Request {
                 protocol: ClientProtocol::Http,
                 who: who.clone(),
                 started,
                 deadline: started + handshake,
+                handshake: handshake_place,
             };
             match buf[0] {
                 0x04 if first_request && self.socks => {
@@ -245,6 +283,7 @@ impl Listener {
             who,
             started,
             deadline,
+            handshake: None,
         };
         self.finish_refused(&req, None, outcome, why);
     }
@@ -273,6 +312,55 @@ impl Listener {
                 None
             }
         }
+    }
+
+    /// Reads the PROXY protocol header a trusted balancer puts in front of the connection and
+    /// returns the stream (bytes after the header put back) and the client it names. A peer
+    /// outside `trusted`, a malformed or wrong-version header, or one not complete within the
+    /// handshake timeout closes the connection without a reply, counted by reason.
+    async fn read_proxy_header(
+        &self,
+        mut stream: Stream,
+        peer: Option<std::net::IpAddr>,
+        accept: proxy_header::Accept,
+        trusted: &[ipnet::IpNet],
+        handshake: Duration,
+    ) -> Option<(Stream, Option<std::net::IpAddr>)> {
+        let reject = |reason: &str| {
+            metrics::metrics()
+                .proxy_protocol_rejected
+                .with_label_values(&[reason])
+                .inc();
+            tracing::debug!(peer = ?peer, reason, "PROXY protocol header refused");
+        };
+        if !peer.is_some_and(|p| trusted.iter().any(|n| n.contains(&p))) {
+            reject("untrusted");
+            return None;
+        }
+        let mut buf = BytesMut::with_capacity(256);
+        let deadline = Instant::now() + handshake;
+        let parse = |b: &[u8]| proxy_header::parse(b, accept);
+        let (header, used) = match io::read_until(&mut stream, &mut buf, deadline, parse).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(proxy_header::Error::WrongVersion(..))) => {
+                reject("version");
+                return None;
+            }
+            Ok(Err(_)) => {
+                reject("malformed");
+                return None;
+            }
+            Err(_) => {
+                reject("timeout");
+                return None;
+            }
+        };
+        let client = match header {
+            proxy_header::Header::Proxied(src) => Some(crate::address::client(src.ip())),
+            proxy_header::Header::Local | proxy_header::Header::Unknown => peer,
+        };
+        let stream = io::unread(stream, &buf[used..])?;
+        Some((stream, client))
     }
 
     /// Logs and counts a request that ended before a tunnel opened or a request was forwarded.

@@ -11,7 +11,7 @@ use crate::protocol::socks4;
 use crate::reply;
 
 impl Listener {
-    pub(super) async fn socks4(&self, mut stream: Stream, mut buf: BytesMut, req: Request) {
+    pub(super) async fn socks4(&self, mut stream: Stream, mut buf: BytesMut, mut req: Request) {
         let refusal = |_: &_| Some(reply::socks4_failure().to_vec());
         let Some((request, used)) = self
             .read_message(&mut stream, &mut buf, &req, socks4::parse_request, refusal)
@@ -19,6 +19,7 @@ impl Listener {
         else {
             return;
         };
+        req.handshake_done();
         let early = buf.split_off(used);
         if request.command != socks4::CONNECT {
             let why = "only CONNECT is supported".to_string();

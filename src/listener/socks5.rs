@@ -79,6 +79,7 @@ impl Listener {
         else {
             return;
         };
+        req.handshake_done();
         let early = buf.split_off(used);
         if request.command != socks5::Command::Connect {
             let why = "only CONNECT is supported".to_string();

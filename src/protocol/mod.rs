@@ -20,6 +20,7 @@
 )]
 
 pub mod http;
+pub mod proxy_header;
 pub mod socks4;
 pub mod socks5;
 

@@ -52,6 +52,8 @@ pub struct Carousel {
     pub config: PathBuf,
     /// Captured log lines (stdout and stderr), collected in the background.
     pub log: Log,
+    /// Keys added to every `[[listener]]` (for example the PROXY protocol).
+    pub listener_keys: String,
 }
 
 fn spawn(config: &Path, extra_args: &[&str], log: &Log) -> Child {
@@ -102,14 +104,17 @@ upgrade_sock = "{dir}/upgrade.sock"
 [[listener]]
 address = "{http}"
 protocols = ["http"]
+{keys}
 
 [[listener]]
 address = "{socks}"
 protocols = ["socks"]
+{keys}
 
 [[listener]]
 address = "{mixed}"
 protocols = ["http", "socks"]
+{keys}
 
 [dns]
 nameservers = ["{dns}"]
@@ -142,6 +147,7 @@ address = "{admin}"
             mixed = self.mixed,
             dns = self.dns,
             admin = self.admin,
+            keys = self.listener_keys,
         )
     }
 
@@ -153,6 +159,16 @@ address = "{admin}"
 
     /// Like `start`, with `access` replacing the `[access]` section and its rules.
     pub async fn start_with_access(dns: SocketAddr, access: &str, extra: &str) -> Carousel {
+        Self::start_custom(dns, access, "", extra).await
+    }
+
+    /// Like `start_with_access`, with `listener_keys` added to every `[[listener]]`.
+    pub async fn start_custom(
+        dns: SocketAddr,
+        access: &str,
+        listener_keys: &str,
+        extra: &str,
+    ) -> Carousel {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("carousel-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
@@ -169,6 +185,7 @@ address = "{admin}"
             dir,
             config,
             log,
+            listener_keys: listener_keys.to_string(),
         };
         std::fs::write(&c.config, c.config_text(access, extra)).expect("write config");
         c.child = spawn(&c.config, &[], &c.log);
