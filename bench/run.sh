@@ -8,7 +8,10 @@
 #   bench/run.sh --peers squid,dante   only these peers (of squid,dante,tinyproxy,microsocks;
 #                           "none" for carousel and direct only)
 #   CAROUSEL_BIN=path bench/run.sh   measure that carousel binary instead of building one
-#   bench/run.sh --steps throughput,rate   only these steps (of throughput,rate,latency,idle)
+#   LOADGEN_BIN=path bench/run.sh    use that load generator binary instead of building one
+#   bench/run.sh --steps throughput,rate   only these steps (of throughput,rate,latency,idle,
+#                           attacks; the default is the first four). attacks: load scenarios
+#                           against carousel alone (slowloris-get, big-head, name-flood)
 #   CAROUSEL_THREADS=n, CAROUSEL_SERVER_EXTRA='key = value', CAROUSEL_TUNNEL_EXTRA='key = value'
 #                           carousel [server] / [tunnel] settings to try
 #
@@ -32,11 +35,15 @@ while [ $# -gt 0 ]; do
         --doc) DOC="${2:?--doc needs a file}"; shift ;;
         --peers) ONLY_PEERS="${2:?--peers needs a list}"; shift ;;
         --steps) STEPS="${2:?--steps needs a list}"; shift ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
 done
+
+want_step() { # step: whether --steps asked for it
+    case ",$STEPS," in *",$1,"*) return 0 ;; *) return 1 ;; esac
+}
 
 # ---------------------------------------------------------------------------------------------
 # Parameters. Ports are fixed (outside the ephemeral range) so configs and docs are stable.
@@ -44,7 +51,7 @@ DNS_IP=127.0.0.153                 # Squid's dns_nameservers takes no port: DNS 
 BACKEND_IPS=(127.0.0.21 127.0.0.22 127.0.0.23 127.0.0.24)
 NAME=backend.bench.test            # A records: every backend IP
 SINK_PORT=18001; SOURCE_PORT=18002; ECHO_PORT=18003; ONESHOT_PORT=18004; HOLD_PORT=18005
-CAROUSEL_HTTP=17001; CAROUSEL_SOCKS=17002
+CAROUSEL_HTTP=17001; CAROUSEL_SOCKS=17002; CAROUSEL_ADMIN=17009   # admin: load scenarios only
 SQUID_PORT=17003; TINYPROXY_PORT=17004; DANTE_PORT=17005; MICROSOCKS_PORT=17006
 
 if [ "$QUICK" = 1 ]; then
@@ -55,6 +62,16 @@ else
     RATE_COUNT=20000; LAT_C=32; LAT_COUNT=400; IDLE_WANT=10000
 fi
 STEP_LIMIT=300                     # seconds any one measurement may take
+
+# Load scenarios (step attacks): attack sizes, the addresses the attack comes from, and the
+# wildcard zone of the name flood (short TTL: a cached name is due for refresh within seconds).
+if [ "$QUICK" = 1 ]; then
+    SLOW_COUNT=100; BIG_COUNT=100; BIG_REPEAT=5; FLOOD_NAMES=2000; FLOOD_IDLE=10
+else
+    SLOW_COUNT=500; BIG_COUNT=500; BIG_REPEAT=10; FLOOD_NAMES=20000; FLOOD_IDLE=30
+fi
+ATTACK_SOURCES=127.0.0.31,127.0.0.32,127.0.0.33,127.0.0.34
+WILD=wild.bench.test; WILD_TTL=5
 
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 if [ "$QUICK" = 1 ]; then RUN_FLAG=" --quick"; RUN_SUFFIX="-quick"; else RUN_FLAG=""; RUN_SUFFIX=""; fi
@@ -202,10 +219,16 @@ else
         || { tail -30 "$OUT/build-carousel.log" >&2; die "carousel build failed"; }
     CAROUSEL="$ROOT/target/release/carousel"
 fi
-log "building the load generator (bench/loadgen)"
-(cd "$ROOT/bench/loadgen" && CARGO_TARGET_DIR="$ROOT/target/loadgen" cargo build --release --locked) \
-    >"$OUT/build-loadgen.log" 2>&1 || { tail -30 "$OUT/build-loadgen.log" >&2; die "loadgen build failed"; }
-LG="$ROOT/target/loadgen/release/carousel-loadgen"
+if [ -n "${LOADGEN_BIN:-}" ]; then
+    LG="$LOADGEN_BIN"
+    [ -x "$LG" ] || die "LOADGEN_BIN=$LG is not executable"
+    log "using load generator binary $LG (LOADGEN_BIN)"
+else
+    log "building the load generator (bench/loadgen)"
+    (cd "$ROOT/bench/loadgen" && CARGO_TARGET_DIR="$ROOT/target/loadgen" cargo build --release --locked) \
+        >"$OUT/build-loadgen.log" 2>&1 || { tail -30 "$OUT/build-loadgen.log" >&2; die "loadgen build failed"; }
+    LG="$ROOT/target/loadgen/release/carousel-loadgen"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 3. Limits: tunnels need two descriptors in the proxy; raise the soft limit as far as allowed.
@@ -221,7 +244,7 @@ fi
 
 # Ports must be free.
 busy=""
-for p in $SINK_PORT $SOURCE_PORT $ECHO_PORT $ONESHOT_PORT $HOLD_PORT $CAROUSEL_HTTP $CAROUSEL_SOCKS $SQUID_PORT \
+for p in $SINK_PORT $SOURCE_PORT $ECHO_PORT $ONESHOT_PORT $HOLD_PORT $CAROUSEL_HTTP $CAROUSEL_SOCKS $CAROUSEL_ADMIN $SQUID_PORT \
          $TINYPROXY_PORT $DANTE_PORT $MICROSOCKS_PORT; do
     if ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then busy="$busy $p"; fi
 done
@@ -233,8 +256,10 @@ fi
 # ---------------------------------------------------------------------------------------------
 # 4. Test DNS server and backends.
 backend_csv=$(IFS=,; echo "${BACKEND_IPS[*]}")
-start_bg "$OUT/dns.log" "$LG" --threads 1 dns --listen "$DNS_IP:53" --record "$NAME=$backend_csv" \
-    --ttl 300 --time-limit 7200
+# The wildcard zone and the query counts (stats file) serve the name-flood scenario.
+DNS_ARGS=(--listen "$DNS_IP:53" --record "$NAME=$backend_csv" --record "*.$WILD=${BACKEND_IPS[0]}@$WILD_TTL"
+          --ttl 300 --stats-file "$OUT/dns-stats.json" --time-limit 7200)
+start_bg "$OUT/dns.log" "$LG" --threads 1 dns "${DNS_ARGS[@]}"
 DNS_PID=$STARTED_PID
 start_bg "$OUT/backend.log" "$LG" --threads 1 backend --addrs "$backend_csv" --sink $SINK_PORT \
     --source $SOURCE_PORT --echo $ECHO_PORT --oneshot $ONESHOT_PORT --hold $HOLD_PORT --time-limit 7200
@@ -325,6 +350,22 @@ carousel_optional "the admin listener switch" <<EOF
 # Not needed here, and its default port may be taken.
 enabled = false
 EOF
+
+# The load scenarios read carousel's /metrics: the same configuration with the admin listener on.
+HANDSHAKE_MS=$(sed -n 's/^[[:space:]]*handshake_timeout_ms[[:space:]]*=[[:space:]]*\([0-9][0-9]*\).*/\1/p' \
+    "$CONF/carousel.toml" | tail -1)
+HANDSHAKE_MS=${HANDSHAKE_MS:-10000}   # carousel's default
+if want_step attacks; then
+    awk '/^\[/ { skip = ($0 == "[admin]") } !skip' "$CONF/carousel.toml" > "$CONF/carousel-attacks.toml"
+    cat >> "$CONF/carousel-attacks.toml" <<EOF
+[admin]
+# /metrics is scraped before and after each load scenario.
+enabled = true
+address = "127.0.0.1:$CAROUSEL_ADMIN"
+EOF
+    "$CAROUSEL" check -c "$CONF/carousel-attacks.toml" >"$OUT/carousel-check.log" 2>&1 \
+        || die "carousel check (load scenarios) failed: $(cat "$OUT/carousel-check.log")"
+fi
 
 mkdir -p "$OUT/squid"; chown proxy: "$OUT/squid" 2>/dev/null || chmod 0777 "$OUT/squid"
 cat > "$CONF/squid.conf" <<EOF
@@ -425,9 +466,7 @@ start_microsocks() {
 
 # ---------------------------------------------------------------------------------------------
 # 6. Measurements.
-want() { # step: whether --steps asked for it
-    case ",$STEPS," in *",$1,"*) return 0 ;; *) return 1 ;; esac
-}
+want() { want_step "$@"; }
 
 lg() { # run one bounded loadgen step, keep its command line and JSON output
     echo "carousel-loadgen $*" >> "$CMDS"
@@ -505,8 +544,48 @@ measure() { # label mode proxy-addr start-fn
     sleep 2
 }
 
+# Load scenarios: each against a freshly started carousel with the admin listener on. The
+# attack and the normal client run in one loadgen process (the normal client on its own thread).
+start_carousel_attacks() {
+    start_bg "$OUT/carousel-attacks-$1.log" "$CAROUSEL" run -c "$CONF/carousel-attacks.toml"
+    PROXY_PID=$STARTED_PID
+}
+attack() { # kind, extra loadgen arguments...
+    local kind=$1 pid probe; shift
+    log "carousel: load scenario $kind"
+    start_carousel_attacks "$kind"; pid=$PROXY_PID
+    # Ready (and the normal client's name cached) before the attack; not a result line.
+    probe=(probe --mode connect --proxy "127.0.0.1:$CAROUSEL_HTTP" --label "carousel-$kind" --target "$ECHO_T"
+           --time-limit 20)
+    echo "carousel-loadgen ${probe[*]}" >> "$CMDS"
+    if timeout --foreground 40 "$LG" --threads 1 "${probe[@]}" >/dev/null; then
+        lg attack --kind "$kind" --label carousel --proxy "127.0.0.1:$CAROUSEL_HTTP" --pid "$pid" \
+            --admin "127.0.0.1:$CAROUSEL_ADMIN" --sources "$ATTACK_SOURCES" --normal-target "$ECHO_T" \
+            --normal-interval-ms 50 --normal-timeout 5 --lead 2 --time-limit $STEP_LIMIT "$@" >/dev/null || true
+    else
+        skip "carousel-$kind" "carousel did not carry a tunnel within 20 s"
+    fi
+    kill -0 "$pid" 2>/dev/null || log "carousel exited during $kind (see $OUT/carousel-attacks-$kind.log)"
+    stop_pid "$pid" TERM; forget_pid "$pid"
+    sleep 1
+}
+run_attacks() {
+    local hold=$(( HANDSHAKE_MS / 1000 + 15 ))   # well past the handshake timeout
+    settle_time_wait
+    attack slowloris-get --count "$SLOW_COUNT" --target "$NAME:$ECHO_PORT" --trickle 1 --hold "$hold" \
+        --parallel 64
+    # One wave of big heads is over in well under a second: repeat waves for a few seconds so
+    # the normal client and the RSS sampler see the attack.
+    attack big-head --count "$BIG_COUNT" --target "$NAME:$ECHO_PORT" --head-bytes $((1 << 20)) --hold "$hold" \
+        --parallel 64 --repeat-for "$BIG_REPEAT"
+    attack name-flood --count "$FLOOD_NAMES" --wild-suffix "$WILD" --wild-port "$ONESHOT_PORT" --parallel 32 \
+        --idle "$FLOOD_IDLE" --dns-stats "$OUT/dns-stats.json" --op-timeout 10
+}
+
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# The comparison (direct, carousel, peers), unless only load scenarios were asked for.
+if want throughput || want rate || want latency || want idle; then
 log "direct: throughput, connection rate, latency"
 note_load direct
 DIRECT_ECHO=$(direct_targets $ECHO_PORT)
@@ -536,6 +615,8 @@ for peer in "${PEERS[@]}"; do
             else skip microsocks-socks5 "no mount namespace for its resolver"; fi ;;
     esac
 done
+fi
+want attacks && run_attacks
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 stop_pid "$BACKEND_PID" TERM; forget_pid "$BACKEND_PID"
@@ -663,6 +744,28 @@ mkdir -p "$(dirname "$DOC")"
     echo "  thousands of them slow every later contestant's connects by about a fifth."
     echo "- **CPU busy.** The whole machine's busy share (/proc/stat, all but idle and iowait) over"
     echo "  the throughput step: below 100% means the transfer waits on hand-offs, not on CPU."
+    if want attacks; then
+        echo "- **Load scenarios (step \`attacks\`, carousel only).** Each scenario starts a fresh carousel"
+        echo "  with \`carousel-attacks.toml\` (the configuration above plus the admin listener on"
+        echo "  127.0.0.1:$CAROUSEL_ADMIN, whose /metrics is scraped before and after) and runs one"
+        echo "  \`carousel-loadgen attack\` process: the attack, from $ATTACK_SOURCES (each socket bound"
+        echo "  before connect), and on its own thread a *normal client* from 127.0.0.1: one CONNECT tunnel"
+        echo "  to \`$ECHO_T\` and one 32-byte echo every 50 ms, each cycle bounded by 5 s, from 2 s"
+        echo "  before the attack to 2 s after it. RSS (VmRSS) and descriptors (/proc/PID/fd) of the"
+        echo "  carousel process are sampled every 10 ms and 100 ms; CPU is utime+stime from /proc/PID/stat."
+        echo "  *slowloris-get*: $SLOW_COUNT connections send \`GET http://$NAME:$ECHO_PORT/ HTTP/1.1\`"
+        echo "  and a Host line at once, then header lines (\`X-Pad-K: x\`) one byte per second, never"
+        echo "  ending the head; carousel's \`server.handshake_timeout_ms\` is $HANDSHAKE_MS ms here, and"
+        echo "  each connection is held at most $(( HANDSHAKE_MS / 1000 + 15 )) s. *big-head*: $BIG_COUNT"
+        echo "  connections at once each write an unfinished 1 MiB head (the same request line, then one"
+        echo "  \`X-Big\` header that never ends) as fast as carousel takes it, reading its answer; new"
+        echo "  waves of $BIG_COUNT follow for $BIG_REPEAT s."
+        echo "  *name-flood*: $FLOOD_NAMES distinct names \`nK.$WILD\` through CONNECT (32 at a time, each"
+        echo "  one echo with the one-shot backend on :$ONESHOT_PORT); the test DNS server answers"
+        echo "  \`*.$WILD\` with ${BACKEND_IPS[0]} at a TTL of $WILD_TTL s and counts queries; then"
+        echo "  $FLOOD_IDLE s with only the normal client (whose name is cached for 300 s): DNS queries,"
+        echo "  carousel's \`carousel_dns_refreshes_total\`, descriptors and CPU over that window."
+    fi
     echo "- **Bounds.** Every step has a count and a time limit (${STEP_LIMIT} s), every connect and"
     echo "  exchange a 10 s timeout; every process the script starts is stopped when it exits."
     echo
@@ -671,7 +774,7 @@ mkdir -p "$(dirname "$DOC")"
     echo '```sh'
     echo "${RUN_ENV}bench/run.sh$RUN_FLAG"
     echo "# which ran, with the DNS server and backends:"
-    echo "carousel-loadgen dns --listen $DNS_IP:53 --record $NAME=$backend_csv --ttl 300 --time-limit 7200"
+    echo "carousel-loadgen dns --listen $DNS_IP:53 --record $NAME=$backend_csv --record '*.$WILD=${BACKEND_IPS[0]}@$WILD_TTL' --ttl 300 --stats-file \$OUT/dns-stats.json --time-limit 7200"
     echo "carousel-loadgen backend --addrs $backend_csv --sink $SINK_PORT --source $SOURCE_PORT --echo $ECHO_PORT --oneshot $ONESHOT_PORT --hold $HOLD_PORT --time-limit 7200"
     echo "carousel run -c carousel.toml"
     echo "squid -N -f squid.conf"
@@ -683,7 +786,8 @@ mkdir -p "$(dirname "$DOC")"
     echo '```'
     echo
     echo "## Configurations"
-    for f in carousel.toml squid.conf tinyproxy.conf danted.conf; do
+    for f in carousel.toml carousel-attacks.toml squid.conf tinyproxy.conf danted.conf; do
+        [ -f "$CONF/$f" ] || continue
         echo
         echo "\`$f\`:"
         echo

@@ -408,8 +408,14 @@ async fn direct_clients_behind_dnsmasq_reach_survivors_only() {
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("127.0.0.11") || text.contains("127.0.0.13"), "{text}");
-    assert!(!text.contains("127.0.0.12"), "the dead member is still published: {text}");
+    assert!(
+        text.contains("127.0.0.11") || text.contains("127.0.0.13"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("127.0.0.12"),
+        "the dead member is still published: {text}"
+    );
     let _ = dnsmasq.start_kill();
     let _ = std::fs::remove_dir_all(&dir);
 }

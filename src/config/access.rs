@@ -129,7 +129,7 @@ impl Default for LimitsSection {
         Self {
             max_connections: 20_000,
             max_connections_per_client: 0,
-            max_handshakes_per_client: 256,
+            max_handshakes_per_client: 4096,
             max_concurrent_dns_lookups: 256,
         }
     }

@@ -220,6 +220,18 @@ impl RequestHandler for Responder {
         }
         let query = request.queries.queries().first();
         let qtype = query.map_or(RecordType::Unknown(0), |q| q.query_type());
+        // A name that is no host name (binary labels, escapes) is never one of ours, and echoing
+        // it back can make an answer no resolver decodes (fuzz finding F5): dropped.
+        if query.is_some_and(|q| {
+            let name = q.original().name().to_ascii();
+            !crate::protocol::validate_hostname(name.trim_end_matches('.')) && name != "."
+        }) {
+            metrics()
+                .dns_queries
+                .with_label_values(&[qtype_label(qtype), "DROPPED"])
+                .inc();
+            return dropped();
+        }
         let count = |code: ResponseCode| {
             metrics()
                 .dns_queries
@@ -396,4 +408,123 @@ pub fn serve(
         );
     }
     Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_server::net::runtime::TokioTime;
+    use hickory_server::net::xfer::Protocol;
+    use hickory_server::net::NetError;
+    use hickory_server::proto::op::Message;
+    use hickory_server::proto::serialize::binary::BinEncoder;
+    use hickory_server::zone_handler::MessageResponse;
+    use std::sync::Mutex;
+
+    struct Fixed;
+
+    impl Zone for Fixed {
+        fn lookup(&self, name: &str) -> Lookup {
+            match name {
+                "chat.t" => Lookup::Found(Answer {
+                    cluster: "chat.t".into(),
+                    addrs: vec!["127.0.0.11".parse().unwrap(), "127.0.0.12".parse().unwrap()],
+                    ..Answer::default()
+                }),
+                _ => Lookup::NotOurs,
+            }
+        }
+    }
+
+    #[derive(Clone)]
+    struct Capture(Arc<Mutex<Option<Vec<u8>>>>);
+
+    #[async_trait::async_trait]
+    impl ResponseHandler for Capture {
+        async fn send_response<'a>(
+            &mut self,
+            response: MessageResponse<
+                '_,
+                'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+            >,
+        ) -> Result<ResponseInfo, NetError> {
+            let mut buf = Vec::new();
+            let mut enc = BinEncoder::new(&mut buf);
+            let info = response.destructive_emit(&mut enc)?;
+            *self.0.lock().unwrap() = Some(buf);
+            Ok(info)
+        }
+    }
+
+    async fn ask(packet: &[u8]) -> Option<Message> {
+        let r = Responder::new(
+            Arc::new(Fixed),
+            Settings {
+                ttl: 2,
+                max_answers: 8,
+                allow_clients: vec!["127.0.0.0/8".parse().unwrap()],
+                rate: 1000,
+            },
+        );
+        let req = Request::from_bytes(
+            packet.to_vec(),
+            "127.0.0.1:53".parse().unwrap(),
+            Protocol::Udp,
+        )
+        .ok()?;
+        let c = Capture(Arc::new(Mutex::new(None)));
+        r.handle_request::<_, TokioTime>(&req, c.clone()).await;
+        let bytes = c.0.lock().unwrap().take()?;
+        Some(Message::from_vec(&bytes).expect("every answer decodes"))
+    }
+
+    fn query(name: &[u8], qtype: u16) -> Vec<u8> {
+        let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(name);
+        q.extend_from_slice(&qtype.to_be_bytes());
+        q.extend_from_slice(&[0, 1]);
+        q
+    }
+
+    #[tokio::test]
+    async fn answers_refusals_and_nodata() {
+        let m = ask(&query(b"\x04chat\x01t\x00", 1)).await.unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert!(m.metadata.authoritative && !m.metadata.recursion_available);
+        assert_eq!(m.answers.len(), 2);
+        let m = ask(&query(b"\x05other\x01t\x00", 1)).await.unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+        let m = ask(&query(b"\x04chat\x01t\x00", 15)).await.unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert!(m.answers.is_empty());
+        assert_eq!(m.authorities.len(), 1, "NODATA carries the SOA");
+    }
+
+    /// Fuzz finding F5: a query for a name with binary labels got an answer echoing it that no
+    /// decoder reads; such queries are dropped now.
+    #[tokio::test]
+    async fn a_name_that_is_no_host_name_is_dropped() {
+        let crash = [
+            0x01, 0x34, 0x00, 0x12, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x24, 0x04,
+            0xba, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x12, 0x31, 0x7f, 0x7f, 0x24, 0x7f, 0x7f, 0x7f, 0x7f, 0x12, 0x21,
+            0x01, 0x00, 0x00, 0x29, 0x00, 0xc0, 0xc0, 0xc0, 0x00, 0x12, 0x00, 0x00, 0x00, 0x00,
+            0x31, 0xa6, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0x7f, 0x7f, 0x00, 0x05, 0x00, 0x00,
+            0x00, 0x00, 0x74, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00,
+        ];
+        // It is a query hickory decodes (the case is the answer, not the parse).
+        assert!(Request::from_bytes(
+            crash.to_vec(),
+            "127.0.0.1:53".parse().unwrap(),
+            Protocol::Udp
+        )
+        .is_ok());
+        assert!(ask(&crash).await.is_none());
+        assert!(ask(&query(b"\x03a\xffb\x01t\x00", 1)).await.is_none());
+    }
 }

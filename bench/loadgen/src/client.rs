@@ -46,12 +46,12 @@ pub struct Client {
     pub op_timeout: Duration,
 }
 
-fn other(e: impl std::fmt::Display) -> io::Error {
+pub(crate) fn other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
 /// Only loopback destinations are ever dialled.
-fn check_loopback(addr: &SocketAddr) -> io::Result<()> {
+pub(crate) fn check_loopback(addr: &SocketAddr) -> io::Result<()> {
     if addr.ip().is_loopback() {
         Ok(())
     } else {
@@ -150,7 +150,7 @@ impl Client {
 }
 
 /// Writes `msg` and reads the same number of bytes back (echo backend).
-async fn exchange(s: &mut TcpStream, msg: &[u8], t: Duration) -> io::Result<()> {
+pub(crate) async fn exchange(s: &mut TcpStream, msg: &[u8], t: Duration) -> io::Result<()> {
     tokio::time::timeout(t, async {
         s.write_all(msg).await?;
         let mut back = vec![0u8; msg.len()];
@@ -166,7 +166,7 @@ async fn exchange(s: &mut TcpStream, msg: &[u8], t: Duration) -> io::Result<()> 
 
 /// Waits (bounded) until the far side closes, so the backend, not this client, closes first and
 /// keeps the TIME_WAIT socket. Any data is discarded.
-async fn drain_eof(s: &mut TcpStream, t: Duration) {
+pub(crate) async fn drain_eof(s: &mut TcpStream, t: Duration) {
     let mut scratch = [0u8; 4096];
     let _ = tokio::time::timeout(t, async {
         while s.read(&mut scratch).await.unwrap_or(0) > 0 {}
@@ -175,10 +175,10 @@ async fn drain_eof(s: &mut TcpStream, t: Duration) {
 }
 
 /// The ping of the rate and latency tests: exactly the one-shot backend's message size.
-const MSG: &[u8; 32] = b"carousel-bench ping 0123456789\r\n";
+pub(crate) const MSG: &[u8; 32] = b"carousel-bench ping 0123456789\r\n";
 
 /// Percentile (nearest rank) of sorted microsecond samples.
-fn pct(sorted: &[u64], q: f64) -> u64 {
+pub(crate) fn pct(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }

@@ -2,6 +2,7 @@
 //! `bench/run.sh`. Every subcommand is bounded by a count and a time limit and prints its results
 //! as JSON lines on stdout. Only loopback addresses are ever listened on or dialled.
 
+mod attack;
 mod client;
 mod procfs;
 mod report;
@@ -33,13 +34,17 @@ enum Cmd {
         /// Address to listen on (UDP and TCP).
         #[arg(long, default_value = "127.0.0.153:53")]
         listen: SocketAddr,
-        /// `name=ip[,ip...]`, repeatable. AAAA queries for these names get NODATA, other names
-        /// NXDOMAIN.
+        /// `name=ip[,ip...][@ttl]`, repeatable. A name `*.suffix` answers every name under
+        /// `suffix` (a wildcard); `@ttl` gives the record its own TTL. AAAA queries for these
+        /// names get NODATA, other names NXDOMAIN.
         #[arg(long = "record", required = true)]
         records: Vec<String>,
-        /// TTL of every answer, seconds.
+        /// TTL of every answer without its own, seconds.
         #[arg(long, default_value_t = 300)]
         ttl: u32,
+        /// Keep `{"queries":N,"wildcard_queries":M}` in this file (rewritten every 100 ms).
+        #[arg(long)]
+        stats_file: Option<std::path::PathBuf>,
         /// Stop after this many seconds.
         #[arg(long, default_value_t = 10800.0)]
         time_limit: f64,
@@ -128,6 +133,84 @@ enum Cmd {
         #[arg(long, default_value_t = 2.0)]
         settle: f64,
     },
+    /// A load scenario against a proxy (HTTP listener) while a normal client keeps tunnelling
+    /// through it: slowloris GET heads, oversized heads, or a flood of distinct names followed
+    /// by an idle window. One JSON line of results.
+    Attack {
+        #[arg(long, value_enum)]
+        kind: attack::Kind,
+        /// Proxy's HTTP listener.
+        #[arg(long)]
+        proxy: SocketAddr,
+        /// Name of this run in the results.
+        #[arg(long, default_value = "carousel")]
+        label: String,
+        /// Proxy process: RSS, descriptors and CPU are read from /proc.
+        #[arg(long)]
+        pid: Option<i32>,
+        /// Proxy's admin listener (`/metrics` is scraped before and after).
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// Loopback addresses the attack connections come from (rotated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "127.0.0.31,127.0.0.32,127.0.0.33,127.0.0.34"
+        )]
+        sources: Vec<Ipv4Addr>,
+        /// Attack connections (slowloris-get, big-head) or distinct names (name-flood).
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+        /// `host:port` in the attack heads' absolute-form URL.
+        #[arg(long, default_value = "backend.bench.test:18003")]
+        target: String,
+        /// name-flood: names are `nK.<suffix>` (the DNS server needs a `*.<suffix>` record).
+        #[arg(long, default_value = "wild.bench.test")]
+        wild_suffix: String,
+        /// name-flood: the port CONNECTed to (a one-shot backend).
+        #[arg(long, default_value_t = 18004)]
+        wild_port: u16,
+        /// Connects in progress at once (slowloris-get, big-head); CONNECT workers (name-flood).
+        #[arg(long, default_value_t = 64)]
+        parallel: usize,
+        /// slowloris-get: seconds between bytes.
+        #[arg(long, default_value_t = 1.0)]
+        trickle: f64,
+        /// slowloris-get, big-head: longest an attack connection is kept open, seconds.
+        #[arg(long, default_value_t = 30.0)]
+        hold: f64,
+        /// big-head: bytes of the unfinished head per connection.
+        #[arg(long, default_value_t = 1 << 20)]
+        head_bytes: usize,
+        /// slowloris-get, big-head: repeat waves of `--count` connections until this many
+        /// seconds have passed (0: one wave).
+        #[arg(long, default_value_t = 0.0)]
+        repeat_for: f64,
+        /// name-flood: seconds without attack traffic after the flood.
+        #[arg(long, default_value_t = 30.0)]
+        idle: f64,
+        /// name-flood: the DNS server's `--stats-file`.
+        #[arg(long)]
+        dns_stats: Option<std::path::PathBuf>,
+        /// Normal client: `host:port` of the echo backend, through CONNECT.
+        #[arg(long, default_value = "backend.bench.test:18003")]
+        normal_target: String,
+        /// Normal client: milliseconds between the starts of its cycles.
+        #[arg(long, default_value_t = 50)]
+        normal_interval_ms: u64,
+        /// Normal client: limit of one cycle (tunnel + echo), seconds.
+        #[arg(long, default_value_t = 5.0)]
+        normal_timeout: f64,
+        /// Seconds the normal client runs alone before and after the attack.
+        #[arg(long, default_value_t = 2.0)]
+        lead: f64,
+        /// Limit for one connect or exchange of the attack, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        op_timeout: f64,
+        /// Hard limit for the whole scenario, seconds.
+        #[arg(long, default_value_t = 240.0)]
+        time_limit: f64,
+    },
     /// Markdown tables (raw, ×direct, carousel vs peers, targets) from a results file.
     Report {
         /// JSON-lines results of one run.
@@ -173,12 +256,27 @@ impl ClientArgs {
     }
 }
 
-fn parse_records(specs: &[String]) -> io::Result<HashMap<String, Vec<Ipv4Addr>>> {
+fn parse_records(specs: &[String]) -> io::Result<HashMap<String, servers::RecordSet>> {
     let mut out = HashMap::new();
     for spec in specs {
-        let (name, ips) = spec
-            .split_once('=')
-            .ok_or_else(|| io::Error::other(format!("--record {spec:?}: expected name=ip,...")))?;
+        let (name, ips) = spec.split_once('=').ok_or_else(|| {
+            io::Error::other(format!("--record {spec:?}: expected name=ip,...[@ttl]"))
+        })?;
+        let (ips, ttl) =
+            match ips.split_once('@') {
+                Some((ips, ttl)) => (
+                    ips,
+                    Some(ttl.parse::<u32>().map_err(|e| {
+                        io::Error::other(format!("--record {spec:?}: bad TTL: {e}"))
+                    })?),
+                ),
+                None => (ips, None),
+            };
+        if name.contains('*') && !(name.starts_with("*.") && name[2..].find('*').is_none()) {
+            return Err(io::Error::other(format!(
+                "--record {spec:?}: a wildcard must be *.suffix"
+            )));
+        }
         let ips = ips
             .split(',')
             .map(|ip| ip.parse::<Ipv4Addr>().map_err(io::Error::other))
@@ -186,7 +284,7 @@ fn parse_records(specs: &[String]) -> io::Result<HashMap<String, Vec<Ipv4Addr>>>
         if let Some(bad) = ips.iter().find(|ip| !ip.is_loopback()) {
             return Err(io::Error::other(format!("{bad} is not a loopback address")));
         }
-        out.insert(name.to_string(), ips);
+        out.insert(name.to_string(), servers::RecordSet { ips, ttl });
     }
     Ok(out)
 }
@@ -197,13 +295,21 @@ async fn run(cmd: Cmd) -> io::Result<()> {
             listen,
             records,
             ttl,
+            stats_file,
             time_limit,
         } => {
             if !listen.ip().is_loopback() {
                 return Err(io::Error::other("--listen must be a loopback address"));
             }
             let records = parse_records(&records)?;
-            servers::dns(listen, records, ttl, Duration::from_secs_f64(time_limit)).await
+            servers::dns(
+                listen,
+                records,
+                ttl,
+                stats_file,
+                Duration::from_secs_f64(time_limit),
+            )
+            .await
         }
         Cmd::Backend {
             addrs,
@@ -272,6 +378,59 @@ async fn run(cmd: Cmd) -> io::Result<()> {
                 Duration::from_secs_f64(settle),
                 c.limit(),
             )
+            .await
+        }
+        Cmd::Attack {
+            kind,
+            proxy,
+            label,
+            pid,
+            admin,
+            sources,
+            count,
+            target,
+            wild_suffix,
+            wild_port,
+            parallel,
+            trickle,
+            hold,
+            head_bytes,
+            repeat_for,
+            idle,
+            dns_stats,
+            normal_target,
+            normal_interval_ms,
+            normal_timeout,
+            lead,
+            op_timeout,
+            time_limit,
+        } => {
+            let secs = Duration::from_secs_f64;
+            attack::run(attack::Opts {
+                kind,
+                label,
+                proxy,
+                pid,
+                admin,
+                sources,
+                count,
+                target,
+                wild_suffix,
+                wild_port,
+                parallel,
+                trickle: secs(trickle),
+                hold: secs(hold),
+                head_bytes,
+                repeat_for: secs(repeat_for),
+                idle: secs(idle),
+                dns_stats,
+                normal_target,
+                normal_interval: Duration::from_millis(normal_interval_ms.max(1)),
+                normal_timeout: secs(normal_timeout),
+                lead: secs(lead),
+                op_timeout: secs(op_timeout),
+                time_limit: secs(time_limit),
+            })
             .await
         }
         Cmd::Report { file, idle_count } => {

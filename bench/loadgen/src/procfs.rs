@@ -125,3 +125,14 @@ pub fn memory(root: i32) -> Mem {
     }
     m
 }
+
+/// VmRSS of one process (not its tree), KiB; `None` once it is gone.
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    kib_field(&status, "VmRSS:")
+}
+
+/// Open file descriptors of one process (entries of /proc/PID/fd); `None` once it is gone.
+pub fn fd_count(pid: i32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}

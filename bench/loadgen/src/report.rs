@@ -80,6 +80,10 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
         ) else {
             continue;
         };
+        // Load scenarios have their own section (`attacks` below).
+        if test == "attack" {
+            continue;
+        }
         let r = rows.entry(order(label)).or_default();
         if let Some(m) = v.get("mode").and_then(Value::as_str) {
             r.mode = m.to_string();
@@ -119,6 +123,11 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
     }
     let direct = rows.get(&order("direct")).cloned().unwrap_or_default();
     let mut out = String::new();
+    if rows.is_empty() {
+        // Only load scenarios ran (`--steps attacks`): no comparison tables.
+        out.push_str(&attacks(text));
+        return Ok(out);
+    }
     let w = &mut out;
 
     let _ = writeln!(w, "### Raw results\n");
@@ -351,5 +360,224 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
         "| ahead of every peer (better in most measured columns) | see the table above | {} |",
         mark(Some(ahead_all))
     );
+    out.push_str(&attacks(text));
     Ok(out)
+}
+
+/// A JSON value at a `/`-separated path.
+fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('/').try_fold(v, |v, k| v.get(k))
+}
+fn atf(v: &Value, path: &str) -> Option<f64> {
+    at(v, path).and_then(Value::as_f64)
+}
+fn atu(v: &Value, path: &str) -> String {
+    at(v, path)
+        .and_then(Value::as_u64)
+        .map(|x| x.to_string())
+        .unwrap_or_else(|| "–".into())
+}
+fn mib(kib: Option<f64>) -> String {
+    opt(kib.map(|k| k / 1024.0), 1)
+}
+
+/// The carousel process during a scenario: RSS before → peak → after, descriptors, CPU.
+fn proxy_cell(v: &Value) -> String {
+    format!(
+        "RSS {} → peak {} → {} MiB; fds {} → peak {} → {}; CPU {} s",
+        mib(atf(v, "proxy/rss_before_kib")),
+        mib(atf(v, "proxy/rss_peak_kib")),
+        mib(atf(v, "proxy/rss_after_kib")),
+        atu(v, "proxy/fds_before"),
+        atu(v, "proxy/fds_peak"),
+        atu(v, "proxy/fds_after"),
+        opt(atf(v, "proxy/cpu_s_attack"), 2),
+    )
+}
+
+fn normal_cell(v: &Value) -> String {
+    let failed = at(v, "normal/failed").and_then(Value::as_u64).unwrap_or(0);
+    let ok = atu(v, "normal/ok");
+    let bold = if failed > 0 { "**" } else { "" };
+    let mut during: Vec<String> = Vec::new();
+    for phase in ["attack", "idle"] {
+        if at(v, &format!("normal/by_phase/{phase}")).is_some() {
+            during.push(format!(
+                "{phase}: {}/{}",
+                atu(v, &format!("normal/by_phase/{phase}/ok")),
+                atu(v, &format!("normal/by_phase/{phase}/failed"))
+            ));
+        }
+    }
+    let mut cell = format!(
+        "{bold}{ok} / {failed}{bold} ({}); p50 {} ms, p99 {} ms, max {} ms",
+        during.join(", "),
+        opt(atf(v, "normal/p50_ms"), 1),
+        opt(atf(v, "normal/p99_ms"), 1),
+        opt(atf(v, "normal/max_ms"), 0),
+    );
+    if failed > 0 {
+        if let Some(e) = at(v, "normal/last_error").and_then(Value::as_str) {
+            let _ = write!(cell, "; last error: {e}");
+        }
+    }
+    cell
+}
+
+fn statuses(v: &Value) -> String {
+    match at(v, "conns/statuses").and_then(Value::as_object) {
+        Some(m) if !m.is_empty() => m
+            .iter()
+            .map(|(k, n)| format!("{k}×{n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "none".into(),
+    }
+}
+
+/// The "Load scenarios (hardening)" section: one row per `attack` result.
+fn attacks(text: &str) -> String {
+    let results: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v.get("test").and_then(Value::as_str) == Some("attack"))
+        .collect();
+    if results.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(
+        w,
+        "
+### Load scenarios (hardening)
+"
+    );
+    let _ = writeln!(
+        w,
+        "Each scenario runs against a freshly started carousel (HTTP listener) while a *normal \
+         client* keeps using it: one CONNECT tunnel to the echo backend and one 32-byte echo \
+         every 50 ms, each bounded by 5 s, from 2 s before the attack until 2 s after it. \
+         Attack connections come from other loopback addresses than the normal client. \
+         \"normal client\" is ok / failed cycles over the whole scenario (and during the attack).\n"
+    );
+    let _ = writeln!(
+        w,
+        "| scenario | attack | what carousel did | carousel process | normal client ok / failed |"
+    );
+    let _ = writeln!(w, "|---|---|---|---|---|");
+    for v in &results {
+        let kind = v.get("kind").and_then(Value::as_str).unwrap_or("?");
+        let count = atu(v, "count");
+        let srcs = at(v, "sources")
+            .and_then(Value::as_array)
+            .map(|a| a.len())
+            .unwrap_or(0);
+        let conn_errs = at(v, "conns/connect_errors")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let conn_errs = if conn_errs > 0 {
+            format!(" ({conn_errs} could not connect)")
+        } else {
+            String::new()
+        };
+        let still = at(v, "conns/still_open")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let still = if still > 0 {
+            format!(
+                "; **{still} still open** after {} s",
+                opt(atf(v, "hold_s"), 0)
+            )
+        } else {
+            String::new()
+        };
+        let (attack, did, process) = match kind {
+            "slowloris-get" => (
+                format!(
+                    "{count} connections from {srcs} loopback addresses{conn_errs}: an absolute-form \
+                     GET request line, then header bytes one per {} s, never finished",
+                    opt(atf(v, "trickle_s"), 1)
+                ),
+                format!(
+                    "closed {}/{} after median {} s / max {} s (answers: {}){still}",
+                    atu(v, "conns/closed"),
+                    atu(v, "conns/connected"),
+                    opt(atf(v, "conns/closed_median_s"), 1),
+                    opt(atf(v, "conns/closed_max_s"), 1),
+                    statuses(v),
+                ),
+                proxy_cell(v),
+            ),
+            "big-head" => {
+                let got = at(v, "conns/statuses/431")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                (
+                    format!(
+                        "{count} connections at once from {srcs} loopback addresses{conn_errs}, \
+                         each an unfinished {} KiB request head; {} such waves in {} s",
+                        opt(atf(v, "head_bytes").map(|b| b / 1024.0), 0),
+                        atu(v, "waves"),
+                        opt(atf(v, "attack_s"), 1),
+                    ),
+                    format!(
+                        "431 to {got}; closed {}/{} after median {} s / max {} s (answers: {}; \
+                         client had written a median {} KiB when it saw the close){still}",
+                        atu(v, "conns/closed"),
+                        atu(v, "conns/connected"),
+                        opt(atf(v, "conns/closed_median_s"), 2),
+                        opt(atf(v, "conns/closed_max_s"), 2),
+                        statuses(v),
+                        opt(atf(v, "conns/sent_median_bytes").map(|b| b / 1024.0), 0),
+                    ),
+                    proxy_cell(v),
+                )
+            }
+            "name-flood" => {
+                let failed = at(v, "names_failed").and_then(Value::as_u64).unwrap_or(0);
+                let failed = if failed > 0 {
+                    format!(", **{failed} failed**")
+                } else {
+                    String::new()
+                };
+                (
+                    format!(
+                        "{count} distinct names (`nK.wild.bench.test`, one wildcard A record) \
+                         through CONNECT in {} s ({} ok{failed}), then {} s without attack traffic",
+                        opt(atf(v, "flood_s"), 1),
+                        atu(v, "names_ok"),
+                        opt(atf(v, "idle_window/idle_s"), 0),
+                    ),
+                    format!(
+                        "names cached {} (evicted {}); {} DNS queries for the flood; while idle: \
+                         {} refreshes, {} DNS queries ({} for flood names), {} lookups in flight at the end",
+                        opt(atf(v, "idle_window/metrics_end/names"), 0),
+                        opt(atf(v, "idle_window/metrics_end/names_evicted_total"), 0),
+                        atu(v, "dns_flood/wildcard_queries"),
+                        opt(atf(v, "idle_window/refreshes"), 0),
+                        atu(v, "idle_window/dns/queries"),
+                        atu(v, "idle_window/dns/wildcard_queries"),
+                        opt(atf(v, "idle_window/metrics_end/lookups_in_flight"), 0),
+                    ),
+                    format!(
+                        "while idle: fds {} → {}, CPU {} s, RSS {} → {} MiB; whole scenario: {}",
+                        atu(v, "idle_window/proxy_fds_start"),
+                        atu(v, "idle_window/proxy_fds_end"),
+                        opt(atf(v, "idle_window/proxy_cpu_s"), 2),
+                        mib(atf(v, "idle_window/proxy_rss_start_kib")),
+                        mib(atf(v, "idle_window/proxy_rss_end_kib")),
+                        proxy_cell(v),
+                    ),
+                )
+            }
+            _ => ("?".into(), "?".into(), proxy_cell(v)),
+        };
+        let _ = writeln!(
+            w,
+            "| {kind} | {attack} | {did} | {process} | {} |",
+            normal_cell(v)
+        );
+    }
+    out
 }

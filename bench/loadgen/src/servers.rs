@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,10 +26,72 @@ fn key(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// The A records of one name (or of every name under a wildcard), with an optional TTL of their
+/// own (the server's `--ttl` otherwise).
+#[derive(Clone, Debug)]
+pub struct RecordSet {
+    pub ips: Vec<Ipv4Addr>,
+    pub ttl: Option<u32>,
+}
+
 struct Zone {
-    records: HashMap<String, Vec<Ipv4Addr>>,
+    records: HashMap<String, RecordSet>,
+    /// `(".suffix", set)` for every `*.suffix` record: answers any name ending in `.suffix`.
+    wildcards: Vec<(String, RecordSet)>,
     ttl: u32,
     queries: AtomicU64,
+    /// Queries answered from a wildcard record.
+    wildcard_queries: AtomicU64,
+    /// Every other query by `name TYPE` (at most 64 keys; the rest under `other`).
+    by_name: std::sync::Mutex<HashMap<String, u64>>,
+}
+
+impl Zone {
+    /// The records of `name`, counting the query (wildcard answers apart, the rest by name).
+    fn lookup(&self, name: &str, qtype: RecordType) -> Option<&RecordSet> {
+        let k = key(name);
+        if let Some(set) = self.records.get(&k) {
+            self.count_name(&k, qtype);
+            return Some(set);
+        }
+        let wild = self
+            .wildcards
+            .iter()
+            .find(|(suffix, _)| k.len() > suffix.len() && k.ends_with(suffix.as_str()));
+        match wild {
+            Some((_, set)) => {
+                self.wildcard_queries.fetch_add(1, Ordering::Relaxed);
+                Some(set)
+            }
+            None => {
+                self.count_name(&k, qtype);
+                None
+            }
+        }
+    }
+
+    /// Counts a query that no wildcard answered, by name and type.
+    fn count_name(&self, name: &str, qtype: RecordType) {
+        if let Ok(mut m) = self.by_name.lock() {
+            let k = format!("{name} {qtype}");
+            let k = if m.len() >= 64 && !m.contains_key(&k) {
+                "other".to_string()
+            } else {
+                k
+            };
+            *m.entry(k).or_default() += 1;
+        }
+    }
+
+    fn stats(&self) -> String {
+        let by_name = self.by_name.lock().map(|m| m.clone()).unwrap_or_default();
+        serde_json::json!({
+            "queries": self.queries.load(Ordering::Relaxed),
+            "wildcard_queries": self.wildcard_queries.load(Ordering::Relaxed),
+            "by_name": by_name,
+        })
+        .to_string()
+    }
 }
 
 struct Handler(Arc<Zone>);
@@ -66,16 +129,13 @@ impl RequestHandler for Handler {
                 .unwrap_or_else(|_| failed());
         };
         let owner: Name = query.original().name().clone();
-        let entry = zone.records.get(&key(&owner.to_string()));
+        let entry = zone.lookup(&owner.to_string(), query.query_type());
+        let ttl = entry.and_then(|e| e.ttl).unwrap_or(zone.ttl);
         let mut answers = Vec::new();
-        if let Some(ips) = entry {
+        if let Some(set) = entry {
             if matches!(query.query_type(), RecordType::A | RecordType::ANY) {
-                for ip in ips {
-                    answers.push(Record::from_rdata(
-                        owner.clone(),
-                        zone.ttl,
-                        RData::A(A(*ip)),
-                    ));
+                for ip in &set.ips {
+                    answers.push(Record::from_rdata(owner.clone(), ttl, RData::A(A(*ip))));
                 }
             }
         }
@@ -103,8 +163,8 @@ impl RequestHandler for Handler {
             };
             soa.push(Record::from_rdata(
                 apex,
-                zone.ttl,
-                RData::SOA(SOA::new(mname, rname, 1, 3600, 600, 86400, zone.ttl)),
+                ttl,
+                RData::SOA(SOA::new(mname, rname, 1, 3600, 600, 86400, ttl)),
             ));
         }
         let resp = builder.build(metadata, answers.iter(), [].iter(), soa.iter(), [].iter());
@@ -115,18 +175,52 @@ impl RequestHandler for Handler {
     }
 }
 
-/// Serves `records` (name → IPv4 addresses) on `listen` (UDP and TCP) until `limit` passes or
-/// SIGTERM/SIGINT arrives; then prints the number of queries answered as one JSON line.
+/// Serves `records` (name → IPv4 addresses; a name `*.suffix` answers every name under
+/// `suffix`) on `listen` (UDP and TCP) until `limit` passes or SIGTERM/SIGINT arrives; then prints
+/// the number of queries answered as one JSON line. With `stats_file`, the query counts are also
+/// written there (as one JSON object, replaced atomically) every 100 ms, so another process can
+/// read how many queries arrived in a window.
 pub async fn dns(
     listen: SocketAddr,
-    records: HashMap<String, Vec<Ipv4Addr>>,
+    records: HashMap<String, RecordSet>,
     ttl: u32,
+    stats_file: Option<PathBuf>,
     limit: Duration,
 ) -> io::Result<()> {
+    let mut exact = HashMap::new();
+    let mut wildcards = Vec::new();
+    for (name, set) in records {
+        let name = key(&name);
+        match name.strip_prefix("*.") {
+            Some(suffix) => wildcards.push((format!(".{suffix}"), set)),
+            None => {
+                exact.insert(name, set);
+            }
+        }
+    }
     let zone = Arc::new(Zone {
-        records: records.into_iter().map(|(k, v)| (key(&k), v)).collect(),
+        records: exact,
+        wildcards,
         ttl,
         queries: AtomicU64::new(0),
+        wildcard_queries: AtomicU64::new(0),
+        by_name: Default::default(),
+    });
+    let writer = stats_file.map(|path| {
+        let zone = zone.clone();
+        tokio::spawn(async move {
+            let tmp = path.with_extension("tmp");
+            let mut last = String::new();
+            // Ends when the server stops (the task is aborted); one small write per change.
+            loop {
+                let now = zone.stats();
+                if now != last && std::fs::write(&tmp, &now).is_ok() {
+                    let _ = std::fs::rename(&tmp, &path);
+                    last = now;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
     });
     let udp = UdpSocket::bind(listen).await?;
     let tcp = TcpListener::bind(listen).await?;
@@ -136,10 +230,12 @@ pub async fn dns(
     println!(r#"{{"event":"dns_ready","listen":"{listen}"}}"#);
     wait_for_stop(limit).await;
     server.shutdown_token().cancel();
-    println!(
-        r#"{{"event":"dns_stopped","queries":{}}}"#,
-        zone.queries.load(Ordering::Relaxed)
-    );
+    if let Some(w) = writer {
+        w.abort();
+    }
+    let mut stopped: serde_json::Value = serde_json::from_str(&zone.stats()).unwrap_or_default();
+    stopped["event"] = "dns_stopped".into();
+    println!("{stopped}");
     Ok(())
 }
 
