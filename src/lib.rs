@@ -14,6 +14,7 @@ pub mod demo;
 pub mod dial;
 pub mod dns;
 pub mod forward;
+pub mod history;
 pub mod limits;
 pub mod listener;
 pub mod metrics;

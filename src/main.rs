@@ -38,22 +38,45 @@ enum Command {
         #[arg(long, default_value_t = 6)]
         seconds: u64,
     },
-    /// Validate a configuration file: exit 0 with a summary, or 2 with file, key and line.
+    /// Validate a configuration file: exit 0 with a summary (and warnings), or 2 with file,
+    /// key and line.
     Check {
         /// Configuration file.
         #[arg(short, long)]
         config: PathBuf,
+    },
+    /// Show a running carousel's clusters, members and listeners as a table (from `/status`).
+    Status {
+        /// The admin listener.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: std::net::SocketAddr,
+        /// Redraw every second.
+        #[arg(long)]
+        watch: bool,
+        /// Print the raw `/status` JSON instead.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Status { admin, watch, json } => match status(admin, watch, json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("carousel status: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Check { config } => match Config::load(&config).and_then(|c| {
             carousel::resources::Resources::load(&c)?;
             Ok(c)
         }) {
             Ok(c) => {
+                for w in c.warnings() {
+                    eprintln!("warning: {w}");
+                }
                 println!("{}", c.summary());
                 ExitCode::SUCCESS
             }
@@ -78,6 +101,48 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+/// Fetches `/status` from the admin listener.
+fn fetch_status(admin: std::net::SocketAddr) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, std::time::Duration::from_secs(3))
+        .with_context(|| format!("connecting to the admin listener {admin}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: carousel\r\nConnection: close\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .context("no HTTP response from the admin listener")?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{}",
+        head.lines().next().unwrap_or("")
+    );
+    Ok(body.to_string())
+}
+
+fn status(admin: std::net::SocketAddr, watch: bool, json: bool) -> anyhow::Result<()> {
+    // SAFETY: isatty only inspects a descriptor number.
+    let tty = unsafe { libc::isatty(1) } == 1;
+    loop {
+        let body = fetch_status(admin)?;
+        if json {
+            println!("{body}");
+        } else {
+            let v: serde_json::Value =
+                serde_json::from_str(&body).context("/status is not JSON")?;
+            if watch && tty {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", carousel::admin::table::render(&v, tty));
+        }
+        if !watch {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
     }
 }
 
@@ -131,10 +196,11 @@ fn raise_fd_limit(max_connections: usize) {
         .saturating_mul(2)
         .saturating_add(256);
     if lim.rlim_cur < needed {
-        tracing::warn!(
+        // Said once, at INFO: a stock machine's limit is no fault of the operator's.
+        tracing::info!(
             open_file_limit = lim.rlim_cur,
             max_connections,
-            "open-file limit below 2 × limits.max_connections + 256: lower max_connections or raise LimitNOFILE"
+            "open-file limit below 2 × limits.max_connections + 256: past it new clients wait in the accept queue; lower max_connections or raise LimitNOFILE"
         );
     }
 }
@@ -142,8 +208,12 @@ fn raise_fd_limit(max_connections: usize) {
 fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // Colours only on a terminal: a log file gets plain text.
+    // SAFETY: isatty only inspects a descriptor number.
+    let tty = unsafe { libc::isatty(2) } == 1;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(tty)
         .init();
 }

@@ -65,6 +65,8 @@ pub struct Metrics {
     pub tunnels_closed_member_down: IntCounterVec,
     /// Connections refused while reading a PROXY protocol header, by reason.
     pub proxy_protocol_rejected: IntCounterVec,
+    /// Open client connections per listener.
+    pub listener_connections: IntGaugeVec,
     /// Open tunnels by protocol.
     pub active_tunnels: IntGaugeVec,
     /// Tunnel bytes by direction (`up` client→server, `down`).
@@ -181,6 +183,7 @@ impl Metrics {
             cluster_dns_stale: gauge(&r, "carousel_cluster_dns_stale", "1 while a cluster serves its last good member set because DNS fails.", &["cluster"]),
             tunnels_closed_member_down: counter(&r, "carousel_tunnels_closed_member_down_total", "Tunnels carousel closed because the active checks marked their member down (on_member_down = close_tunnels).", &["cluster"]),
             proxy_protocol_rejected: counter(&r, "carousel_proxy_protocol_rejected_total", "Connections closed while reading a PROXY protocol header, by reason (untrusted, malformed, version, timeout).", &["reason"]),
+            listener_connections: gauge(&r, "carousel_listener_connections", "Open client connections per listener.", &["listener"]),
             active_tunnels: gauge(&r, "carousel_active_tunnels", "Open tunnels by protocol.", &["protocol"]),
             tunnel_bytes,
             tunnel_pipes: plain_gauge(&r, "carousel_tunnel_pipes", "Splice pipes held by the process, pooled or busy (bounded by tunnel.max_pipes)."),
@@ -202,6 +205,35 @@ impl Metrics {
         for r in ["untrusted", "malformed", "version", "timeout"] {
             m.proxy_protocol_rejected.with_label_values(&[r]);
         }
+        // Every series whose labels are known at start exists from the start, at zero, so
+        // dashboards and alerts see 0 instead of "no data" (Prometheus instrumentation advice).
+        for l in ["global", "per_client", "handshakes_per_client", "dns"] {
+            m.overload.with_label_values(&[l]);
+        }
+        for k in ["name", "cluster"] {
+            for r in ["ok", "nxdomain", "error"] {
+                m.dns_lookups.with_label_values(&[k, r]);
+            }
+            m.dns_duration.with_label_values(&[k]);
+        }
+        m.dns_stale.with_label_values(&["name"]);
+        for p in ClientProtocol::ALL {
+            if p != ClientProtocol::Http {
+                m.active_tunnels.with_label_values(&[p.as_str()]);
+            }
+        }
+        for r in [
+            "ok",
+            "refused",
+            "timeout",
+            "unreachable",
+            "error",
+            "abandoned",
+        ] {
+            m.connect_attempts.with_label_values(&["", "", r]);
+        }
+        m.connect_duration.with_label_values(&[""]);
+        m.failovers.with_label_values(&[""]);
         m
     }
 
@@ -217,6 +249,17 @@ impl Metrics {
 pub fn metrics() -> &'static Metrics {
     static M: LazyLock<Metrics> = LazyLock::new(Metrics::new);
     &M
+}
+
+/// Requests so far by protocol and outcome (for the status page).
+pub fn request_counts() -> Vec<(ClientProtocol, Outcome, u64)> {
+    let m = metrics();
+    ClientProtocol::ALL
+        .iter()
+        .flat_map(|p| Outcome::ALL.iter().map(move |o| (*p, *o)))
+        .zip(m.request_handles.iter())
+        .map(|((p, o), c)| (p, o, c.get()))
+        .collect()
 }
 
 /// Records the outcome of one client request.

@@ -14,13 +14,47 @@ use crate::metrics::metrics;
 use crate::resources::Resources;
 use crate::session::{Proxy, Runtime};
 
-/// Marks the configuration as (re)loaded successfully now.
-pub fn mark_success() {
-    let now = std::time::SystemTime::now()
+/// The last (re)load: Unix time and "ok" or the error.
+static LAST: std::sync::Mutex<(u64, String)> = std::sync::Mutex::new((0, String::new()));
+
+/// The configuration file in use (`None`: the embedded default).
+static PATH: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
-        .as_secs();
-    metrics().last_reload_success.set(now as i64);
+        .as_secs()
+}
+
+fn record(result: String) {
+    if let Ok(mut l) = LAST.lock() {
+        *l = (unix_now(), result);
+    }
+}
+
+/// Marks the configuration as (re)loaded successfully now.
+pub fn mark_success() {
+    metrics().last_reload_success.set(unix_now() as i64);
+    record("ok".into());
+}
+
+/// Records which file the configuration comes from (for the status page).
+pub fn set_path(path: Option<&Path>) {
+    let _ = PATH.set(path.map(Path::to_path_buf));
+}
+
+/// The configuration file in use, `<embedded>` for the built-in default.
+pub fn config_path() -> String {
+    match PATH.get() {
+        Some(Some(p)) => p.display().to_string(),
+        _ => "<embedded>".into(),
+    }
+}
+
+/// The last (re)load: Unix time and "ok" or its error.
+pub fn last() -> (u64, String) {
+    LAST.lock().map(|l| l.clone()).unwrap_or_default()
 }
 
 /// Reloads from `path` (`None`: the embedded default). Returns a one-line error on failure.
@@ -89,6 +123,7 @@ pub fn reload(proxy: &Arc<Proxy>, path: Option<&Path>) -> Result<(), String> {
 /// Logs a failed reload, then counts it (so the line exists once the counter says so).
 fn fail(msg: String) -> String {
     tracing::error!(error = %msg, "reload failed; keeping the running configuration");
+    record(format!("error: {msg}"));
     metrics().reloads.with_label_values(&["error"]).inc();
     msg
 }

@@ -78,6 +78,7 @@ struct Background {
 #[async_trait]
 impl BackgroundService for Background {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::spawn(crate::admin::sampler::run(self.proxy.clone()));
         let dns = self.proxy.config().dns.clone();
         for cluster in self.proxy.clusters.load().iter() {
             tokio::spawn(discovery::run(
@@ -264,6 +265,7 @@ pub fn build(
         );
         server.add_service(service);
     }
+    reload::set_path(path.as_deref());
     reload::mark_success();
     server.add_service(background_service(
         "carousel clusters and reload",

@@ -30,6 +30,11 @@ fuzz_target!(|data: &[u8]| {
             let lines = text.bytes().filter(|&b| b == b'\n').count() + 1;
             assert!(line <= lines, "line {line} > {lines} lines");
         }
+        Err(ConfigError::Syntax { file, line, column, .. }) => {
+            assert_eq!(file, FILE);
+            let lines = text.bytes().filter(|&b| b == b'\n').count() + 1;
+            assert!(line <= lines && column >= 1, "line {line} col {column}");
+        }
         Err(e @ ConfigError::Read { .. }) => panic!("parse() never reads: {e}"),
     }
 });

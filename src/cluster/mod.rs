@@ -84,8 +84,15 @@ impl Cluster {
             .cluster_dns_stale
             .with_label_values(&[&name])
             .set(0);
-        metrics().panic_requests.with_label_values(&[&name]);
-        metrics().failovers.with_label_values(&[&name]);
+        let m = metrics();
+        m.panic_requests.with_label_values(&[&name]);
+        m.failovers.with_label_values(&[&name]);
+        m.tunnels_closed_member_down.with_label_values(&[&name]);
+        m.dns_all_down.with_label_values(&[&name]);
+        m.connect_duration.with_label_values(&[&name]);
+        for state in ["healthy", "unhealthy", "ejected", "draining"] {
+            m.cluster_members.with_label_values(&[&name, state]);
+        }
         Arc::new(Self {
             name,
             cfg,

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{invalid, Invalid};
 
 /// How a cluster picks the member for a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Selection {
     /// Each request starts at the next member (weighted).
@@ -21,7 +21,7 @@ pub enum Selection {
 }
 
 /// What happens to a member's open tunnels when the active checks mark it down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OnMemberDown {
     /// They stay open: an overloaded member's live sessions are not cut.
@@ -137,6 +137,10 @@ pub struct ClusterSection {
     /// Send requests for a down member's IP address (on a cluster port) to a healthy member.
     #[serde(default)]
     pub rescue_member_ips: bool,
+    /// Seconds a tunnel to this cluster may carry no bytes before it is closed (default:
+    /// `tunnel.idle_timeout_seconds`).
+    #[serde(default)]
+    pub tunnel_idle_timeout_seconds: Option<u64>,
     /// What happens to the open tunnels of a member the active checks mark down.
     #[serde(default)]
     pub on_member_down: OnMemberDown,
@@ -197,6 +201,9 @@ impl ClusterSection {
                     "must be `ip` or `ip:port`",
                 );
             }
+        }
+        if self.tunnel_idle_timeout_seconds == Some(0) {
+            return invalid(k("tunnel_idle_timeout_seconds"), "must be greater than 0");
         }
         if self.response_timeout_ms == Some(0) {
             return invalid(k("response_timeout_ms"), "must be greater than 0");

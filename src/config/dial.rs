@@ -79,7 +79,7 @@ pub const DEFAULT_PIPE_SIZE: usize = 1 << 20;
 impl Default for TunnelSection {
     fn default() -> Self {
         Self {
-            idle_timeout_seconds: 300,
+            idle_timeout_seconds: 3600,
             pipe_size_bytes: DEFAULT_PIPE_SIZE,
             max_pipes: None,
         }

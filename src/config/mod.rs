@@ -43,7 +43,19 @@ pub enum ConfigError {
         /// What the operating system said.
         source: std::io::Error,
     },
-    /// The file was read but a key is wrong: syntax, type, unknown key or invalid value.
+    /// The text is not TOML: where, and what was expected.
+    #[error("{file}:{line}:{column}: TOML syntax: {message}")]
+    Syntax {
+        /// The path of the file (or `<embedded>`).
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column (in characters).
+        column: usize,
+        /// What the parser found and expected.
+        message: String,
+    },
+    /// The file was read but a key is wrong: type, unknown key or invalid value.
     #[error("{file}:{line}: key `{key}`: {message}")]
     Invalid {
         /// The path of the file (or `<embedded>`).
@@ -134,6 +146,23 @@ impl Config {
         let cfg: Config = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             let (key, line) = locate_span(text, span.start);
+            if toml::de::DeTable::parse(text).is_err() {
+                // Not TOML at all: no key to name, but a place and what was expected.
+                let start = span.start.min(text.len());
+                let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+                return ConfigError::Syntax {
+                    file: file.to_string(),
+                    line,
+                    column: text[line_start..start].chars().count() + 1,
+                    message: e
+                        .message()
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                };
+            }
             ConfigError::Invalid {
                 file: file.to_string(),
                 key,
@@ -238,6 +267,49 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// What is almost always a mistake but not invalid, for `carousel check` to warn about.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in &self.clusters {
+            let name = c.name.trim_end_matches('.');
+            if name.parse::<std::net::IpAddr>().is_ok() {
+                out.push(format!(
+                    "cluster {name}: the name is an IP address; clients asking for a name never match it"
+                ));
+            }
+            for &port in &c.ports {
+                let allowed = self.access.rules.iter().any(|r| {
+                    r.action == Action::Allow
+                        && (r.ports.is_empty()
+                            || r.ports.iter().any(|p| p.from <= port && port <= p.to))
+                });
+                if !allowed {
+                    out.push(format!(
+                        "cluster {name}: no access rule allows port {port}, so every request for it is denied"
+                    ));
+                }
+            }
+        }
+        let everyone = self
+            .access
+            .allow_clients
+            .iter()
+            .any(|n| n.prefix_len() == 0);
+        if everyone {
+            for l in self
+                .listeners
+                .iter()
+                .filter(|l| l.address.ip().is_unspecified())
+            {
+                out.push(format!(
+                    "listener {} listens on every address and access.allow_clients includes everyone: anyone who reaches this host may use the proxy",
+                    l.address
+                ));
+            }
+        }
+        out
     }
 
     /// A one-line summary for `carousel check`.

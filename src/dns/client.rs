@@ -207,13 +207,21 @@ fn classify(name: &str, e: hickory_resolver::net::NetError) -> ResolveError {
     } else {
         ResolveError::Failed {
             name: name.to_string(),
-            reason: e
-                .to_string()
-                .lines()
-                .next()
-                .unwrap_or("lookup failed")
-                .into(),
+            reason: one_line(&e.to_string()),
         }
+    }
+}
+
+/// hickory's error text as one short line: the caller already says it is DNS, so hickory's
+/// "DNS error: error response: " prefixes go ("nameserver answered Query Refused").
+fn one_line(text: &str) -> String {
+    let mut line = text.lines().next().unwrap_or("lookup failed").trim();
+    for prefix in ["DNS error: ", "dns error: ", "proto error: "] {
+        line = line.strip_prefix(prefix).unwrap_or(line);
+    }
+    match line.strip_prefix("error response: ") {
+        Some(code) => format!("the nameserver answered {code}"),
+        None => line.to_string(),
     }
 }
 
@@ -247,4 +255,16 @@ fn nameserver(sa: SocketAddr) -> NameServerConfig {
         c.port = sa.port();
     }
     ns
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn errors_say_dns_once() {
+        assert_eq!(
+            super::one_line("DNS error: error response: Query Refused\nmore"),
+            "the nameserver answered Query Refused"
+        );
+        assert_eq!(super::one_line("request timed out"), "request timed out");
+    }
 }

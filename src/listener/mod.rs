@@ -47,6 +47,8 @@ pub struct Listener {
     socks: bool,
     /// The PROXY protocol versions expected, and from whom.
     proxy_protocol: Option<(proxy_header::Accept, Vec<ipnet::IpNet>)>,
+    /// Its open connections (`carousel_listener_connections`).
+    open: prometheus::IntGauge,
     forwarder: Arc<HttpProxy<Forwarder>>,
 }
 
@@ -69,6 +71,9 @@ impl Listener {
                 ProxyProtocol::Any => Some(proxy_header::Accept::Any),
             }
             .map(|a| (a, section.trusted_proxies.clone())),
+            open: metrics::metrics()
+                .listener_connections
+                .with_label_values(&[&section.address.to_string()]),
             forwarder,
         }
     }
@@ -100,6 +105,7 @@ impl ServerApp for Listener {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let _open = OpenGuard::new(&self.open);
         let peer = io::peer_ip(&stream);
         let handshake = self.proxy.runtime().config.server.handshake_timeout();
         // The client's identity, computed once: the PROXY header's source when a trusted
@@ -199,6 +205,22 @@ impl ServerApp for Listener {
 
     async fn cleanup(&self) {
         self.forwarder.http_cleanup().await;
+    }
+}
+
+/// Counts a connection open on its listener while it lives.
+struct OpenGuard<'a>(&'a prometheus::IntGauge);
+
+impl<'a> OpenGuard<'a> {
+    fn new(g: &'a prometheus::IntGauge) -> Self {
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -70,6 +70,8 @@ pub struct Proxy {
     pub tls: HashMap<SocketAddr, Acceptor>,
     /// Where access lines go (replaced by a reload).
     pub access_log: ArcSwap<AccessLog>,
+    /// The last minute of per-member request and failure rates, for the status page.
+    pub history: crate::history::History,
     draining: std::sync::atomic::AtomicBool,
 }
 
@@ -103,6 +105,7 @@ impl Proxy {
             ),
             runtime: ArcSwap::from_pointee(Runtime::new(config)),
             draining: false.into(),
+            history: crate::history::History::default(),
         }))
     }
 

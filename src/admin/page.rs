@@ -1,0 +1,284 @@
+//! `GET /`: the status page. One self-contained HTML document (inline CSS, a few lines of
+//! vanilla JavaScript, no external assets: the proxy host has no internet), rendered on the
+//! server from the `/status` document, so it works without JavaScript too (a meta refresh);
+//! with JavaScript it refreshes every two seconds in place. Each cluster member is a coloured
+//! row with its state, last check, connections, a one-minute sparkline of requests and failures
+//! per second, and its ejections.
+
+use std::fmt::Write;
+
+use serde_json::Value;
+
+use super::sampler::key;
+use crate::history::{History, SAMPLES};
+
+/// Escapes text for HTML.
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => esc(s),
+        Value::Null => "-".into(),
+        Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(", "),
+        other => esc(&other.to_string()),
+    }
+}
+
+/// An inline SVG sparkline of `req` (green) and `fail` (red), both on the same scale.
+fn sparkline(req: &[f32], fail: &[f32]) -> String {
+    let (w, h) = (120.0f32, 24.0f32);
+    let top = req.iter().chain(fail).copied().fold(1.0f32, f32::max);
+    let line = |vals: &[f32], colour: &str| {
+        if vals.is_empty() {
+            return String::new();
+        }
+        let step = w / (SAMPLES as f32 - 1.0);
+        let offset = SAMPLES - vals.len();
+        let pts: Vec<String> = vals
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let x = (offset + i) as f32 * step;
+                let y = h - 1.0 - (v / top) * (h - 2.0);
+                format!("{x:.1},{y:.1}")
+            })
+            .collect();
+        format!(
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{}\"/>",
+            pts.join(" ")
+        )
+    };
+    format!(
+        "<svg class=\"spark\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"requests and failures per second, last minute\">{}{}</svg>",
+        line(req, "#2e7d32"),
+        line(fail, "#c62828")
+    )
+}
+
+/// A human age for a Unix time (`12 s ago`), or `never`.
+fn age(unix: u64, now: u64) -> String {
+    if unix == 0 {
+        return "never".into();
+    }
+    let d = now.saturating_sub(unix);
+    if d < 120 {
+        format!("{d} s ago")
+    } else if d < 7200 {
+        format!("{} min ago", d / 60)
+    } else {
+        format!("{} h ago", d / 3600)
+    }
+}
+
+/// The member state as the page says it: `healthy`, `down`, `ejected until …`, `half-open`,
+/// `draining`.
+fn state(m: &Value, now_ms: u64) -> (String, &'static str) {
+    let h = m["health"].as_str().unwrap_or("unknown");
+    match h {
+        "healthy" => ("healthy".into(), "ok"),
+        "down" => ("down".into(), "down"),
+        "halfopen" => ("half-open".into(), "warn"),
+        "draining" => ("draining".into(), "drain"),
+        "ejected" => {
+            let until = m["ejected_until_unix_ms"].as_u64().unwrap_or(0);
+            let left = until.saturating_sub(now_ms) / 1000;
+            (format!("ejected, {left} s left"), "warn")
+        }
+        other => (esc(other), "warn"),
+    }
+}
+
+/// The whole page for `status`.
+pub fn render(status: &Value, history: &History) -> String {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let now = now_ms / 1000;
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<header><h1>carousel {}</h1><p class=\"meta\">config <code>{}</code> · last load {} ({}){}</p></header>",
+        text(&status["version"]),
+        text(&status["config"]),
+        age(status["reload"]["last_unix"].as_u64().unwrap_or(0), now),
+        text(&status["reload"]["result"]),
+        if status["draining"].as_bool() == Some(true) {
+            " · <strong class=\"down\">draining</strong>"
+        } else {
+            ""
+        }
+    );
+    for c in status["clusters"].as_array().into_iter().flatten() {
+        let name = c["name"].as_str().unwrap_or("");
+        let dns = match c["dns_answer"]["addresses"].as_array() {
+            Some(a) => a.iter().map(text).collect::<Vec<_>>().join(", "),
+            None => "-".into(),
+        };
+        let _ = write!(
+            body,
+            "<section class=\"cluster\"><h2>{}</h2><p class=\"meta\">{} · ports {} · DNS {}{}{}</p>\
+             <table><thead><tr><th>member</th><th>state</th><th>last check</th><th>active</th>\
+             <th>req/s · fail/s (1 min)</th><th>requests</th><th>failures</th><th>ejections</th><th>last error</th></tr></thead><tbody>",
+            esc(name),
+            text(&c["selection"]),
+            text(&c["ports"]),
+            dns,
+            if c["dns_stale"].as_bool() == Some(true) {
+                " · <span class=\"warn\">stale</span>"
+            } else {
+                ""
+            },
+            match c["dns_error"].as_str() {
+                Some(e) => format!(" · <span class=\"down\">{}</span>", esc(e)),
+                None => String::new(),
+            }
+        );
+        for m in c["members"].as_array().into_iter().flatten() {
+            let addr: std::net::SocketAddr = match (m["address"].as_str(), m["port"].as_u64()) {
+                (Some(a), Some(p)) => match a.parse::<std::net::IpAddr>() {
+                    Ok(ip) => std::net::SocketAddr::new(ip, p as u16),
+                    Err(_) => continue,
+                },
+                _ => continue,
+            };
+            let (st, class) = state(m, now_ms);
+            let check = if m["checked"].as_bool() == Some(true) {
+                format!(
+                    "{} · {}",
+                    if m["last_check_ok"].as_bool() == Some(true) {
+                        "pass"
+                    } else {
+                        "fail"
+                    },
+                    age(m["last_check_unix"].as_u64().unwrap_or(0), now)
+                )
+            } else {
+                "not yet".into()
+            };
+            let _ = write!(
+                body,
+                "<tr class=\"{class}\" data-member=\"{addr}\" data-state=\"{}\"><td><code>{addr}</code></td><td class=\"state\">{st}</td>\
+                 <td>{check}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
+                esc(m["health"].as_str().unwrap_or("")),
+                text(&m["active_connections"]),
+                sparkline(
+                    &history.read(&key("req", name, addr)),
+                    &history.read(&key("fail", name, addr))
+                ),
+                text(&m["requests"]),
+                text(&m["connect_failures"]),
+                text(&m["ejections"]),
+                text(&m["last_error"]),
+            );
+        }
+        body.push_str("</tbody></table></section>");
+    }
+    body.push_str("<section><h2>Listeners</h2><table><thead><tr><th>address</th><th>protocols</th><th>open</th></tr></thead><tbody>");
+    for l in status["listeners"].as_array().into_iter().flatten() {
+        let _ = write!(
+            body,
+            "<tr><td><code>{}</code></td><td>{}{}</td><td>{}</td></tr>",
+            text(&l["address"]),
+            text(&l["protocols"]),
+            if l["tls"].as_bool() == Some(true) {
+                " (TLS)"
+            } else {
+                ""
+            },
+            text(&l["open_connections"])
+        );
+    }
+    body.push_str("</tbody></table><h2>Requests by outcome</h2><table><thead><tr><th>protocol</th><th>outcomes</th></tr></thead><tbody>");
+    if let Some(reqs) = status["requests"].as_object() {
+        for (proto, outcomes) in reqs {
+            let mut parts: Vec<String> = outcomes
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                .map(|(o, n)| format!("{} {}", esc(o), n))
+                .collect();
+            if parts.is_empty() {
+                parts.push("none yet".into());
+            }
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td></tr>",
+                esc(proto),
+                parts.join(" · ")
+            );
+        }
+    }
+    let _ = write!(
+        body,
+        "</tbody></table><h2>DNS</h2><p>{} names cached · {} lookups in flight · responder {}</p></section>",
+        text(&status["dns"]["names_cached"]),
+        text(&status["dns"]["lookups_in_flight"]),
+        match status["dns"]["responder"].as_array() {
+            Some(a) if !a.is_empty() => a.iter().map(text).collect::<Vec<_>>().join(", "),
+            _ => "off".into(),
+        }
+    );
+    body.push_str("<footer>This page, like the whole admin port, has no authentication: keep it on loopback or a management network. Raw data: <a href=\"/status\">/status</a> · <a href=\"/metrics\">/metrics</a></footer>");
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"5\">\
+         <title>carousel status</title><style>{CSS}</style></head><body>{body}<script>{JS}</script></body></html>"
+    )
+}
+
+const CSS: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}h1{font-size:1.4em;margin:0}\
+h2{font-size:1.1em;margin:1.2em 0 .3em}.meta{color:#555;margin:.2em 0}table{border-collapse:collapse;width:100%}\
+th,td{text-align:left;padding:.25em .6em;border-bottom:1px solid #ddd;vertical-align:middle}th{background:#f4f4f4}\
+tr.ok td.state{background:#c8e6c9}tr.down td.state{background:#ffcdd2;font-weight:bold}\
+tr.warn td.state{background:#fff3c4}tr.drain td.state{background:#e0e0e0}.down{color:#c62828}.warn{color:#a06000}\
+td.err{color:#777;max-width:24em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}footer{margin-top:2em;color:#666}";
+
+/// Refreshes the page in place every two seconds (the meta refresh covers browsers without
+/// JavaScript).
+const JS: &str = "setInterval(function(){fetch('/',{cache:'no-store'}).then(function(r){return r.text()})\
+.then(function(t){var d=new DOMParser().parseFromString(t,'text/html');document.body.innerHTML=d.body.innerHTML;})\
+.catch(function(){});},2000);";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rows_say_the_state_and_nothing_is_unescaped() {
+        let status = json!({
+            "version": "0.1.0", "config": "<embedded>", "reload": {"last_unix": 0, "result": "ok"},
+            "clusters": [{"name": "chat<x>", "selection": "round_robin", "ports": [5222],
+                "dns_answer": {"addresses": ["127.0.0.11"]},
+                "members": [
+                    {"address": "127.0.0.11", "port": 5222, "health": "healthy", "checked": true, "last_check_ok": true},
+                    {"address": "127.0.0.12", "port": 5222, "health": "down", "last_error": "<script>"}
+                ]}],
+            "listeners": [], "requests": {}, "dns": {}
+        });
+        let h = History::default();
+        h.push(
+            &key("req", "chat<x>", "127.0.0.11:5222".parse().unwrap()),
+            3.0,
+        );
+        let page = render(&status, &h);
+        assert!(
+            page.contains("data-member=\"127.0.0.12:5222\" data-state=\"down\""),
+            "{page}"
+        );
+        assert!(page.contains("data-state=\"healthy\""));
+        assert!(page.contains("<polyline"));
+        assert!(page.contains("&lt;script&gt;"), "error text escaped");
+        assert!(page.contains("chat&lt;x&gt;"));
+        assert!(
+            !page.contains("http://") && !page.contains("https://"),
+            "no external asset"
+        );
+    }
+}
