@@ -222,7 +222,7 @@ impl RequestHandler for Responder {
         let qtype = query.map_or(RecordType::Unknown(0), |q| q.query_type());
         // A name that is no host name (binary labels, escapes) is never one of ours, and echoing
         // it back can make an answer no resolver decodes (fuzz finding F5): dropped.
-        if query.is_some_and(|q| {
+        if request.queries.queries().iter().any(|q| {
             let name = q.original().name().to_ascii();
             !crate::protocol::validate_hostname(name.trim_end_matches('.')) && name != "."
         }) {
@@ -526,5 +526,10 @@ mod tests {
         .is_ok());
         assert!(ask(&crash).await.is_none());
         assert!(ask(&query(b"\x03a\xffb\x01t\x00", 1)).await.is_none());
+        // The same for any of several questions (the second crash of the run).
+        let mut two = query(b"\x04chat\x01t\x00", 1);
+        two[5] = 2;
+        two.extend_from_slice(b"\x03a\xffb\x00\x00\x01\x00\x01");
+        assert!(ask(&two).await.is_none());
     }
 }
