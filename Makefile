@@ -8,15 +8,17 @@ deps:
 run: deps
 	cargo run --release -- run
 
-# The whole test suite: formatting, lints, unit, property and integration tests (one target/ build),
-# then the deploy files (promtool, systemd-analyze, manifests) checked against the built binary.
+# The whole test suite: formatting, lints, unit, property and integration tests (one target/ build,
+# with the Pingora plugin feature), the API docs without warnings, then the deploy files
+# (promtool, systemd-analyze, manifests) checked against the built binary.
 test: deps lint
-	cargo test --all-targets
+	cargo test --all-targets --features pingora-lb
+	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --features pingora-lb
 	CAROUSEL_BIN=target/debug/carousel deploy/check.sh
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --all-targets --features pingora-lb -- -D warnings
 
 # See the point of carousel: a cluster, a killed member, a blackholed one, no failed request.
 demo: deps

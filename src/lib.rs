@@ -19,6 +19,8 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod outcome;
+#[cfg(feature = "pingora-lb")]
+pub mod plugin;
 pub mod policy;
 pub mod protocol;
 pub mod reload;

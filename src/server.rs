@@ -54,7 +54,7 @@ pub enum StartupError {
 /// Pingora's own settings, all taken from carousel's config so none of Pingora's defaults (such as
 /// its 300 s grace period) leak through. Pingora's grace period is carousel's shutdown timeout:
 /// carousel keeps accepting through its own grace period before it tells Pingora to stop (see
-/// [`Drain`]), and Pingora's runtime shutdown then only waits for blocking work.
+/// `Drain`), and Pingora's runtime shutdown then only waits for blocking work.
 pub fn server_conf(config: &Config) -> ServerConf {
     let s = &config.server;
     ServerConf {
@@ -193,7 +193,7 @@ pub struct Carousel {
 }
 
 impl Carousel {
-    /// Runs until a shutdown signal has been fully handled (see [`Drain`]).
+    /// Runs until a shutdown signal has been fully handled (see `Drain`).
     pub fn run(self) {
         let shutdown_signal = Box::new(Drain {
             proxy: self.proxy,

@@ -350,11 +350,12 @@ impl Iterator for Picks {
                     self.phase = Phase::Panic;
                     self.panic = true;
                     self.pos = 0;
+                    // Rotate in panic mode too: every member shares the load of the trial.
                     self.start = Some(
                         self.pool
                             .levels
                             .first()
-                            .map_or(0, |l| l.counter.load(Ordering::Relaxed)),
+                            .map_or(0, |l| l.counter.fetch_add(1, Ordering::Relaxed)),
                     );
                 }
                 Phase::Panic => {
@@ -499,6 +500,9 @@ mod tests {
         let got: Vec<_> = s.by_ref().collect();
         assert_eq!(got.len(), 2);
         assert!(s.is_panic());
+        // And the panic rotation moves on: the next request starts at the other member.
+        let next = p.select(Mode::RoundRobin, 0).next().unwrap();
+        assert_ne!(next.addr, got[0].addr);
     }
 
     #[test]

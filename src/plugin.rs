@@ -1,0 +1,299 @@
+//! carousel's rotating, health-aware upstream for any Pingora service (cargo feature
+//! `pingora-lb`).
+//!
+//! # The shape, and why
+//!
+//! Pingora's `pingora-load-balancing` splits discovery, health and selection into three traits,
+//! but its health state is crate-private: a `ProxyHttp` that meets a refused connect cannot tell
+//! the `LoadBalancer` to stop sending traffic there, and its checks flip on one result. What
+//! carousel adds (passive ejection with back-off and a half-open trial, rotation over the usable
+//! members only, try-next in rotation order, serve-stale DNS) lives exactly in that gap, so it
+//! cannot be a `ServiceDiscovery` alone. The API is therefore carousel's own cluster as a
+//! library type, [`Upstream`]: DNS discovery (A/AAAA or SRV with weights, TTL clamp, jittered
+//! refresh, serve-stale per RFC 8767, single-flight lookups), active checks, passive ejection,
+//! and selection; [`Upstream::select`] hands a request its candidates in order and
+//! [`Upstream::report`] takes back what happened to each. For services that do want Pingora's
+//! `LoadBalancer`, [`Upstream`] also implements `ServiceDiscovery`, publishing its members with
+//! their weights and their usability as the enablement map.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), carousel::plugin::PluginError> {
+//! use carousel::plugin::{Outcome, Upstream, UpstreamConfig};
+//!
+//! let upstream = Upstream::new(
+//!     UpstreamConfig::new("chat.example.com", 5222).nameservers(vec!["10.0.0.53:53".parse().unwrap()]),
+//! )?;
+//! upstream.start(); // discovery and health checks, in the current tokio runtime
+//! let mut picks = upstream.select();
+//! if let Some(addr) = picks.next() {
+//!     // ... connect to addr ...
+//!     upstream.report(addr, Outcome::Refused);
+//!     let _next = picks.next(); // try-next continues in rotation order
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Only carousel's own types and `std` types cross this API, apart from the
+//! `ServiceDiscovery` impl, which is Pingora's trait; config and error types are
+//! `#[non_exhaustive]` with constructors, so fields can be added without a breaking change.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::cluster::{now_ms, Availability, Cluster, Picks};
+use crate::config::Config;
+use crate::dns::Resolver;
+
+/// What an [`Upstream`] is: a DNS name and how to watch it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct UpstreamConfig {
+    /// The name clients of the service go to (its A/AAAA records are the members).
+    pub name: String,
+    /// The members' port.
+    pub port: u16,
+    /// Discover the members from this SRV record instead (weights and priorities included).
+    pub srv: Option<String>,
+    /// Nameservers to ask (empty: the system's resolv.conf).
+    pub nameservers: Vec<SocketAddr>,
+    /// Lower and upper clamp of the answers' TTL.
+    pub ttl_clamp: (Duration, Duration),
+    /// How long the last good member set serves while DNS fails (RFC 8767).
+    pub serve_stale: Duration,
+    /// Milliseconds between active checks of a member (TCP connect).
+    pub check_interval: Duration,
+    /// Consecutive connect failures the request path reports before a member is ejected.
+    pub consecutive_failures: u32,
+}
+
+impl UpstreamConfig {
+    /// The members of `name`'s A/AAAA records on `port`, with carousel's defaults (TTL clamp
+    /// 5-300 s, serve-stale 300 s, checks every 2 s, ejection after 3 failures).
+    pub fn new(name: impl Into<String>, port: u16) -> Self {
+        Self {
+            name: name.into(),
+            port,
+            srv: None,
+            nameservers: Vec::new(),
+            ttl_clamp: (Duration::from_secs(5), Duration::from_secs(300)),
+            serve_stale: Duration::from_secs(300),
+            check_interval: Duration::from_secs(2),
+            consecutive_failures: 3,
+        }
+    }
+
+    /// Asks these nameservers.
+    pub fn nameservers(mut self, servers: Vec<SocketAddr>) -> Self {
+        self.nameservers = servers;
+        self
+    }
+
+    /// Discovers from an SRV record.
+    pub fn srv(mut self, record: impl Into<String>) -> Self {
+        self.srv = Some(record.into());
+        self
+    }
+
+    /// Clamps answers' TTLs into `[min, max]`.
+    pub fn ttl_clamp(mut self, min: Duration, max: Duration) -> Self {
+        self.ttl_clamp = (min, max);
+        self
+    }
+
+    /// Serves the last good set this long while DNS fails.
+    pub fn serve_stale(mut self, d: Duration) -> Self {
+        self.serve_stale = d;
+        self
+    }
+
+    /// Checks each member this often.
+    pub fn check_interval(mut self, d: Duration) -> Self {
+        self.check_interval = d;
+        self
+    }
+
+    /// The TOML carousel's own configuration would say for this upstream.
+    fn toml(&self) -> String {
+        let servers: Vec<String> = self
+            .nameservers
+            .iter()
+            .map(|s| format!("\"{s}\""))
+            .collect();
+        format!(
+            "[[listener]]\naddress = \"127.0.0.1:1\"\nprotocols = [\"http\"]\n\
+             [dns]\nnameservers = [{}]\nmin_ttl_seconds = {}\nmax_ttl_seconds = {}\n\
+             [[cluster]]\nname = {}\nports = [{}]\n{}serve_stale_seconds = {}\n\
+             [cluster.health]\ninterval_ms = {}\n[cluster.outlier]\nconsecutive_failures = {}\n",
+            servers.join(", "),
+            self.ttl_clamp.0.as_secs().max(1),
+            self.ttl_clamp.1.as_secs().max(1),
+            serde_json::Value::String(self.name.clone()),
+            self.port,
+            self.srv
+                .as_ref()
+                .map(|s| format!("srv = {}\n", serde_json::Value::String(s.clone())))
+                .unwrap_or_default(),
+            self.serve_stale.as_secs(),
+            self.check_interval.as_millis().max(1),
+            self.consecutive_failures.max(1),
+        )
+    }
+}
+
+/// Why an [`Upstream`] could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PluginError {
+    /// The settings are not valid (an invalid name, say).
+    #[error("invalid upstream: {0}")]
+    Invalid(String),
+    /// The resolver could not be built.
+    #[error("{0}")]
+    Resolver(#[from] crate::dns::ResolveError),
+}
+
+/// What happened when a request tried a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// It connected.
+    Connected,
+    /// It refused the connection.
+    Refused,
+    /// The connect timed out.
+    TimedOut,
+    /// There was no route to it.
+    Unreachable,
+    /// Anything else.
+    Failed,
+}
+
+/// One request's candidates, in order: the usable members in rotation (a half-open trial first
+/// when an ejection ends), every member when none is usable.
+pub struct Candidates(Option<Picks>);
+
+impl Iterator for Candidates {
+    type Item = SocketAddr;
+
+    fn next(&mut self) -> Option<SocketAddr> {
+        self.0.as_mut()?.next().map(|m| m.addr)
+    }
+}
+
+/// carousel's cluster as a library type; see the module docs.
+pub struct Upstream {
+    cluster: Arc<Cluster>,
+    resolver: Arc<Resolver>,
+    dns: crate::config::DnsSection,
+    port: u16,
+}
+
+impl Upstream {
+    /// An upstream for `config`; nothing runs until [`Upstream::start`].
+    pub fn new(config: UpstreamConfig) -> Result<Self, PluginError> {
+        let parsed = Config::parse(&config.toml(), "upstream")
+            .map_err(|e| PluginError::Invalid(e.to_string()))?;
+        let section = parsed
+            .clusters
+            .into_iter()
+            .next()
+            .ok_or_else(|| PluginError::Invalid("no cluster".into()))?;
+        let resolver = Resolver::new(&parsed.dns, 16)?;
+        Ok(Self {
+            cluster: Cluster::new(section),
+            resolver,
+            dns: parsed.dns,
+            port: config.port,
+        })
+    }
+
+    /// Starts discovery (which starts the active checks) in the current tokio runtime, for as
+    /// long as the process runs. Call it once, from inside the runtime (a Pingora background
+    /// service, say).
+    pub fn start(&self) {
+        tokio::spawn(crate::cluster::discovery::run(
+            self.cluster.clone(),
+            self.resolver.clone(),
+            self.dns.clone(),
+        ));
+    }
+
+    /// Waits (at most `limit`) until the first discovery has finished.
+    pub async fn ready(&self, limit: Duration) -> bool {
+        self.cluster.wait_ready(limit).await;
+        self.cluster.is_ready()
+    }
+
+    /// This request's candidates, in order (empty before discovery).
+    pub fn select(&self) -> Candidates {
+        Candidates(self.cluster.select(self.port))
+    }
+
+    /// Reports what happened when a request tried `addr`: passive ejection (with back-off and a
+    /// half-open trial) and the per-member metrics follow from it.
+    pub fn report(&self, addr: SocketAddr, outcome: Outcome) {
+        let Some(m) = self.cluster.member_at(addr) else {
+            return;
+        };
+        let result = match outcome {
+            Outcome::Connected => {
+                self.cluster.report_success(&m);
+                return;
+            }
+            Outcome::Refused => "refused",
+            Outcome::TimedOut => "timeout",
+            Outcome::Unreachable => "unreachable",
+            Outcome::Failed => "error",
+        };
+        self.cluster
+            .report_failure(&m, result, &format!("connect to {addr}: {result}"));
+    }
+
+    /// The members now, with whether each is usable.
+    pub fn members(&self) -> Vec<(SocketAddr, bool)> {
+        let now = now_ms();
+        self.cluster
+            .snapshot()
+            .members
+            .iter()
+            .map(|m| (m.addr, m.availability(now) == Availability::Healthy))
+            .collect()
+    }
+
+    /// carousel's Prometheus metrics (per-member health, attempts, ejections, DNS) as text.
+    pub fn metrics_text() -> String {
+        crate::metrics::metrics().render()
+    }
+}
+
+#[async_trait]
+impl pingora_load_balancing::discovery::ServiceDiscovery for Upstream {
+    async fn discover(
+        &self,
+    ) -> pingora_error::Result<(
+        BTreeSet<pingora_load_balancing::Backend>,
+        HashMap<u64, bool>,
+    )> {
+        let now = now_ms();
+        let mut backends = BTreeSet::new();
+        let mut enabled = HashMap::new();
+        for m in &self.cluster.snapshot().members {
+            let b = pingora_load_balancing::Backend {
+                addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(m.addr),
+                weight: m.weight as usize,
+                ext: Default::default(),
+            };
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            b.hash(&mut h);
+            enabled.insert(h.finish(), m.availability(now) == Availability::Healthy);
+            backends.insert(b);
+        }
+        Ok((backends, enabled))
+    }
+}
