@@ -71,6 +71,67 @@ async fn metric(admin: SocketAddr, prefix: &str) -> f64 {
         .sum()
 }
 
+/// A client with no proxy that resolves the cluster name itself, through carousel's DNS
+/// responder, and keeps the answer for its TTL, as an operating system's cache does.
+struct Direct {
+    dns: hickory_resolver::TokioResolver,
+    cached: Vec<IpAddr>,
+    until: Instant,
+}
+
+impl Direct {
+    fn new(responder: SocketAddr) -> std::io::Result<Self> {
+        use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+        let mut ns = NameServerConfig::udp_and_tcp(responder.ip());
+        for c in &mut ns.connections {
+            c.port = responder.port();
+        }
+        let mut b = hickory_resolver::Resolver::builder_with_config(
+            ResolverConfig::from_name_servers(vec![ns]),
+            hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+        );
+        let mut opts = ResolverOpts::default();
+        opts.cache_size = 0;
+        *b.options_mut() = opts;
+        Ok(Self {
+            dns: b.build().map_err(std::io::Error::other)?,
+            cached: Vec::new(),
+            until: Instant::now(),
+        })
+    }
+
+    /// One request straight to the first address the (cached) answer gives.
+    async fn who(&mut self, port: u16) -> Result<String, String> {
+        if Instant::now() >= self.until || self.cached.is_empty() {
+            let answer = self
+                .dns
+                .ipv4_lookup(format!("{CLUSTER}."))
+                .await
+                .map_err(|e| e.to_string())?;
+            let ttl = answer.answers().iter().map(|r| r.ttl).min().unwrap_or(1);
+            self.cached = answer
+                .answers()
+                .iter()
+                .filter_map(|r| r.data.to_string().parse().ok())
+                .collect();
+            self.until = Instant::now() + Duration::from_secs(u64::from(ttl));
+        }
+        let ip = *self.cached.first().ok_or("empty answer")?;
+        let work = async {
+            let mut s = tokio::net::TcpStream::connect((ip, port)).await?;
+            s.write_all(b"WHO\n").await?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).await?;
+            Ok::<String, std::io::Error>(out.trim().to_string())
+        };
+        match tokio::time::timeout(Duration::from_millis(300), work).await {
+            Ok(Ok(name)) => Ok(name),
+            Ok(Err(e)) => Err(format!("{ip}: {e}")),
+            Err(_) => Err(format!("{ip}: timed out")),
+        }
+    }
+}
+
 /// Runs the demo: `exe` is the carousel binary to start, `phase` how long each act lasts.
 pub async fn run(exe: &Path, phase: Duration) -> std::io::Result<Summary> {
     let dns = DnsServer::start().await;
@@ -85,7 +146,7 @@ pub async fn run(exe: &Path, phase: Duration) -> std::io::Result<Summary> {
         .map(|&i| Ipv4Addr::new(127, 0, 0, i))
         .collect();
     dns.set_a(CLUSTER, &v4, 30);
-    let (http, socks, admin) = (free_addr()?, free_addr()?, free_addr()?);
+    let (http, socks, admin, responder) = (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
     let dir = std::env::temp_dir().join(format!("carousel-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("carousel.toml");
@@ -112,6 +173,9 @@ level = "error"
 access = "off"
 [admin]
 address = "{admin}"
+[responder]
+listen = ["{responder}"]
+ttl_seconds = 1
 [access]
 [[access.rule]]
 name = "demo: loopback only"
@@ -149,7 +213,12 @@ base_ejection_ms = 2000
         "carousel demo: cluster {CLUSTER} = 127.0.0.21, .22, .23 port {port} (DNS on {})",
         dns.addr()
     );
-    println!("carousel listens on {http} (HTTP/CONNECT) and {socks} (SOCKS4a/5); admin {admin}\n");
+    println!("carousel listens on {http} (HTTP/CONNECT) and {socks} (SOCKS4a/5); admin {admin}");
+    println!(
+        "its DNS responder on {responder} serves {CLUSTER} to direct clients (no proxy, TTL 1 s)\n"
+    );
+    let mut direct = Direct::new(responder)?;
+    let (mut direct_ok, mut direct_failed) = (0u64, 0u64);
 
     let mut summary = Summary::default();
     let mut hole: Option<Blackhole> = None;
@@ -187,6 +256,10 @@ base_ejection_ms = 2000
                     println!("   request via {mode:?} failed: {e}");
                 }
             }
+            match direct.who(port).await {
+                Ok(_) => direct_ok += 1,
+                Err(_) => direct_failed += 1,
+            }
             i += 1;
             if started.elapsed() >= next_report {
                 next_report += Duration::from_secs(1);
@@ -202,7 +275,7 @@ base_ejection_ms = 2000
                     })
                     .collect();
                 println!(
-                    "   t={:>2}s ok={ok:<4} failed={failed:<2} | {}",
+                    "   t={:>2}s ok={ok:<4} failed={failed:<2} direct ok={direct_ok:<4} failed={direct_failed:<2} | {}",
                     started.elapsed().as_secs(),
                     served.join(" | ")
                 );
@@ -218,6 +291,9 @@ base_ejection_ms = 2000
     println!(
         "\nsummary: {} requests, {} failed, {} failovers (a dead or blackholed member cost a retry, never a failure), {} panic-mode requests",
         summary.requests, summary.failures, summary.failovers, panic
+    );
+    println!(
+        "direct clients (DNS through the responder, no proxy): {direct_ok} ok, {direct_failed} failed (only while a fresh failure was still inside one TTL and one health check)"
     );
     let _ = child.start_kill();
     let _ = child.wait().await;
