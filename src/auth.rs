@@ -21,6 +21,7 @@ use dashmap::DashMap;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use crate::bucket::TokenBucket;
 use crate::metrics::metrics;
 
 /// Why a users file was refused.
@@ -195,13 +196,6 @@ pub enum Check {
     Throttled,
 }
 
-/// A client's budget of failed attempts: a token bucket refilled continuously.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
 /// Verifies credentials for every protocol.
 pub struct Authenticator {
     users: ArcSwap<Users>,
@@ -209,7 +203,7 @@ pub struct Authenticator {
     cache_for: Duration,
     key: RandomState,
     /// Failed-attempt budgets by client address, shared by all of a client's connections.
-    budgets: DashMap<IpAddr, Bucket>,
+    budgets: DashMap<IpAddr, TokenBucket>,
     failures_per_minute: std::sync::atomic::AtomicU32,
     bcrypt_slots: Semaphore,
     bcrypt_runs: std::sync::atomic::AtomicU64,
@@ -313,30 +307,20 @@ impl Authenticator {
     /// Takes one attempt from `client`'s budget; false when it is spent.
     fn take_attempt(&self, client: Option<IpAddr>) -> bool {
         let Some(ip) = client else { return true };
-        let now = Instant::now();
         let per_minute = f64::from(
             self.failures_per_minute
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
         if self.budgets.len() >= MAX_BUDGETS {
             // A budget that has refilled completely carries no information: drop it.
-            let full_after = Duration::from_secs(60);
+            let now = Instant::now();
             self.budgets
-                .retain(|_, b| now.duration_since(b.at) < full_after);
+                .retain(|_, b| now.duration_since(b.last_used()) < Duration::from_secs(60));
         }
-        let mut b = self.budgets.entry(ip).or_insert(Bucket {
-            tokens: per_minute,
-            at: now,
-        });
-        let refill = now.duration_since(b.at).as_secs_f64() * per_minute / 60.0;
-        b.tokens = (b.tokens + refill).min(per_minute);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.budgets
+            .entry(ip)
+            .or_insert_with(|| TokenBucket::full(per_minute))
+            .take(per_minute / 60.0, per_minute)
     }
 
     /// Returns the attempt a valid login took: only failures spend the budget.
@@ -347,7 +331,7 @@ impl Authenticator {
                 .load(std::sync::atomic::Ordering::Relaxed),
         );
         if let Some(mut b) = self.budgets.get_mut(&ip) {
-            b.tokens = (b.tokens + 1.0).min(per_minute);
+            b.give_back(per_minute);
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod access_log;
 pub mod address;
 pub mod admin;
 pub mod auth;
+pub mod bucket;
 pub mod cluster;
 pub mod config;
 #[cfg(feature = "testbed")]

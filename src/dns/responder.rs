@@ -97,12 +97,6 @@ pub struct Settings {
     pub rate: u32,
 }
 
-/// A client's query budget.
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
 /// Budgets kept before the refilled ones are swept.
 const MAX_BUCKETS: usize = 100_000;
 
@@ -111,7 +105,7 @@ pub struct Responder {
     zone: Arc<dyn Zone>,
     settings: Settings,
     turn: AtomicUsize,
-    buckets: DashMap<IpAddr, Bucket>,
+    buckets: DashMap<IpAddr, crate::bucket::TokenBucket>,
 }
 
 impl Responder {
@@ -127,24 +121,16 @@ impl Responder {
 
     /// Whether `client` may ask one more query now.
     fn within_rate(&self, client: IpAddr) -> bool {
-        let now = Instant::now();
         let rate = f64::from(self.settings.rate);
         if self.buckets.len() >= MAX_BUCKETS {
+            let now = Instant::now();
             self.buckets
-                .retain(|_, b| now.duration_since(b.at) < Duration::from_secs(2));
+                .retain(|_, b| now.duration_since(b.last_used()) < Duration::from_secs(2));
         }
-        let mut b = self.buckets.entry(client).or_insert(Bucket {
-            tokens: 2.0 * rate,
-            at: now,
-        });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(2.0 * rate);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.buckets
+            .entry(client)
+            .or_insert_with(|| crate::bucket::TokenBucket::full(2.0 * rate))
+            .take(rate, 2.0 * rate)
     }
 }
 
