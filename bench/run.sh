@@ -10,8 +10,11 @@
 #   CAROUSEL_BIN=path bench/run.sh   measure that carousel binary instead of building one
 #   LOADGEN_BIN=path bench/run.sh    use that load generator binary instead of building one
 #   bench/run.sh --steps throughput,rate   only these steps (of throughput,rate,latency,idle,
-#                           attacks; the default is the first four). attacks: load scenarios
-#                           against carousel alone (slowloris-get, big-head, name-flood)
+#                           attacks,dns,proxyproto; the default is the first four). attacks: load
+#                           scenarios against carousel alone (slowloris-get, big-head, name-flood).
+#                           dns: carousel's DNS responder against dnsmasq, UDP answers/s.
+#                           proxyproto: connection rate HAProxy -> carousel with PROXY v2 against
+#                           HAProxy -> carousel without it.
 #   CAROUSEL_THREADS=n, CAROUSEL_SERVER_EXTRA='key = value', CAROUSEL_TUNNEL_EXTRA='key = value'
 #                           carousel [server] / [tunnel] settings to try
 #
@@ -35,7 +38,7 @@ while [ $# -gt 0 ]; do
         --doc) DOC="${2:?--doc needs a file}"; shift ;;
         --peers) ONLY_PEERS="${2:?--peers needs a list}"; shift ;;
         --steps) STEPS="${2:?--steps needs a list}"; shift ;;
-        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -72,6 +75,20 @@ else
 fi
 ATTACK_SOURCES=127.0.0.31,127.0.0.32,127.0.0.33,127.0.0.34
 WILD=wild.bench.test; WILD_TTL=5
+
+# Step dns: carousel's responder (a cluster of the four backends) against dnsmasq answering the
+# same four A records from memory, on their own loopback addresses; rounds alternate the two.
+CLUSTER_NAME=chat.bench.test
+RESP_ADDR=127.0.0.155:5353; DNSMASQ_IP=127.0.0.156; DNSMASQ_PORT=5353
+# Step proxyproto: one carousel with a PROXY-v2 listener and a plain one, HAProxy (mode tcp) with
+# a frontend in front of each.
+CAROUSEL_PP=17011; CAROUSEL_PLAIN=17012; HAPROXY_PP=17021; HAPROXY_PLAIN=17022
+ROUNDS=3
+if [ "$QUICK" = 1 ]; then
+    DNS_SECONDS=1; DNS_C=64; PP_COUNT=300; PP_C=16
+else
+    DNS_SECONDS=5; DNS_C=64; PP_COUNT=5000; PP_C=16
+fi
 
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 if [ "$QUICK" = 1 ]; then RUN_FLAG=" --quick"; RUN_SUFFIX="-quick"; else RUN_FLAG=""; RUN_SUFFIX=""; fi
@@ -168,6 +185,12 @@ done
 for peer in "${WANTED[@]}"; do
     command -v "${BIN_OF[$peer]}" >/dev/null 2>&1 || need+=("${PKG_OF[$peer]}")
 done
+# The steps dns and proxyproto need dnsmasq (the binary only: dnsmasq-base has no service) and
+# HAProxy.
+DNSMASQ=$(command -v dnsmasq || echo /usr/sbin/dnsmasq)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+if want_step dns && [ ! -x "$DNSMASQ" ]; then need+=(dnsmasq-base); fi
+if want_step proxyproto && [ ! -x "$HAPROXY" ]; then need+=(haproxy); fi
 if [ ${#need[@]} -gt 0 ]; then
     log "installing with apt-get: ${need[*]}"
     apt-get update -qq >"$OUT/apt.log" 2>&1 || log "apt-get update failed (see $OUT/apt.log)"
@@ -192,6 +215,8 @@ if [ ${#need[@]} -gt 0 ]; then
         if [ "$POLICY_RC_CREATED" = 1 ]; then rm -f /usr/sbin/policy-rc.d; POLICY_RC_CREATED=0; fi
     fi
 fi
+if want_step dns && [ ! -x "$DNSMASQ" ]; then die "step dns needs dnsmasq (package dnsmasq-base)"; fi
+if want_step proxyproto && [ ! -x "$HAPROXY" ]; then die "step proxyproto needs haproxy"; fi
 for peer in "${WANTED[@]}"; do
     if command -v "${BIN_OF[$peer]}" >/dev/null 2>&1; then
         PEERS+=("$peer")
@@ -245,9 +270,14 @@ fi
 # Ports must be free.
 busy=""
 for p in $SINK_PORT $SOURCE_PORT $ECHO_PORT $ONESHOT_PORT $HOLD_PORT $CAROUSEL_HTTP $CAROUSEL_SOCKS $CAROUSEL_ADMIN $SQUID_PORT \
-         $TINYPROXY_PORT $DANTE_PORT $MICROSOCKS_PORT; do
+         $TINYPROXY_PORT $DANTE_PORT $MICROSOCKS_PORT $CAROUSEL_PP $CAROUSEL_PLAIN $HAPROXY_PP $HAPROXY_PLAIN; do
     if ss -Hltn "sport = :$p" 2>/dev/null | grep -q .; then busy="$busy $p"; fi
 done
+if want_step dns; then
+    for a in "$RESP_ADDR" "$DNSMASQ_IP:$DNSMASQ_PORT"; do
+        if ss -Hlun "src $a" 2>/dev/null | grep -q .; then busy="$busy $a"; fi
+    done
+fi
 if ss -Hlun "src $DNS_IP:53" 2>/dev/null | grep -q . || ss -Hltn "src $DNS_IP:53" 2>/dev/null | grep -q .; then
     busy="$busy $DNS_IP:53"
 fi
@@ -259,6 +289,8 @@ backend_csv=$(IFS=,; echo "${BACKEND_IPS[*]}")
 # The wildcard zone and the query counts (stats file) serve the name-flood scenario.
 DNS_ARGS=(--listen "$DNS_IP:53" --record "$NAME=$backend_csv" --record "*.$WILD=${BACKEND_IPS[0]}@$WILD_TTL"
           --ttl 300 --stats-file "$OUT/dns-stats.json" --time-limit 7200)
+# Step dns: carousel discovers its cluster's members from this record.
+if want_step dns; then DNS_ARGS+=(--record "$CLUSTER_NAME=$backend_csv"); fi
 start_bg "$OUT/dns.log" "$LG" --threads 1 dns "${DNS_ARGS[@]}"
 DNS_PID=$STARTED_PID
 start_bg "$OUT/backend.log" "$LG" --threads 1 backend --addrs "$backend_csv" --sink $SINK_PORT \
@@ -365,6 +397,78 @@ address = "127.0.0.1:$CAROUSEL_ADMIN"
 EOF
     "$CAROUSEL" check -c "$CONF/carousel-attacks.toml" >"$OUT/carousel-check.log" 2>&1 \
         || die "carousel check (load scenarios) failed: $(cat "$OUT/carousel-check.log")"
+fi
+
+# Step dns: the same configuration plus the responder and one cluster of the four backends
+# (members from the test DNS server; one health check a minute, so checks cost nothing).
+if want_step dns; then
+    cp "$CONF/carousel.toml" "$CONF/carousel-dns.toml"
+    cat >> "$CONF/carousel-dns.toml" <<EOF
+
+[responder]
+listen = ["$RESP_ADDR"]
+ttl_seconds = 2
+max_answers = 8
+rate_limit_per_second = 1000000   # so the rate limit does not cap the benchmark
+allow_clients = ["127.0.0.0/8"]
+
+[[cluster]]
+name = "$CLUSTER_NAME"
+ports = [$ECHO_PORT]
+[cluster.health]
+interval_ms = 60000
+EOF
+    "$CAROUSEL" check -c "$CONF/carousel-dns.toml" >"$OUT/carousel-check.log" 2>&1 \
+        || die "carousel check (dns) failed: $(cat "$OUT/carousel-check.log")"
+fi
+
+# Step proxyproto: the same configuration plus two HTTP listeners, one expecting a PROXY v2
+# header from HAProxy on 127.0.0.1, one plain; HAProxy (mode tcp) with a frontend for each.
+if want_step proxyproto; then
+    cp "$CONF/carousel.toml" "$CONF/carousel-pp.toml"
+    cat >> "$CONF/carousel-pp.toml" <<EOF
+
+[[listener]]
+address = "127.0.0.1:$CAROUSEL_PP"
+protocols = ["http"]
+proxy_protocol = "v2"
+trusted_proxies = ["127.0.0.1/32"]
+
+[[listener]]
+address = "127.0.0.1:$CAROUSEL_PLAIN"
+protocols = ["http"]
+EOF
+    "$CAROUSEL" check -c "$CONF/carousel-pp.toml" >"$OUT/carousel-check.log" 2>&1 \
+        || die "carousel check (proxyproto) failed: $(cat "$OUT/carousel-check.log")"
+    cat > "$CONF/haproxy.cfg" <<EOF
+# HAProxy as a TCP balancer in front of carousel: one frontend sends a PROXY v2 header, one does
+# not. No logging; default threads (one per core).
+global
+    maxconn 4096
+    pidfile $OUT/haproxy.pid
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+frontend pp2
+    bind 127.0.0.1:$HAPROXY_PP
+    default_backend carousel_pp2
+
+backend carousel_pp2
+    server carousel 127.0.0.1:$CAROUSEL_PP send-proxy-v2
+
+frontend plain
+    bind 127.0.0.1:$HAPROXY_PLAIN
+    default_backend carousel_plain
+
+backend carousel_plain
+    server carousel 127.0.0.1:$CAROUSEL_PLAIN
+EOF
+    "$HAPROXY" -c -f "$CONF/haproxy.cfg" >"$OUT/haproxy-check.log" 2>&1 \
+        || die "haproxy -c failed: $(cat "$OUT/haproxy-check.log")"
 fi
 
 mkdir -p "$OUT/squid"; chown proxy: "$OUT/squid" 2>/dev/null || chmod 0777 "$OUT/squid"
@@ -582,6 +686,92 @@ run_attacks() {
         --idle "$FLOOD_IDLE" --dns-stats "$OUT/dns-stats.json" --op-timeout 10
 }
 
+note_step_load() { # step: like note_load, for the dns and proxyproto steps (their own section)
+    settle_time_wait
+    printf '{"test":"step_load","label":"%s","load1":%s,"time_wait":%s}\n' "$1" \
+        "$(cut -d' ' -f1 /proc/loadavg)" "$(time_wait_count)" >> "$RES"
+}
+
+# Step dns: carousel's responder and dnsmasq run side by side (each idle while the other is
+# measured); rounds alternate which goes first.
+dns_ready() { # label addr: until an A answer comes back (carousel: once its members are known)
+    local i
+    for i in $(seq 1 40); do
+        if timeout 10 "$LG" dns-load --server "$2" --name "$CLUSTER_NAME" --label "$1-ready" --concurrency 1 \
+            --seconds 0.2 --warmup 0 --timeout-ms 200 2>/dev/null | grep -q '"answers":[1-9]'; then
+            return 0
+        fi
+        sleep 0.5
+    done
+    return 1
+}
+run_dns() {
+    local cpid mpid r order who
+    log "DNS responder: carousel against dnsmasq, $ROUNDS rounds of ${DNS_SECONDS} s each"
+    note_step_load dns
+    echo "carousel run -c carousel-dns.toml" >> "$CMDS"
+    start_bg "$OUT/carousel-dns.log" "$CAROUSEL" run -c "$CONF/carousel-dns.toml"; cpid=$STARTED_PID
+    local dm=("$DNSMASQ" --no-daemon --no-resolv --no-hosts --bind-interfaces --listen-address="$DNSMASQ_IP"
+              --port="$DNSMASQ_PORT" --cache-size=0 --local-ttl=2)
+    local ip
+    for ip in "${BACKEND_IPS[@]}"; do dm+=(--host-record="$CLUSTER_NAME,$ip"); done
+    echo "${dm[*]}" >> "$CMDS"
+    start_bg "$OUT/dnsmasq.log" "${dm[@]}"; mpid=$STARTED_PID
+    if ! dns_ready carousel "$RESP_ADDR"; then
+        skip carousel-responder "no answer from $RESP_ADDR within 20 s (see $OUT/carousel-dns.log)"
+    elif ! dns_ready dnsmasq "$DNSMASQ_IP:$DNSMASQ_PORT"; then
+        skip dnsmasq "no answer from $DNSMASQ_IP:$DNSMASQ_PORT within 20 s (see $OUT/dnsmasq.log)"
+    else
+        for r in $(seq 1 "$ROUNDS"); do
+            if [ $((r % 2)) = 1 ]; then order="carousel dnsmasq"; else order="dnsmasq carousel"; fi
+            for who in $order; do
+                case $who in
+                    carousel) lg dns-load --server "$RESP_ADDR" --name "$CLUSTER_NAME" --label carousel-responder \
+                        --concurrency "$DNS_C" --seconds "$DNS_SECONDS" --warmup 0.5 --pid "$cpid" >/dev/null || true ;;
+                    dnsmasq) lg dns-load --server "$DNSMASQ_IP:$DNSMASQ_PORT" --name "$CLUSTER_NAME" --label dnsmasq \
+                        --concurrency "$DNS_C" --seconds "$DNS_SECONDS" --warmup 0.5 --pid "$mpid" >/dev/null || true ;;
+                esac
+            done
+        done
+    fi
+    kill -0 "$cpid" 2>/dev/null || log "carousel exited during the dns step (see $OUT/carousel-dns.log)"
+    stop_pid "$mpid" TERM; forget_pid "$mpid"
+    stop_pid "$cpid" TERM; forget_pid "$cpid"
+}
+
+# Step proxyproto: one carousel (PROXY v2 listener and plain listener) behind one HAProxy (a
+# frontend for each); sequential cycles, then $PP_C at a time; rounds alternate which goes first.
+run_proxyproto() {
+    local cpid hpid c r order who
+    log "PROXY protocol: HAProxy -> carousel with and without PROXY v2, $ROUNDS rounds"
+    note_step_load proxyproto
+    echo "carousel run -c carousel-pp.toml" >> "$CMDS"
+    start_bg "$OUT/carousel-pp.log" "$CAROUSEL" run -c "$CONF/carousel-pp.toml"; cpid=$STARTED_PID
+    echo "haproxy -db -f haproxy.cfg" >> "$CMDS"
+    start_bg "$OUT/haproxy.log" "$HAPROXY" -db -f "$CONF/haproxy.cfg"; hpid=$STARTED_PID
+    local pp=(--mode connect --proxy "127.0.0.1:$HAPROXY_PP" --label haproxy-pp2)
+    local plain=(--mode connect --proxy "127.0.0.1:$HAPROXY_PLAIN" --label haproxy-plain)
+    if ! lg probe "${pp[@]}" --target "$ECHO_T" --time-limit 20 >/dev/null \
+        || ! lg probe "${plain[@]}" --target "$ECHO_T" --time-limit 20 >/dev/null; then
+        skip haproxy-pp2 "HAProxy -> carousel did not carry a tunnel within 20 s (see $OUT/haproxy.log, $OUT/carousel-pp.log)"
+    else
+        for c in 1 "$PP_C"; do
+            settle_time_wait
+            for r in $(seq 1 "$ROUNDS"); do
+                if [ $((r % 2)) = 1 ]; then order="pp plain"; else order="plain pp"; fi
+                for who in $order; do
+                    if [ "$who" = pp ]; then set -- "${pp[@]}"; else set -- "${plain[@]}"; fi
+                    lg rate "$@" --target "$ONESHOT_T" --count "$PP_COUNT" --concurrency "$c" --pid "$cpid" \
+                        --front-pid "$hpid" --time-limit $STEP_LIMIT >/dev/null || true
+                done
+            done
+        done
+    fi
+    kill -0 "$cpid" 2>/dev/null || log "carousel exited during the proxyproto step (see $OUT/carousel-pp.log)"
+    stop_pid "$hpid" TERM; forget_pid "$hpid"
+    stop_pid "$cpid" TERM; forget_pid "$cpid"
+}
+
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # The comparison (direct, carousel, peers), unless only load scenarios were asked for.
@@ -617,6 +807,8 @@ for peer in "${PEERS[@]}"; do
 done
 fi
 want attacks && run_attacks
+want dns && run_dns
+want proxyproto && run_proxyproto
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 
 stop_pid "$BACKEND_PID" TERM; forget_pid "$BACKEND_PID"
@@ -766,6 +958,26 @@ mkdir -p "$(dirname "$DOC")"
         echo "  $FLOOD_IDLE s with only the normal client (whose name is cached for 300 s): DNS queries,"
         echo "  carousel's \`carousel_dns_refreshes_total\`, descriptors and CPU over that window."
     fi
+    if want dns; then
+        echo "- **DNS responder (step \`dns\`).** carousel with \`carousel-dns.toml\` (the configuration"
+        echo "  above plus \`[responder]\` on $RESP_ADDR and the cluster \`$CLUSTER_NAME\` of the four"
+        echo "  backends, whose members it takes from the test DNS server) and dnsmasq on"
+        echo "  $DNSMASQ_IP:$DNSMASQ_PORT answering the same four A records from memory (\`--host-record\`,"
+        echo "  TTL 2 like carousel's, \`--cache-size=0\`) run side by side. \`carousel-loadgen dns-load\`"
+        echo "  (one thread, one UDP socket) keeps $DNS_C A queries in flight (random ids, answers matched"
+        echo "  by id, 1 s timeout) for 0.5 s of warm-up and $DNS_SECONDS s measured; $ROUNDS rounds,"
+        echo "  alternating which server goes first. CPU: the server process's utime+stime over the"
+        echo "  measured window, from /proc/PID/stat."
+    fi
+    if want proxyproto; then
+        echo "- **PROXY protocol (step \`proxyproto\`).** One carousel with \`carousel-pp.toml\` (the"
+        echo "  configuration above plus an HTTP listener on :$CAROUSEL_PP with \`proxy_protocol = \"v2\"\`,"
+        echo "  trusting 127.0.0.1, and a plain one on :$CAROUSEL_PLAIN) behind one HAProxy (mode tcp; frontend"
+        echo "  :$HAPROXY_PP → :$CAROUSEL_PP with \`send-proxy-v2\`, frontend :$HAPROXY_PLAIN → :$CAROUSEL_PLAIN without)."
+        echo "  \`carousel-loadgen rate\` through each frontend: $PP_COUNT cycles of CONNECT to \`$ONESHOT_T\`,"
+        echo "  32-byte echo, backend closes; first sequentially, then $PP_C at a time; $ROUNDS rounds each,"
+        echo "  alternating which path goes first. CPU per connection for carousel and for HAProxy."
+    fi
     echo "- **Bounds.** Every step has a count and a time limit (${STEP_LIMIT} s), every connect and"
     echo "  exchange a 10 s timeout; every process the script starts is stopped when it exits."
     echo
@@ -774,7 +986,7 @@ mkdir -p "$(dirname "$DOC")"
     echo '```sh'
     echo "${RUN_ENV}bench/run.sh$RUN_FLAG"
     echo "# which ran, with the DNS server and backends:"
-    echo "carousel-loadgen dns --listen $DNS_IP:53 --record $NAME=$backend_csv --record '*.$WILD=${BACKEND_IPS[0]}@$WILD_TTL' --ttl 300 --stats-file \$OUT/dns-stats.json --time-limit 7200"
+    echo "carousel-loadgen dns --listen $DNS_IP:53 --record $NAME=$backend_csv --record '*.$WILD=${BACKEND_IPS[0]}@$WILD_TTL'$(want dns && echo " --record $CLUSTER_NAME=$backend_csv") --ttl 300 --stats-file \$OUT/dns-stats.json --time-limit 7200"
     echo "carousel-loadgen backend --addrs $backend_csv --sink $SINK_PORT --source $SOURCE_PORT --echo $ECHO_PORT --oneshot $ONESHOT_PORT --hold $HOLD_PORT --time-limit 7200"
     echo "carousel run -c carousel.toml"
     echo "squid -N -f squid.conf"
@@ -786,7 +998,8 @@ mkdir -p "$(dirname "$DOC")"
     echo '```'
     echo
     echo "## Configurations"
-    for f in carousel.toml carousel-attacks.toml squid.conf tinyproxy.conf danted.conf; do
+    for f in carousel.toml carousel-attacks.toml carousel-dns.toml carousel-pp.toml haproxy.cfg squid.conf \
+             tinyproxy.conf danted.conf; do
         [ -f "$CONF/$f" ] || continue
         echo
         echo "\`$f\`:"

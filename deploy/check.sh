@@ -10,10 +10,11 @@
 # each one's result, and exits 1 if any failed, naming them at the end.
 #
 # With CAROUSEL_BIN=path/to/carousel (`make test` passes target/debug/carousel) it also
-# validates the three example configs with `carousel check`, runs the binary on loopback ports
-# (admin endpoints, /metrics, the image's HEALTHCHECK, a graceful upgrade, SIGTERM) and, as
-# root, runs the systemd unit under a real systemd in a throwaway container (start, all client
-# modes, reload, a rejected reload, carousel-upgrade under client load, stop).
+# validates the three example configs (and the systemd one with its [responder] example enabled)
+# with `carousel check`, runs the binary on loopback ports (the DNS responder, admin endpoints,
+# /metrics, the image's HEALTHCHECK, a graceful upgrade, SIGTERM) and, as root, runs the systemd
+# unit under a real systemd in a throwaway container (start, all client modes, the responder on
+# port 53, reload, a rejected reload, carousel-upgrade under client load, stop).
 set -euo pipefail
 
 if [ ! -f deploy/check.sh ] || [ ! -d deploy/kubernetes ]; then
@@ -113,6 +114,7 @@ check_prometheus_rules() {
 
 check_prometheus_rule_tests() {
     "$PROMTOOL" test rules deploy/prometheus/carousel-alerts.test.yml
+    "$PY" deploy/tools/check_manifests.py alert-tests
 }
 
 check_prometheus_config() {
@@ -207,18 +209,24 @@ check_dockerfile() {
 }
 
 check_configs_with_carousel() {
+    # The three configs, and the systemd one with its commented [responder] example enabled.
     "$PY" deploy/tools/check_manifests.py configmap-toml "$WORK/configmap.toml"
-    local f
-    for f in deploy/systemd/carousel.toml deploy/docker/carousel.toml "$WORK/configmap.toml"; do
-        echo "  $f: $("$CAROUSEL_BIN" check -c "$f")"
+    "$PY" deploy/tools/check_manifests.py systemd-toml-examples "$WORK/systemd-examples.toml"
+    local f out
+    for f in deploy/systemd/carousel.toml deploy/docker/carousel.toml "$WORK/configmap.toml" \
+        "$WORK/systemd-examples.toml"; do
+        # Not inside echo's arguments: a failing `carousel check` must fail the check.
+        out=$("$CAROUSEL_BIN" check -c "$f")
+        echo "  $f: $out"
     done
 }
 
 check_live_carousel() {
-    # The real binary on free loopback ports: /healthz /readyz /status /proxy.pac /wpad.dat,
-    # /metrics (promtool's linter; every carousel_* family known here), the image's HEALTHCHECK
-    # command, a graceful upgrade through carousel-upgrade.sh --in-unit while a client keeps
-    # connecting (none may be refused), then SIGTERM.
+    # The real binary on free loopback ports, with a cluster whose member is down and the DNS
+    # responder: its answers (UDP, TCP, REFUSED), /healthz /readyz /status /proxy.pac /wpad.dat,
+    # /metrics (promtool's linter; exactly the carousel_* families known here), the image's
+    # HEALTHCHECK command, a graceful upgrade through carousel-upgrade.sh --in-unit while a
+    # client keeps connecting (none may be refused), then SIGTERM (/readyz 503 while draining).
     "$PY" deploy/tools/check_manifests.py live "$CAROUSEL_BIN" "$PROMTOOL" "$WORK/live"
 }
 

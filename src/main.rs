@@ -206,8 +206,12 @@ fn raise_fd_limit(max_connections: usize) {
 }
 
 fn init_tracing(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // hickory-server logs every query at INFO: the responder's own metrics count them.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!(
+            "{level},hickory_server=warn,hickory_proto=warn,hickory_net=warn"
+        ))
+    });
     // Colours only on a terminal: a log file gets plain text.
     // SAFETY: isatty only inspects a descriptor number.
     let tty = unsafe { libc::isatty(2) } == 1;

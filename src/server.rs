@@ -137,6 +137,11 @@ impl ShutdownSignalWatch for Drain {
                     _ = tokio::time::sleep(self.grace) => {}
                     _ = int.recv() => return ShutdownSignal::FastShutdown,
                 }
+                if self.proxy.limits.open() == 0 {
+                    // Nothing in flight: no reason to wait out the shutdown timeout.
+                    tracing::info!("grace period over, nothing in flight: stopping");
+                    return ShutdownSignal::FastShutdown;
+                }
                 tracing::info!("grace period over: listeners stop, work in flight gets the shutdown timeout");
                 ShutdownSignal::GracefulTerminate
             }

@@ -6,10 +6,15 @@
     check_manifests.py dashboard OUT_RULES   Grafana JSON; writes its queries as a rules file
                                              for `promtool check rules` (PromQL syntax)
     check_manifests.py metrics               every carousel_* name used is a documented metric
+    check_manifests.py alert-tests           every alert has tests firing and not firing
     check_manifests.py docker                Dockerfile references + its HEALTHCHECK, for real
     check_manifests.py configmap-toml OUT    writes the ConfigMap's carousel.toml to OUT
-    check_manifests.py live BIN PROMTOOL DIR runs BIN on loopback: admin endpoints, /metrics,
-                                             HEALTHCHECK, graceful upgrade, SIGTERM
+    check_manifests.py systemd-toml-examples OUT
+                                             writes deploy/systemd/carousel.toml to OUT with its
+                                             commented [responder] example uncommented
+    check_manifests.py live BIN PROMTOOL DIR runs BIN on loopback: the DNS responder, admin
+                                             endpoints, /metrics, HEALTHCHECK, graceful
+                                             upgrade, SIGTERM
 
 Each prints what it checked and exits 1 with one line per problem. Needs PyYAML (Debian
 python3-yaml) and Python 3.11+ (tomllib), both in Debian 12.
@@ -33,7 +38,10 @@ K8S = DEPLOY / "kubernetes"
 PROBLEMS: list[str] = []
 
 # The metric names carousel exports (the contract the alerts and the dashboard are written
-# against). Histograms also export _bucket, _sum and _count.
+# against). Histograms also export _bucket, _sum and _count. `live` checks this set against the
+# binary's /metrics both ways: it runs carousel with a cluster and the DNS responder and asks the
+# responder first, so the families whose series only appear once labelled (a cluster, an answer)
+# are there too.
 COUNTERS_GAUGES = {
     "carousel_build_info",
     "carousel_requests_total",
@@ -49,6 +57,16 @@ COUNTERS_GAUGES = {
     "carousel_dns_lookups_total",
     "carousel_dns_stale_answers_total",
     "carousel_cluster_dns_stale",
+    "carousel_dns_names",
+    "carousel_dns_names_evicted_total",
+    "carousel_dns_refreshes_total",
+    "carousel_dns_lookups_in_flight",
+    "carousel_dns_queries_total",
+    "carousel_dns_all_down_answers_total",
+    "carousel_dns_rate_limited_total",
+    "carousel_tunnels_closed_member_down_total",
+    "carousel_proxy_protocol_rejected_total",
+    "carousel_listener_connections",
     "carousel_active_tunnels",
     "carousel_tunnel_bytes_total",
     "carousel_tunnel_pipes",
@@ -56,9 +74,14 @@ COUNTERS_GAUGES = {
     "carousel_config_reloads_total",
     "carousel_config_last_reload_success_timestamp_seconds",
     "carousel_auth_failures_total",
+    "carousel_auth_throttled_total",
     "carousel_overload_rejections_total",
 }
-HISTOGRAMS = {"carousel_connect_duration_seconds", "carousel_dns_lookup_duration_seconds"}
+HISTOGRAMS = {
+    "carousel_connect_duration_seconds",
+    "carousel_dns_lookup_duration_seconds",
+    "carousel_dns_answer_records",
+}
 KNOWN_METRICS = COUNTERS_GAUGES | HISTOGRAMS | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 
 
@@ -206,10 +229,29 @@ def check_kubernetes() -> None:
         problem("Deployment: expected exactly one container")
         return
     c = containers[0]
-    port_names = {p["name"]: p["containerPort"] for p in c.get("ports") or []}
-    for want_name, want_port in (("http-proxy", 3128), ("socks", 1080), ("metrics", 9090)):
-        if port_names.get(want_name) != want_port:
-            problem(f"container port {want_name} should be {want_port}")
+    cports = c.get("ports") or []
+    port_names = {p["name"]: p["containerPort"] for p in cports}
+    port_protocols = {p["name"]: p.get("protocol", "TCP") for p in cports}
+    wanted_ports = [("http-proxy", 3128, "TCP"), ("socks", 1080, "TCP"), ("metrics", 9090, "TCP")]
+    # The DNS responder: UDP and TCP on each address, as container ports dns-udp and dns-tcp.
+    responder = conf.get("responder") or {}
+    dns_listen = responder.get("listen") or []
+    dns_ports = {int(a.rsplit(":", 1)[1]) for a in dns_listen}
+    for a in dns_listen:
+        if not a.startswith("0.0.0.0:") and not a.startswith("[::]:"):
+            problem(f"ConfigMap responder.listen {a} is not reachable from other pods")
+    if len(dns_ports) > 1:
+        problem(f"ConfigMap responder.listen uses ports {sorted(dns_ports)}; the manifests expect one")
+    if dns_ports:
+        dns_port = min(dns_ports)
+        wanted_ports += [("dns-udp", dns_port, "UDP"), ("dns-tcp", dns_port, "TCP")]
+        if not responder.get("allow_clients") and not (conf.get("access") or {}).get("allow_clients"):
+            problem("ConfigMap [responder] has no allow_clients (nor [access] allow_clients)")
+    for want_name, want_port, want_proto in wanted_ports:
+        if port_names.get(want_name) != want_port or port_protocols.get(want_name) != want_proto:
+            problem(f"container port {want_name} should be {want_port}/{want_proto}")
+    if not dns_ports and {"dns-udp", "dns-tcp"} & set(port_names):
+        problem("container ports dns-udp/dns-tcp without a [responder] listen in the ConfigMap")
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get_ = (c.get(probe) or {}).get("httpGet") or {}
         if get_.get("path") != path or get_.get("port") not in ("metrics", 9090):
@@ -224,6 +266,20 @@ def check_kubernetes() -> None:
         problem("allowPrivilegeEscalation should be false")
     if "ALL" not in ((csc.get("capabilities") or {}).get("drop") or []):
         problem("capabilities.drop should contain ALL")
+    # A non-root container cannot use added capabilities: Kubernetes has no ambient set, so they
+    # are gone once the runtime execs carousel (kubernetes/kubernetes#56374). Ports below 1024
+    # need the pod sysctl net.ipv4.ip_unprivileged_port_start instead, or a higher pod port.
+    added = (csc.get("capabilities") or {}).get("add") or []
+    if added:
+        problem(f"capabilities.add {added}: a non-root container loses them at exec; use ports above 1024")
+    sysctls = {x.get("name"): x.get("value") for x in psc.get("sysctls") or []}
+    unprivileged_from = int(sysctls.get("net.ipv4.ip_unprivileged_port_start", 1024))
+    for p in cports:
+        if p["containerPort"] < unprivileged_from:
+            problem(
+                f"container port {p['name']} ({p['containerPort']}) is below {unprivileged_from}: "
+                "a non-root container cannot bind it (map it in the Service instead)"
+            )
     if psc.get("runAsUser") != docker_uid():
         problem(f"pod runAsUser {psc.get('runAsUser')} differs from the Dockerfile's USER {docker_uid()}")
 
@@ -278,10 +334,22 @@ def check_kubernetes() -> None:
         problem("Service selector does not match the pods")
     svc_ports = {p["name"]: p for p in svc["spec"].get("ports") or []}
     for name, p in svc_ports.items():
-        if p.get("targetPort") not in port_names and p.get("targetPort") not in port_names.values():
-            problem(f"Service port {name} targets {p.get('targetPort')!r}, not a container port")
-    if {p["port"] for p in svc_ports.values()} != {3128, 1080, 9090}:
-        problem("Service should expose 3128, 1080 and 9090")
+        target, proto = p.get("targetPort"), p.get("protocol", "TCP")
+        matching = [
+            cp for cp in cports
+            if target in (cp["name"], cp["containerPort"]) and cp.get("protocol", "TCP") == proto
+        ]
+        if not matching:
+            problem(f"Service port {name} targets {target!r}/{proto}, not a container port")
+    want_svc = {(3128, "TCP"), (1080, "TCP"), (9090, "TCP")}
+    if dns_ports:
+        want_svc |= {(53, "UDP"), (53, "TCP")}
+    have_svc = {(p["port"], p.get("protocol", "TCP")) for p in svc_ports.values()}
+    if have_svc != want_svc:
+        problem(f"Service should expose {sorted(want_svc)}, exposes {sorted(have_svc)}")
+    for name, proto in (("dns-udp", "UDP"), ("dns-tcp", "TCP")):
+        if dns_ports and (svc_ports.get(name) or {}).get("protocol") != proto:
+            problem(f"Service port {name} should be 53/{proto}")
     sm = get("ServiceMonitor", "carousel")
     if sm is None:
         problem("no ServiceMonitor/carousel")
@@ -331,6 +399,22 @@ def seconds(value: str) -> float:
     return int(m.group(1)) * (60 if m.group(2) in ("min", "m") else 1)
 
 
+def with_examples(text: str, headers=("[responder]",)) -> str:
+    """`text` with the commented-out example tables named in `headers` uncommented: a line
+    `# [table]` and the `# key = value` lines right after it."""
+    out, inside = [], False
+    for line in text.splitlines():
+        if line.startswith("# ") and line[2:].strip() in headers:
+            inside = True
+        elif not re.match(r"# [a-z_]+ = ", line):
+            inside = False
+        out.append(line[2:] if inside else line)
+    return "\n".join(out) + "\n"
+
+
+SYSTEMD_TOML = DEPLOY / "systemd" / "carousel.toml"
+
+
 def check_configs() -> None:
     unit_path = DEPLOY / "systemd" / "carousel.service"
     unit = unit_settings(unit_path)
@@ -356,6 +440,24 @@ def check_configs() -> None:
         problem("unit ExecReload does not send SIGHUP")
     if unit.get("Type") != ["simple"]:
         problem("unit Type should be simple")
+
+    # The [responder] example (commented out in the file) must parse and fit the unit: port 53
+    # needs CAP_NET_BIND_SERVICE in the ambient and bounding sets, outside a user namespace.
+    example = parse_toml(with_examples(SYSTEMD_TOML.read_text()), "deploy/systemd/carousel.toml [responder] example")
+    listen = (example.get("responder") or {}).get("listen") or []
+    if not listen:
+        problem("deploy/systemd/carousel.toml: no commented [responder] example with a listen address")
+    low = [a for a in listen if int(a.rsplit(":", 1)[1]) < 1024]
+    for key in ("AmbientCapabilities", "CapabilityBoundingSet"):
+        caps = " ".join(unit.get(key) or []).split()
+        if low and "CAP_NET_BIND_SERVICE" not in caps:
+            problem(f"the [responder] example listens on {low[0]}, but the unit's {key} lacks CAP_NET_BIND_SERVICE")
+        if set(caps) - {"CAP_NET_BIND_SERVICE"}:
+            problem(f"unit {key} grants more than CAP_NET_BIND_SERVICE: {caps}")
+    if low and (unit.get("PrivateUsers") or ["no"])[-1] in ("yes", "true", "1", "self", "identity"):
+        problem("unit PrivateUsers= would keep CAP_NET_BIND_SERVICE from covering the host's port 53")
+    if low and any(a.startswith(("0.0.0.0:", "[::]:")) for a in low):
+        problem("the [responder] example should bind the host's address, not a wildcard (stub resolvers hold 127.0.0.53:53)")
 
     for name, conf in (("deploy/systemd/carousel.toml", host), ("deploy/docker/carousel.toml", image)):
         allow = (conf.get("access") or {}).get("allow_clients") or []
@@ -432,7 +534,11 @@ def check_dashboard(out_rules: str) -> None:
         "carousel_member_up", "carousel_member_ejections_total", "carousel_panic_requests_total",
         "carousel_dns_lookups_total", "carousel_cluster_dns_stale", "carousel_active_tunnels",
         "carousel_tunnel_bytes_total", "carousel_connect_duration_seconds_bucket",
-        "carousel_config_reloads_total",
+        "carousel_config_reloads_total", "carousel_auth_throttled_total",
+        "carousel_tunnels_closed_member_down_total", "carousel_dns_names",
+        "carousel_dns_refreshes_total", "carousel_dns_lookups_in_flight",
+        "carousel_dns_queries_total", "carousel_dns_answer_records_bucket",
+        "carousel_dns_all_down_answers_total", "carousel_dns_rate_limited_total",
     ]
     all_exprs = " ".join(e for _, e in exprs)
     for m in wanted:
@@ -467,6 +573,27 @@ def check_metrics() -> None:
             if name not in KNOWN_METRICS:
                 problem(f"{path}: unknown metric {name}")
     print(f"  {len(used)} distinct carousel_* metrics used, all in the documented set")
+
+
+def check_alert_tests() -> None:
+    """Every alert in carousel-alerts.yml has a unit test that expects it firing and one that
+    expects it not firing."""
+    rules = load_yaml_docs(DEPLOY / "prometheus" / "carousel-alerts.yml")
+    tests = load_yaml_docs(DEPLOY / "prometheus" / "carousel-alerts.test.yml")
+    alerts = [r["alert"] for d in rules for g in d.get("groups", []) for r in g.get("rules", []) if "alert" in r]
+    firing, quiet = set(), set()
+    for d in tests:
+        for t in d.get("tests") or []:
+            for a in t.get("alert_rule_test") or []:
+                (firing if a.get("exp_alerts") else quiet).add(a.get("alertname"))
+    for name in alerts:
+        if name not in firing:
+            problem(f"no test expects {name} to fire")
+        if name not in quiet:
+            problem(f"no test expects {name} not to fire")
+    for name in (firing | quiet) - set(alerts):
+        problem(f"the tests name {name}, which is no alert")
+    print(f"  {len(alerts)} alerts, each tested firing and not firing")
 
 
 # ---------------------------------------------------------------- docker
@@ -595,6 +722,72 @@ def _wait(pred, seconds: float) -> bool:
     return pred()
 
 
+def _free_udp_tcp_port() -> int:
+    """A loopback port free for both UDP and TCP (the DNS responder binds both)."""
+    while True:
+        with socket.socket() as t, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            try:
+                u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+def _dns_query(port: int, name: str, qtype: int = 1, tcp: bool = False) -> dict | None:
+    """One DNS query to 127.0.0.1:port; the answer's flags, rcode and records, or None."""
+    import random
+    import struct
+
+    qid = random.randrange(1 << 16)
+    qname = b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
+    msg = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname + struct.pack(">HH", qtype, 1)
+    try:
+        if tcp:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as c:
+                c.sendall(struct.pack(">H", len(msg)) + msg)
+                data = b""
+                while len(data) < 2 or len(data) < 2 + struct.unpack(">H", data[:2])[0]:
+                    chunk = c.recv(4096)
+                    if not chunk:
+                        return None
+                    data += chunk
+                r = data[2:]
+        else:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.settimeout(1)
+                u.sendto(msg, ("127.0.0.1", port))
+                r = u.recv(4096)
+    except OSError:
+        return None
+
+    def skip_name(i: int) -> int:
+        while r[i]:
+            if r[i] & 0xC0 == 0xC0:
+                return i + 2
+            i += r[i] + 1
+        return i + 1
+
+    try:
+        rid, flags, qd, an = struct.unpack(">HHHH", r[:8])
+        if rid != qid:
+            return None
+        i = 12
+        for _ in range(qd):
+            i = skip_name(i) + 4
+        records = []
+        for _ in range(an):
+            i = skip_name(i)
+            rtype, _cls, ttl, rdlen = struct.unpack(">HHIH", r[i:i + 10])
+            rdata = r[i + 10:i + 10 + rdlen]
+            records.append((rtype, ttl, socket.inet_ntoa(rdata) if rtype == 1 and rdlen == 4 else rdata))
+            i += 10 + rdlen
+    except (struct.error, IndexError):
+        return {"rcode": None, "malformed": r.hex()}
+    return {"rcode": flags & 0xF, "aa": bool(flags & 0x0400), "ra": bool(flags & 0x0080), "answers": records}
+
+
 def _alive(pid: int) -> bool:
     import os
 
@@ -624,9 +817,15 @@ def check_live(carousel_bin: str, promtool: str, workdir: str) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
-    http_port, socks_port, admin_port = _free_ports(3)
+    http_port, socks_port, admin_port, member_port, nameserver_port = _free_ports(5)
+    dns_port = _free_udp_tcp_port()
     pid_file, sock = work / "carousel.pid", work / "upgrade.sock"
     config = work / "carousel.toml"
+    # A cluster whose only member (a closed loopback port) fails its checks, and the DNS
+    # responder: every metric family gets its labelled series, and the responder's all-down
+    # answer can be checked. The nameserver is a closed port too: the cluster name's own lookup
+    # fails at once instead of waiting on whatever resolver this machine has.
+    cluster = "dead.carousel.test"
     config.write_text(
         f"""[server]
 grace_period_seconds = 1
@@ -641,8 +840,29 @@ address = "127.0.0.1:{socks_port}"
 protocols = ["socks"]
 [admin]
 address = "127.0.0.1:{admin_port}"
+[dns]
+nameservers = ["127.0.0.1:{nameserver_port}"]
+timeout_ms = 200
+attempts = 1
+[responder]
+listen = ["127.0.0.1:{dns_port}"]
+allow_clients = ["127.0.0.0/8"]
+[[cluster]]
+name = "{cluster}"
+ports = [{member_port}]
+static_members = ["127.0.0.1"]
+[cluster.health]
+interval_ms = 200
+timeout_ms = 100
+rise = 1
+fall = 1
 """
     )
+
+    def all_down_answer() -> dict | None:
+        a = _dns_query(dns_port, cluster)
+        return a if a and a["rcode"] == 0 and a["answers"] and a["answers"][0][1] == 1 else None
+
     started: list[int] = []
     log = open(work / "carousel.log", "w")
     try:
@@ -662,6 +882,25 @@ address = "127.0.0.1:{admin_port}"
                     problem("/status is not JSON")
             elif path in ("/proxy.pac", "/wpad.dat") and "FindProxyForURL" not in body:
                 problem(f"{path} is not a PAC file")
+        # The DNS responder: authoritative, no recursion; the cluster name answers with its
+        # member (every member with TTL 1 while none is usable), over UDP and TCP; other names
+        # are REFUSED.
+        answer = None
+        if not _wait(lambda: all_down_answer() is not None, 15):
+            problem(f"the responder never gave the all-down answer for {cluster}: {_dns_query(dns_port, cluster)}")
+        else:
+            answer = all_down_answer()
+            if not answer["aa"] or answer["ra"] or [a[2] for a in answer["answers"]] != ["127.0.0.1"]:
+                problem(f"responder answer for {cluster}: {answer} (want AA, no RA, 127.0.0.1)")
+        tcp_answer = _dns_query(dns_port, cluster, tcp=True)
+        if not tcp_answer or tcp_answer["rcode"] != 0 or not tcp_answer["answers"]:
+            problem(f"responder over TCP: {tcp_answer}")
+        other = _dns_query(dns_port, "example.com")
+        if not other or other["rcode"] != 5:
+            problem(f"responder answer for a name outside the clusters: {other} (want REFUSED)")
+        if answer:
+            print(f"  responder: {cluster} -> 127.0.0.1 TTL 1 (all down), AA, no RA, UDP and TCP; other names REFUSED")
+
         code, metrics = _get(admin_port, "/metrics")
         lint = subprocess.run([promtool, "check", "metrics"], input=metrics.encode(), capture_output=True)
         if code != 200 or lint.returncode != 0:
@@ -669,7 +908,13 @@ address = "127.0.0.1:{admin_port}"
         families = set(re.findall(r"^# TYPE (carousel_\w+) ", metrics, re.M))
         for name in sorted(families - COUNTERS_GAUGES - HISTOGRAMS):
             problem(f"/metrics exports {name}, unknown to deploy/ (add it to KNOWN_METRICS and, if useful, to the dashboard/alerts)")
-        print(f"  admin endpoints ok; /metrics: {len(families)} carousel families, promtool lint clean")
+        # And the other way: the dashboard and the alerts may only rely on what the binary has.
+        for name in sorted((COUNTERS_GAUGES | HISTOGRAMS) - families):
+            problem(f"/metrics lacks {name}, which deploy/ expects (KNOWN_METRICS)")
+        for series in (f'carousel_dns_all_down_answers_total{{cluster="{cluster}"}}', 'carousel_dns_queries_total{qtype="A",rcode="REFUSED"}'):
+            if series not in metrics:
+                problem(f"/metrics has no {series} after the queries above")
+        print(f"  admin endpoints ok; /metrics: {len(families)} carousel families, all of deploy/'s, promtool lint clean")
 
         # The image's HEALTHCHECK against the real admin listener.
         health = [rest for w, rest in docker_instructions() if w == "HEALTHCHECK"]
@@ -715,14 +960,21 @@ address = "127.0.0.1:{admin_port}"
             problem(f"{refused[0]} of {refused[0] + connects[0]} client connects failed during the upgrade")
         if _get(admin_port, "/readyz")[0] != 200:
             problem("/readyz not 200 after the upgrade")
-        print(f"  upgrade: {old.pid} -> {new_pid}, {connects[0]} client connects during it, none refused")
+        # The old process is gone: the new one answers DNS on the same sockets' address.
+        if not _wait(lambda: all_down_answer() is not None, 10):
+            problem(f"the responder does not answer after the upgrade: {_dns_query(dns_port, cluster)}")
+        print(f"  upgrade: {old.pid} -> {new_pid}, {connects[0]} client connects during it, none refused; DNS answered after it")
 
-        # SIGTERM: grace 1 s + drain 1 s.
+        # SIGTERM: grace 1 s (still accepting, /readyz 503 so load balancers move away), then
+        # drain 1 s.
         os.kill(new_pid, signal.SIGTERM)
+        draining = _wait(lambda: (_get(admin_port, "/readyz")[0], _get(admin_port, "/healthz")[0]) == (503, 200), 5)
+        if not draining:
+            problem("/readyz did not answer 503 (with /healthz 200) during the SIGTERM grace period")
         if not _wait(lambda: not _alive(new_pid), 15):
             problem("the upgraded process did not exit within 15 s of SIGTERM")
         else:
-            print("  SIGTERM: exited")
+            print("  SIGTERM: /readyz 503 during the grace period, then exited")
     finally:
         for pid in started:
             try:
@@ -743,10 +995,15 @@ def main() -> None:
         check_dashboard(sys.argv[2])
     elif what == "metrics":
         check_metrics()
+    elif what == "alert-tests":
+        check_alert_tests()
     elif what == "docker":
         check_docker()
     elif what == "live" and len(sys.argv) == 5:
         check_live(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif what == "systemd-toml-examples" and len(sys.argv) == 3:
+        Path(sys.argv[2]).write_text(with_examples(SYSTEMD_TOML.read_text()))
+        return
     elif what == "configmap-toml" and len(sys.argv) == 3:
         for doc in load_yaml_docs(K8S / "configmap.yaml"):
             Path(sys.argv[2]).write_text(doc["data"]["carousel.toml"])

@@ -2,8 +2,9 @@
 # Runs inside a throwaway systemd container (deploy/check.sh, check_systemd_live) with
 # deploy/systemd/* installed as deploy/README.md says and carousel's binary at
 # /usr/local/bin/carousel (a second copy at /root/carousel-new). Tests the real unit under the
-# real systemd: start with the whole sandbox, every client mode, reload (SIGHUP, same process),
-# a rejected reload of a broken config, the graceful upgrade under client load, and stop.
+# real systemd: start with the whole sandbox, every client mode, the DNS responder on port 53
+# (CAP_NET_BIND_SERVICE, the only capability), reload (SIGHUP, same process), a rejected reload
+# of a broken config, the graceful upgrade under client load, and stop.
 set -euo pipefail
 
 UNIT=carousel.service
@@ -26,13 +27,47 @@ wait_for() { # seconds, command...
     done
 }
 ready() { curl -fs -o /dev/null --max-time 2 http://127.0.0.1:9090/readyz; }
+# One A query to the responder on 127.0.0.1:53; prints "RCODE AA TTL ADDRESS..." (TTL of the
+# last A record).
+dns_a() {
+    python3 - "$1" <<'PY'
+import socket, struct, sys
+name = sys.argv[1]
+q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1)
+try:
+    s.sendto(q, ("127.0.0.1", 53))
+    r = s.recv(4096)
+except OSError as e:
+    print("no-answer", e)
+    sys.exit(0)
+flags, an = struct.unpack(">H", r[2:4])[0], struct.unpack(">H", r[6:8])[0]
+i, out, ttl = len(q), [], "-"
+for _ in range(an):
+    while r[i] and r[i] < 0xC0:  # the owner name: labels, maybe ending in a pointer
+        i += r[i] + 1
+    i += 2 if r[i] else 1
+    rtype, _, t, rdlen = struct.unpack(">HHIH", r[i:i + 10])
+    if rtype == 1:
+        out.append(socket.inet_ntoa(r[i + 10:i + 14]))
+        ttl = t
+    i += 10 + rdlen
+print(flags & 0xF, int(bool(flags & 0x400)), ttl, *out)
+PY
+}
 
 # A backend on loopback (the container has its own network namespace: loopback only).
 mkdir -p /tmp/www
 echo hello >/tmp/www/index.html
 (cd /tmp/www && setsid python3 -m http.server 18000 --bind 127.0.0.1 >/dev/null 2>&1 &)
 wait_for 10 curl -fs -o /dev/null "$BACKEND" || fail "test backend did not start"
-# Loopback destinations are denied unless a rule names them: allow the test backend only.
+# Loopback destinations are denied unless a rule names them: allow the test backend only. Then
+# the DNS responder on port 53, as the example in carousel.toml has it but on loopback (the
+# container has no other address), for a cluster whose one member is the test backend. The
+# container has no nameserver: the cluster name's own lookup goes to a closed port and fails
+# at once.
 cat >>"$CONFIG" <<'EOF'
 
 # Test only (deploy/tools/systemd-in-container.sh): the container's loopback backend.
@@ -42,6 +77,23 @@ action = "allow"
 clients = ["127.0.0.0/8"]
 destinations = ["127.0.0.1/32"]
 ports = [18000]
+
+[dns]
+nameservers = ["127.0.0.1:9"]
+timeout_ms = 200
+attempts = 1
+
+[responder]
+listen = ["127.0.0.1:53"]
+ttl_seconds = 2
+
+[[cluster]]
+name = "chat.carousel.test"
+ports = [18000]
+static_members = ["127.0.0.1"]
+[cluster.health]
+interval_ms = 500
+rise = 1
 EOF
 
 systemctl start "$UNIT" || fail "systemctl start"
@@ -56,6 +108,14 @@ for mode in "-x http://127.0.0.1:3128" "-p -x http://127.0.0.1:3128" "--socks4 1
     [ "$(curl -fsS --max-time 5 $mode "$BACKEND")" = hello ] || fail "proxying with curl $mode"
 done
 echo "  start: active as user carousel in the sandbox; HTTP, CONNECT, SOCKS4, 4a, 5 proxy"
+
+# Port 53 as user carousel: the unit's ambient CAP_NET_BIND_SERVICE, and no other capability.
+healthy_answer() { [ "$(dns_a chat.carousel.test)" = "0 1 2 127.0.0.1" ]; }
+wait_for 15 healthy_answer || fail "DNS responder on 127.0.0.1:53: $(dns_a chat.carousel.test) (want NOERROR, AA, TTL 2, 127.0.0.1)"
+[ "$(dns_a example.com | cut -d' ' -f1)" = 5 ] || fail "DNS responder: a name outside the clusters is not REFUSED"
+caps=$(sed -n 's/^CapEff:[[:space:]]*//p' "/proc/$main/status")
+[ "$caps" = 0000000000000400 ] || fail "main process capabilities $caps, want CAP_NET_BIND_SERVICE (0x400) only"
+echo "  DNS responder: port 53 bound as user carousel (CapEff 0x400: CAP_NET_BIND_SERVICE only); cluster name answered, other names REFUSED"
 
 systemctl reload "$UNIT" || fail "systemctl reload"
 sleep 1
@@ -99,7 +159,8 @@ wait "$client"
 read -r ok bad </tmp/client-result
 if [ "$ok" -le 10 ] || [ "$bad" -ne 0 ]; then fail "client requests during the upgrade: $ok ok, $bad failed"; fi
 ready || fail "/readyz not 200 after the upgrade"
-echo "  upgrade: MainPID $main -> $new, old process exited, $ok client requests, none failed"
+wait_for 5 healthy_answer || fail "DNS responder after the upgrade: $(dns_a chat.carousel.test)"
+echo "  upgrade: MainPID $main -> $new, old process exited, $ok client requests, none failed; the new process answers on port 53"
 
 start=$SECONDS
 systemctl stop "$UNIT" || fail "systemctl stop"

@@ -4,10 +4,12 @@
 
 mod error;
 mod plan;
+mod runtime;
 
 pub use error::{OpenError, SetupError};
 use plan::Source;
 pub use plan::{Plan, Requester};
+pub use runtime::Runtime;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -21,37 +23,13 @@ use crate::auth::Authenticator;
 use crate::cluster::{Cluster, ClusterTable};
 use crate::config::Config;
 pub use crate::dial::Candidate;
-use crate::dial::{self, Connected, DialSettings, FailureMemory};
+use crate::dial::{self, Connected, FailureMemory};
 use crate::dns::Resolver;
 use crate::limits::Limits;
-use crate::policy::{Policy, Verdict};
+use crate::policy::Verdict;
 use crate::protocol::{Target, TargetHost};
 use crate::resources::Resources;
 use crate::tls::Acceptor;
-
-/// What a reload replaces as a whole: configuration, rules and dial bounds.
-pub struct Runtime {
-    /// The configuration in force.
-    pub config: Arc<Config>,
-    /// The access rules.
-    pub policy: Policy,
-    /// Connect bounds.
-    pub dial: DialSettings,
-    /// How tunnels move bytes (the pipe budget is worked out once per load).
-    pub tunnel: crate::tunnel::Options,
-}
-
-impl Runtime {
-    /// The runtime view of a validated configuration.
-    pub fn new(config: Arc<Config>) -> Self {
-        Self {
-            policy: Policy::new(&config),
-            dial: DialSettings::from(&config.dial),
-            tunnel: crate::tunnel::Options::from_config(&config.tunnel),
-            config,
-        }
-    }
-}
 
 /// Everything requests share: configuration, resolver, clusters, failure memory. One per process.
 pub struct Proxy {

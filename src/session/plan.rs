@@ -11,7 +11,7 @@ use crate::dial::{Attempts, FailKind, FailureMemory};
 use crate::metrics::metrics;
 use crate::policy::Verdict;
 
-use super::Runtime;
+use super::runtime::Runtime;
 
 pub(super) enum Source {
     List(std::vec::IntoIter<SocketAddr>),

@@ -330,53 +330,97 @@ pub async fn throughput(
     Ok(())
 }
 
-/// Connection rate: `count` sequential (open tunnel, 32-byte echo, backend closes) cycles; the
-/// per-cycle latency sample ends when the echo has arrived.
+/// Processes whose CPU time the rate test reads (each with its descendants).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuPids {
+    /// The proxy.
+    pub proxy: Option<i32>,
+    /// A second process, e.g. a balancer in front of the proxy.
+    pub front: Option<i32>,
+}
+
+/// One rate cycle: open tunnel `i`, 32-byte echo, wait for the backend's close. The time until
+/// the echo has arrived.
+async fn rate_cycle(c: &Client, i: usize) -> io::Result<Duration> {
+    let t = Instant::now();
+    let mut s = c.open(i).await?;
+    exchange(&mut s, MSG, c.op_timeout).await?;
+    let answered = t.elapsed();
+    drain_eof(&mut s, c.op_timeout).await;
+    Ok(answered)
+}
+
+/// Connection rate: `count` (open tunnel, 32-byte echo, backend closes) cycles, sequential or
+/// `concurrency` at a time; the per-cycle latency sample ends when the echo has arrived.
 pub async fn rate(
     c: &Client,
     label: &str,
     count: usize,
-    pid: Option<i32>,
+    concurrency: usize,
+    pids: CpuPids,
     limit: Duration,
 ) -> io::Result<()> {
     let deadline = Instant::now() + limit;
-    let cpu0 = pid.map(procfs::cpu_seconds);
+    let concurrency = concurrency.clamp(1, 4096);
+    let cpu0 = pids.proxy.map(procfs::cpu_seconds);
+    let front0 = pids.front.map(procfs::cpu_seconds);
     let start = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..concurrency {
+        let c = c.clone();
+        let next = next.clone();
+        handles.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut errors = 0usize;
+            let mut last_err = String::new();
+            loop {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                match rate_cycle(&c, i).await {
+                    Ok(answered) => lat.push(answered.as_micros() as u64),
+                    Err(e) => {
+                        errors += 1;
+                        last_err = e.to_string();
+                    }
+                }
+            }
+            (lat, errors, last_err)
+        }));
+    }
     let mut lat = Vec::with_capacity(count);
     let mut errors = 0usize;
     let mut last_err = String::new();
-    for i in 0..count {
-        if Instant::now() >= deadline {
-            break;
-        }
-        let t = Instant::now();
-        let r = async {
-            let mut s = c.open(i).await?;
-            exchange(&mut s, MSG, c.op_timeout).await?;
-            let answered = t.elapsed();
-            drain_eof(&mut s, c.op_timeout).await;
-            Ok::<_, io::Error>(answered)
-        }
-        .await;
-        match r {
-            Ok(answered) => lat.push(answered.as_micros() as u64),
-            Err(e) => {
-                errors += 1;
-                last_err = e.to_string();
-            }
+    for h in handles {
+        let (l, e, le) = h.await.map_err(other)?;
+        lat.extend(l);
+        errors += e;
+        if !le.is_empty() {
+            last_err = le;
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = match (pid, cpu0) {
+    let used = |pid: Option<i32>, before: Option<f64>| match (pid, before) {
         (Some(p), Some(c0)) => Some(procfs::cpu_seconds(p) - c0),
         _ => None,
     };
+    let cpu = used(pids.proxy, cpu0);
+    let front = used(pids.front, front0);
     let done = lat.len();
+    let per_conn = |x: Option<f64>| x.filter(|_| done > 0).map(|c| c * 1e6 / done as f64);
     lat.sort_unstable();
     emit(json!({
         "proxy_cpu_s": cpu,
-        "proxy_cpu_us_per_conn": cpu.filter(|_| done > 0).map(|c| c * 1e6 / done as f64),
+        "proxy_cpu_us_per_conn": per_conn(cpu),
+        "front_cpu_s": front,
+        "front_cpu_us_per_conn": per_conn(front),
         "test": "rate", "label": label, "mode": c.mode.name(), "requested": count,
+        "concurrency": concurrency,
         "done": lat.len(), "errors": errors, "last_error": last_err, "elapsed_s": elapsed,
         "per_s": lat.len() as f64 / elapsed,
         "p50_us": pct(&lat, 0.50), "p99_us": pct(&lat, 0.99),

@@ -4,6 +4,7 @@
 
 mod attack;
 mod client;
+mod dnsload;
 mod procfs;
 mod report;
 mod servers;
@@ -96,13 +97,53 @@ enum Cmd {
         pid: Option<i32>,
     },
     /// Sequential (open tunnel, 32-byte echo, close) cycles per second; `--target` should be a
-    /// one-shot backend (it closes first).
+    /// one-shot backend (it closes first). With `--concurrency` C > 1, C such loops at once
+    /// share the `--count` cycles.
     Rate {
         #[command(flatten)]
         c: ClientArgs,
         #[arg(long, default_value_t = 2000)]
         count: usize,
+        /// Cycles in progress at once (1: sequential).
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
         /// Proxy process whose CPU time (with its descendants) is measured.
+        #[arg(long)]
+        pid: Option<i32>,
+        /// A second process measured the same way (e.g. a balancer in front of the proxy):
+        /// `front_cpu_s`, `front_cpu_us_per_conn`.
+        #[arg(long)]
+        front_pid: Option<i32>,
+    },
+    /// UDP DNS load: `--concurrency` A queries for `--name` kept in flight against `--server`
+    /// by `--workers` threads (one socket each); responses/s by response code, timeouts, and
+    /// the server's CPU seconds per 100k answers (`--pid`). One JSON line.
+    DnsLoad {
+        /// The DNS server (loopback), UDP.
+        #[arg(long)]
+        server: SocketAddr,
+        /// The name asked for (type A).
+        #[arg(long)]
+        name: String,
+        /// Name of this run in the results.
+        #[arg(long, default_value = "dns")]
+        label: String,
+        /// Queries in flight at once, over all workers.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Worker threads, each with its own socket.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Seconds measured (after the warm-up).
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Seconds of load before the measurement starts.
+        #[arg(long, default_value_t = 0.5)]
+        warmup: f64,
+        /// A query unanswered this long counts as a timeout and is replaced, milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        /// The server's process: CPU seconds over the measured window.
         #[arg(long)]
         pid: Option<i32>,
     },
@@ -345,9 +386,48 @@ async fn run(cmd: Cmd) -> io::Result<()> {
             let up = c.client(&target_up)?;
             client::throughput(&down, &up, &c.label, bytes, repeat, pid, c.limit()).await
         }
-        Cmd::Rate { c, count, pid } => {
-            client::rate(&c.client(&c.target)?, &c.label, count, pid, c.limit()).await
+        Cmd::Rate {
+            c,
+            count,
+            concurrency,
+            pid,
+            front_pid,
+        } => {
+            let pids = client::CpuPids {
+                proxy: pid,
+                front: front_pid,
+            };
+            client::rate(
+                &c.client(&c.target)?,
+                &c.label,
+                count,
+                concurrency,
+                pids,
+                c.limit(),
+            )
+            .await
         }
+        Cmd::DnsLoad {
+            server,
+            name,
+            label,
+            concurrency,
+            workers,
+            seconds,
+            warmup,
+            timeout_ms,
+            pid,
+        } => dnsload::run(dnsload::Opts {
+            server,
+            name,
+            label,
+            concurrency,
+            workers,
+            seconds,
+            warmup,
+            timeout: Duration::from_millis(timeout_ms.max(1)),
+            pid,
+        }),
         Cmd::Latency {
             c,
             concurrency,

@@ -80,8 +80,13 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
         ) else {
             continue;
         };
-        // Load scenarios have their own section (`attacks` below).
-        if test == "attack" {
+        // Load scenarios have their own section (`attacks` below), and so have the DNS
+        // responder and PROXY protocol steps (`responder_and_proxy_protocol`).
+        if test == "attack"
+            || test == "dns_load"
+            || test == "step_load"
+            || label.starts_with(PP_PREFIX)
+        {
             continue;
         }
         let r = rows.entry(order(label)).or_default();
@@ -124,8 +129,9 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
     let direct = rows.get(&order("direct")).cloned().unwrap_or_default();
     let mut out = String::new();
     if rows.is_empty() {
-        // Only load scenarios ran (`--steps attacks`): no comparison tables.
+        // Only load scenarios or the DNS / PROXY protocol steps ran: no comparison tables.
         out.push_str(&attacks(text));
+        out.push_str(&responder_and_proxy_protocol(text));
         return Ok(out);
     }
     let w = &mut out;
@@ -361,6 +367,7 @@ pub fn report(text: &str, idle_target: u64) -> io::Result<String> {
         mark(Some(ahead_all))
     );
     out.push_str(&attacks(text));
+    out.push_str(&responder_and_proxy_protocol(text));
     Ok(out)
 }
 
@@ -578,6 +585,283 @@ fn attacks(text: &str) -> String {
             "| {kind} | {attack} | {did} | {process} | {} |",
             normal_cell(v)
         );
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Steps `dns` and `proxyproto`: two contestants measured alternately in rounds; the i-th result
+// of each label belongs to round i. Ratios are per round, then the median of the rounds.
+
+/// Labels of the PROXY protocol step's rate results (kept out of the comparison tables).
+const PP_PREFIX: &str = "haproxy-";
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn list(v: &[Option<f64>], digits: usize) -> String {
+    v.iter()
+        .map(|x| opt(*x, digits))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// Results of `test`, grouped by label (first appearance first), each in round order.
+fn by_label<'a>(
+    results: &'a [Value],
+    keep: impl Fn(&Value) -> bool,
+) -> Vec<(String, Vec<&'a Value>)> {
+    let mut out: Vec<(String, Vec<&Value>)> = Vec::new();
+    for v in results.iter().filter(|v| keep(v)) {
+        let label = v.get("label").and_then(Value::as_str).unwrap_or("?");
+        match out.iter_mut().find(|(l, _)| l == label) {
+            Some((_, vs)) => vs.push(v),
+            None => out.push((label.to_string(), vec![v])),
+        }
+    }
+    out
+}
+
+fn col(vs: &[&Value], k: &str) -> Vec<Option<f64>> {
+    vs.iter().map(|v| f(v, k)).collect()
+}
+
+fn med(vs: &[&Value], k: &str) -> Option<f64> {
+    median(col(vs, k).into_iter().flatten().collect())
+}
+
+/// Per-round a/b and their median.
+fn round_ratios(a: &[&Value], b: &[&Value], k: &str) -> (Vec<Option<f64>>, Option<f64>) {
+    let r: Vec<Option<f64>> = a
+        .iter()
+        .zip(b.iter())
+        .map(|(x, y)| ratio(f(x, k), f(y, k)))
+        .collect();
+    let m = median(r.iter().flatten().copied().collect());
+    (r, m)
+}
+
+fn sum_u(vs: &[&Value], k: &str) -> u64 {
+    vs.iter().map(|v| u(v, k)).sum()
+}
+
+fn rcodes(vs: &[&Value]) -> String {
+    let mut m: BTreeMap<String, u64> = BTreeMap::new();
+    for v in vs {
+        if let Some(o) = v.get("rcodes").and_then(Value::as_object) {
+            for (k, n) in o {
+                *m.entry(k.clone()).or_default() += n.as_u64().unwrap_or(0);
+            }
+        }
+    }
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter()
+        .map(|(k, n)| format!("{k}×{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The "DNS responder and PROXY protocol" tables (steps `dns` and `proxyproto`).
+fn responder_and_proxy_protocol(text: &str) -> String {
+    let results: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    let mut out = String::new();
+    let w = &mut out;
+    let step_load = |step: &str| -> String {
+        results
+            .iter()
+            .find(|v| {
+                v.get("test").and_then(Value::as_str) == Some("step_load")
+                    && v.get("label").and_then(Value::as_str) == Some(step)
+            })
+            .map(|v| {
+                format!(
+                    "Load average (1 min) at the start of the step: {}; TIME_WAIT sockets: {}.\n",
+                    opt(f(v, "load1"), 2),
+                    opt(f(v, "time_wait"), 0)
+                )
+            })
+            .unwrap_or_default()
+    };
+
+    let dns = by_label(&results, |v| {
+        v.get("test").and_then(Value::as_str) == Some("dns_load")
+    });
+    if !dns.is_empty() {
+        let _ = writeln!(w, "\n### DNS responder: UDP answers per second\n");
+        let _ = writeln!(
+            w,
+            "`carousel-loadgen dns-load`: A queries for one name kept in flight over UDP; an \
+             answer is a NOERROR response with at least one A record. Rounds alternate the \
+             contestants; medians of the rounds. CPU is the server process's utime+stime over \
+             the measured window.\n"
+        );
+        let _ = writeln!(w, "{}", step_load("dns"));
+        let _ = writeln!(
+            w,
+            "| server | in flight | answers/s per round | answers/s (median) | A records per answer | \
+             response codes (all rounds) | timeouts | p50 / p99 µs (median) | server CPU s per 100k answers \
+             (median) | load generator CPU s (median) | machine busy % (median) |"
+        );
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
+        for (label, vs) in &dns {
+            let recs = format!(
+                "{}–{}",
+                vs.iter()
+                    .filter_map(|v| v.get("answer_records_min").and_then(Value::as_u64))
+                    .min()
+                    .map(|x| x.to_string())
+                    .unwrap_or_else(|| "–".into()),
+                vs.iter()
+                    .filter_map(|v| v.get("answer_records_max").and_then(Value::as_u64))
+                    .max()
+                    .map(|x| x.to_string())
+                    .unwrap_or_else(|| "–".into()),
+            );
+            let _ = writeln!(
+                w,
+                "| {label} | {} | {} | {} | {recs} | {} | {} | {} / {} | {} | {} | {} |",
+                opt(med(vs, "concurrency"), 0),
+                list(&col(vs, "answers_per_s"), 0),
+                opt(med(vs, "answers_per_s"), 0),
+                rcodes(vs),
+                sum_u(vs, "timeouts"),
+                opt(med(vs, "p50_us"), 0),
+                opt(med(vs, "p99_us"), 0),
+                opt(med(vs, "server_cpu_s_per_100k_answers"), 3),
+                opt(med(vs, "loadgen_cpu_s"), 2),
+                opt(med(vs, "machine_busy_pct"), 0),
+            );
+        }
+        let num = dns.iter().find(|(l, _)| l.starts_with("carousel"));
+        let den = dns.iter().find(|(l, _)| !l.starts_with("carousel"));
+        if let (Some((ln, a)), Some((ld, b))) = (num, den) {
+            let (qr, qm) = round_ratios(a, b, "answers_per_s");
+            let (cr, cm) = round_ratios(a, b, "server_cpu_s_per_100k_answers");
+            let _ = writeln!(w, "\n| ratio {ln} ÷ {ld} | per round | median of rounds |");
+            let _ = writeln!(w, "|---|---:|---:|");
+            let _ = writeln!(
+                w,
+                "| answers/s (higher: {ln} faster) | {} | **{}** |",
+                list(&qr, 2),
+                opt(qm, 2)
+            );
+            let _ = writeln!(
+                w,
+                "| CPU s per 100k answers (higher: {ln} costlier) | {} | **{}** |",
+                list(&cr, 2),
+                opt(cm, 2)
+            );
+        }
+    }
+
+    let pp = by_label(&results, |v| {
+        v.get("test").and_then(Value::as_str) == Some("rate")
+            && v
+                .get("label")
+                .and_then(Value::as_str)
+                .is_some_and(|l| l.starts_with(PP_PREFIX))
+    });
+    if !pp.is_empty() {
+        let _ = writeln!(w, "\n### PROXY protocol v2: connection rate through HAProxy\n");
+        let _ = writeln!(
+            w,
+            "`carousel-loadgen rate` through HAProxy (mode tcp) into carousel: CONNECT, 32-byte \
+             echo with the one-shot backend, backend closes. `{PP_PREFIX}pp2`: HAProxy sends a \
+             PROXY v2 header (`send-proxy-v2`) to a carousel listener with `proxy_protocol = \
+             \"v2\"`; `{PP_PREFIX}plain`: the same without. Rounds alternate the contestants; \
+             medians of the rounds. CPU µs per connection: utime+stime of the process over the \
+             step ÷ connections.\n"
+        );
+        let _ = writeln!(w, "{}", step_load("proxyproto"));
+        let _ = writeln!(
+            w,
+            "| path | concurrency | conn/s per round | conn/s (median) | errors | conn p50 / p99 µs \
+             (median) | carousel CPU µs/conn (median) | HAProxy CPU µs/conn (median) |"
+        );
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        // Split each label by concurrency.
+        let mut groups: Vec<(String, u64, Vec<&Value>)> = Vec::new();
+        for (label, vs) in &pp {
+            for v in vs {
+                let c = v.get("concurrency").and_then(Value::as_u64).unwrap_or(1);
+                match groups.iter_mut().find(|(l, k, _)| l == label && *k == c) {
+                    Some((_, _, g)) => g.push(v),
+                    None => groups.push((label.clone(), c, vec![v])),
+                }
+            }
+        }
+        groups.sort_by_key(|g| g.1);
+        for (label, c, vs) in &groups {
+            let _ = writeln!(
+                w,
+                "| {label} | {c} | {} | {} | {} | {} / {} | {} | {} |",
+                list(&col(vs, "per_s"), 0),
+                opt(med(vs, "per_s"), 0),
+                sum_u(vs, "errors"),
+                opt(med(vs, "p50_us"), 0),
+                opt(med(vs, "p99_us"), 0),
+                opt(med(vs, "proxy_cpu_us_per_conn"), 0),
+                opt(med(vs, "front_cpu_us_per_conn"), 0),
+            );
+        }
+        let mut cs: Vec<u64> = groups.iter().map(|g| g.1).collect();
+        cs.dedup();
+        let _ = writeln!(
+            w,
+            "\n| concurrency | conn/s ratio pp2 ÷ plain per round | median of rounds | cost of the \
+             header (1 − ratio) | target: cost < 5% | carousel CPU µs/conn pp2 − plain (median) |"
+        );
+        let _ = writeln!(w, "|---:|---:|---:|---:|---|---:|");
+        for c in cs {
+            let get = |suffix: &str| {
+                groups
+                    .iter()
+                    .find(|(l, k, _)| *k == c && l == &format!("{PP_PREFIX}{suffix}"))
+                    .map(|g| g.2.clone())
+            };
+            let (Some(a), Some(b)) = (get("pp2"), get("plain")) else {
+                continue;
+            };
+            let (r, m) = round_ratios(&a, &b, "per_s");
+            let cost = m.map(|m| 1.0 - m);
+            let met = match cost {
+                Some(x) if x < 0.05 => "met",
+                Some(_) => "**not met**",
+                None => "–",
+            };
+            let dcpu = match (
+                med(&a, "proxy_cpu_us_per_conn"),
+                med(&b, "proxy_cpu_us_per_conn"),
+            ) {
+                (Some(x), Some(y)) => Some(x - y),
+                _ => None,
+            };
+            let _ = writeln!(
+                w,
+                "| {c} | {} | **{}** | {} | {met} | {} |",
+                list(&r, 3),
+                opt(m, 3),
+                cost.map(|x| format!("{:.1}%", x * 100.0))
+                    .unwrap_or_else(|| "–".into()),
+                opt(dcpu, 1),
+            );
+        }
     }
     out
 }
