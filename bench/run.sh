@@ -85,9 +85,10 @@ RESP_ADDR=127.0.0.155:5353; DNSMASQ_IP=127.0.0.156; DNSMASQ_PORT=5353
 CAROUSEL_PP=17011; CAROUSEL_PLAIN=17012; HAPROXY_PP=17021; HAPROXY_PLAIN=17022
 ROUNDS=3
 if [ "$QUICK" = 1 ]; then
-    DNS_SECONDS=1; DNS_C=64; PP_COUNT=300; PP_C=16
+    DNS_SECONDS=1; DNS_C=64; PP_COUNT=300; PP_COUNT_C=300; PP_WARM=100; PP_C=16
 else
-    DNS_SECONDS=5; DNS_C=64; PP_COUNT=5000; PP_C=16
+    # Cycles per run: sequential, and $PP_C at a time; unrecorded warm-up cycles per path and round.
+    DNS_SECONDS=5; DNS_C=64; PP_COUNT=5000; PP_COUNT_C=10000; PP_WARM=1000; PP_C=16
 fi
 
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
@@ -577,6 +578,11 @@ lg() { # run one bounded loadgen step, keep its command line and JSON output
     timeout --foreground --kill-after=10 $((STEP_LIMIT + 60)) "$LG" --threads 1 "$@" | tee -a "$RES"
 }
 
+lg_unrecorded() { # a warm-up: bounded like lg, its command kept, its output not a result
+    echo "# warm-up, not recorded: carousel-loadgen $*" >> "$CMDS"
+    timeout --foreground --kill-after=10 $((STEP_LIMIT + 60)) "$LG" --threads 1 "$@" >/dev/null
+}
+
 skip() { # label reason
     log "SKIP $1: $2"
     printf '{"test":"skipped","label":"%s","reason":"%s"}\n' "$1" "$2" >> "$RES"
@@ -756,13 +762,21 @@ run_proxyproto() {
         skip haproxy-pp2 "HAProxy -> carousel did not carry a tunnel within 20 s (see $OUT/haproxy.log, $OUT/carousel-pp.log)"
     else
         for c in 1 "$PP_C"; do
-            settle_time_wait
             for r in $(seq 1 "$ROUNDS"); do
+                # Each round starts from a drained TIME_WAIT table (every cycle leaves one per hop),
+                # then warms both paths up: after the idle wait, the first run of a round was
+                # measured ~10% slower at C=$PP_C whichever path it was.
+                settle_time_wait
+                for who in pp plain; do
+                    if [ "$who" = pp ]; then set -- "${pp[@]}"; else set -- "${plain[@]}"; fi
+                    lg_unrecorded rate "$@" --target "$ONESHOT_T" --count "$PP_WARM" --concurrency "$c" \
+                        --time-limit 60 || true
+                done
                 if [ $((r % 2)) = 1 ]; then order="pp plain"; else order="plain pp"; fi
                 for who in $order; do
                     if [ "$who" = pp ]; then set -- "${pp[@]}"; else set -- "${plain[@]}"; fi
-                    lg rate "$@" --target "$ONESHOT_T" --count "$PP_COUNT" --concurrency "$c" --pid "$cpid" \
-                        --front-pid "$hpid" --time-limit $STEP_LIMIT >/dev/null || true
+                    lg rate "$@" --target "$ONESHOT_T" --count "$([ "$c" = 1 ] && echo "$PP_COUNT" || echo "$PP_COUNT_C")" \
+                        --concurrency "$c" --pid "$cpid" --front-pid "$hpid" --time-limit $STEP_LIMIT >/dev/null || true
                 done
             done
         done
@@ -974,9 +988,11 @@ mkdir -p "$(dirname "$DOC")"
         echo "  configuration above plus an HTTP listener on :$CAROUSEL_PP with \`proxy_protocol = \"v2\"\`,"
         echo "  trusting 127.0.0.1, and a plain one on :$CAROUSEL_PLAIN) behind one HAProxy (mode tcp; frontend"
         echo "  :$HAPROXY_PP → :$CAROUSEL_PP with \`send-proxy-v2\`, frontend :$HAPROXY_PLAIN → :$CAROUSEL_PLAIN without)."
-        echo "  \`carousel-loadgen rate\` through each frontend: $PP_COUNT cycles of CONNECT to \`$ONESHOT_T\`,"
-        echo "  32-byte echo, backend closes; first sequentially, then $PP_C at a time; $ROUNDS rounds each,"
-        echo "  alternating which path goes first. CPU per connection for carousel and for HAProxy."
+        echo "  \`carousel-loadgen rate\` through each frontend: cycles of CONNECT to \`$ONESHOT_T\`, 32-byte"
+        echo "  echo, backend closes; $PP_COUNT sequentially, then $PP_COUNT_C with $PP_C at a time; $ROUNDS rounds"
+        echo "  each, alternating which path goes first, each round from a drained TIME_WAIT table"
+        echo "  (≤ $TW_SETTLED) and after $PP_WARM unrecorded warm-up cycles on each path."
+        echo "  CPU per connection for carousel and for HAProxy (utime+stime over the run ÷ cycles)."
     fi
     echo "- **Bounds.** Every step has a count and a time limit (${STEP_LIMIT} s), every connect and"
     echo "  exchange a 10 s timeout; every process the script starts is stopped when it exits."

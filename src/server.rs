@@ -79,6 +79,7 @@ struct Background {
 impl BackgroundService for Background {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         tokio::spawn(crate::admin::sampler::run(self.proxy.clone()));
+        tokio::spawn(give_memory_back(self.proxy.clone()));
         let dns = self.proxy.config().dns.clone();
         for cluster in self.proxy.clusters.load().iter() {
             tokio::spawn(discovery::run(
@@ -233,6 +234,28 @@ fn check_addresses_free(config: &Config) -> Result<(), StartupError> {
         }
     }
     Ok(())
+}
+
+/// After a burst of connections closes, glibc keeps the freed memory in its free lists (4,000
+/// idle connections: RSS 29 → 106 → 75 MiB after they closed, 30 MiB after `malloc_trim`, so
+/// nothing is held by carousel itself). Every 10 s, when the open connections fell below half of
+/// their peak since the last trim, the memory goes back to the system.
+async fn give_memory_back(proxy: Arc<Proxy>) {
+    let mut peak = 0usize;
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let open = proxy.limits.open();
+        peak = peak.max(open);
+        if peak >= 256 && open < peak / 2 {
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only releases free memory of the allocator; it takes no pointers.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            peak = open;
+        }
+    }
 }
 
 /// A ready-to-run carousel for `config`; `upgrade` takes the listening sockets over from a

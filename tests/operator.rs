@@ -299,3 +299,29 @@ async fn a_dns_failure_says_dns_once() {
     assert_eq!(body.matches("DNS").count(), 1, "{body}");
     assert!(body.contains("nosuch.corp.test"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_aaaa_answer_is_remembered_like_any_negative_answer() {
+    use hickory_server::proto::rr::RecordType;
+    let dns = DnsServer::start().await;
+    dns.set_a("v4only.corp.test", &[ip4(11)], 1);
+    dns.set_refuse_aaaa(true);
+    let (port, _backends) = Backend::start_set(&[IpAddr::V4(ip4(11))], &["b11"]).await;
+    // The harness: TTLs clamped to 1 s at least, failures remembered 1 s.
+    let proxy = Carousel::start(dns.addr(), "").await;
+    // Requests keep the name in use for several TTLs: refreshes ask A each time.
+    for _ in 0..40 {
+        let mut s =
+            tokio_socks::tcp::Socks5Stream::connect(proxy.socks, ("v4only.corp.test", port))
+                .await
+                .expect("served");
+        use tokio::io::AsyncWriteExt;
+        let _ = s.write_all(b"WHO\n").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let a = dns.queries_of_type("v4only.corp.test", RecordType::A);
+    let aaaa = dns.queries_of_type("v4only.corp.test", RecordType::AAAA);
+    assert!(a >= 2, "{a} A queries");
+    // Without the memory: about 3 AAAA queries per A query (hickory's retries of REFUSED).
+    assert!(aaaa <= a, "{aaaa} AAAA queries for {a} A queries");
+}

@@ -78,6 +78,15 @@ async fn the_public_api_rotates_ejects_follows_dns_and_serves_stale() {
     assert_eq!(u.members().len(), 4);
     assert!(u.select().next().is_some());
     assert!(Upstream::metrics_text().contains("carousel_member_up{cluster=\"app.plugin.test\""));
+    // Pingora's LoadBalancer can use it too: the members with their usability.
+    use pingora_load_balancing::discovery::ServiceDiscovery;
+    let (backends, enabled) = u.discover().await.unwrap();
+    assert_eq!(backends.len(), 4);
+    assert_eq!(
+        enabled.values().filter(|&&e| !e).count(),
+        1,
+        "the ejected member is disabled"
+    );
 }
 
 /// The example binary, built with the tests (`--all-targets --features pingora-lb`).
@@ -142,6 +151,29 @@ async fn the_example_reverse_proxy_rotates_and_fails_over() {
         }
     }
     assert_eq!(failed, 0, "requests failed with one backend killed");
+    // A DNS change is followed within the TTL (the example clamps to 5 s at least).
+    dns.set_a(NAME, &[ip4(11), ip4(13), ip4(14)], 1);
+    let b14 = Backend::start(IpAddr::V4(ip4(14)), port, "b14")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut reached = false;
+    while start.elapsed() < Duration::from_secs(15) {
+        if support::curl(&[&url]).await.stdout_str().trim() == "b14" {
+            reached = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reached, "the added member was never used");
+    // The DNS server stops answering: the last good set keeps serving.
+    dns.set_mode(DnsMode::Drop);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for _ in 0..6 {
+        let out = support::curl(&["-f", &url]).await;
+        assert_eq!(out.status, 0, "served stale: {}", out.stderr);
+    }
+    drop(b14);
     let m = support::curl(&[&format!("http://{metrics}/metrics")])
         .await
         .stdout_str();

@@ -273,14 +273,17 @@ impl Picks {
     /// For least-connections and power-of-two: the preferred first member among the usable ones
     /// of the most preferred level that has any.
     fn preferred(&mut self) -> Option<u32> {
+        if self.mode == Mode::RoundRobin {
+            return None;
+        }
         let load = |m: &Member| (m.active().max(0) as u64 * 1000) / u64::from(m.weight);
-        let (level, wheel) = self
-            .usable
+        // A second handle on the snapshot (not a copy of the wheel: a pick stays O(1)).
+        let usable = self.usable.clone();
+        let (level, wheel) = usable
             .wheels
             .iter()
             .enumerate()
             .find(|(_, w)| !w.is_empty())?;
-        let wheel = wheel.clone();
         match self.mode {
             Mode::RoundRobin => None,
             Mode::RandomTwo => {

@@ -39,6 +39,14 @@ pub struct Client {
     /// The most one lookup may take in all (`timeout_ms × attempts`).
     bound: Duration,
     lookups: AtomicU64,
+    /// Whether both families are asked for (A and AAAA).
+    both: bool,
+    /// How long a failed answer is remembered (`dns.negative_ttl_seconds`).
+    negative: Duration,
+    /// Names whose AAAA query failed (REFUSED, SERVFAIL) recently: asked for A only until then,
+    /// as a negative answer is cached like any other (a server that refuses AAAA would otherwise
+    /// get a failing AAAA query, with its retries, for every A query).
+    aaaa_failing: dashmap::DashMap<String, tokio::time::Instant>,
 }
 
 impl Client {
@@ -77,6 +85,9 @@ impl Client {
             dns,
             bound: Duration::from_millis(cfg.timeout_ms).saturating_mul(cfg.attempts.max(1) as u32),
             lookups: AtomicU64::new(0),
+            both: cfg.ip_strategy == IpStrategy::Ipv4AndIpv6,
+            negative: Duration::from_secs(cfg.negative_ttl_seconds),
+            aaaa_failing: dashmap::DashMap::new(),
         })
     }
 
@@ -144,7 +155,7 @@ impl Client {
         let fqdn = absolute(name);
         let in_flight = &crate::metrics::metrics().dns_in_flight;
         in_flight.inc();
-        let result = tokio::time::timeout(self.bound, self.dns.lookup_ip(fqdn.as_str())).await;
+        let result = tokio::time::timeout(self.bound, self.addresses(name, &fqdn)).await;
         in_flight.dec();
         let Ok(result) = result else {
             let m = crate::metrics::metrics();
@@ -159,22 +170,84 @@ impl Client {
         };
         observe(kind, started, &result);
         match result {
-            Ok(lookup) => {
-                let mut addrs: Vec<IpAddr> = Vec::new();
-                for ip in lookup.iter() {
-                    if !addrs.contains(&ip) {
-                        addrs.push(ip);
-                    }
-                }
-                if addrs.is_empty() {
-                    return Err(ResolveError::NotFound(name.to_string()));
-                }
-                let ttl = lookup
-                    .valid_until()
-                    .saturating_duration_since(std::time::Instant::now());
+            Ok((addrs, _)) if addrs.is_empty() => Err(ResolveError::NotFound(name.to_string())),
+            Ok((addrs, valid_until)) => {
+                let ttl = valid_until.saturating_duration_since(std::time::Instant::now());
                 Ok((addrs, ttl))
             }
             Err(e) => Err(classify(name, e)),
+        }
+    }
+
+    /// The A and AAAA answers of `fqdn` (one family if so configured, or while AAAA is
+    /// failing for `name`), deduplicated, and when the earliest of them expires.
+    async fn addresses(
+        &self,
+        name: &str,
+        fqdn: &str,
+    ) -> Result<(Vec<IpAddr>, std::time::Instant), hickory_resolver::net::NetError> {
+        use hickory_resolver::proto::rr::{RData, RecordType};
+        let collect = |lookup: &hickory_resolver::lookup::Lookup, out: &mut Vec<IpAddr>| {
+            for r in lookup.answers() {
+                let ip = match &r.data {
+                    RData::A(a) => IpAddr::V4(a.0),
+                    RData::AAAA(a) => IpAddr::V6(a.0),
+                    _ => continue,
+                };
+                if !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+        };
+        if !self.both {
+            let lookup = self.dns.lookup_ip(fqdn).await?;
+            let addrs: Vec<IpAddr> = lookup.iter().collect();
+            return Ok((addrs, lookup.valid_until()));
+        }
+        let now = tokio::time::Instant::now();
+        let skip_aaaa = self
+            .aaaa_failing
+            .get(name)
+            .is_some_and(|until| now < *until);
+        let a = self.dns.lookup(fqdn, RecordType::A);
+        let (a, aaaa) = if skip_aaaa {
+            (a.await, None)
+        } else {
+            let (a, aaaa) = tokio::join!(a, self.dns.lookup(fqdn, RecordType::AAAA));
+            (a, Some(aaaa))
+        };
+        let mut addrs = Vec::new();
+        let mut valid_until: Option<std::time::Instant> = None;
+        match &aaaa {
+            Some(Ok(l)) => {
+                collect(l, &mut addrs);
+                valid_until = Some(l.valid_until());
+                self.aaaa_failing.remove(name);
+            }
+            Some(Err(e)) if !(e.is_nx_domain() || e.is_no_records_found()) => {
+                if self.aaaa_failing.len() >= 10_000 {
+                    self.aaaa_failing.retain(|_, until| now < *until);
+                }
+                self.aaaa_failing
+                    .insert(name.to_string(), now + self.negative);
+            }
+            _ => {}
+        }
+        match a {
+            Ok(l) => {
+                let mut v4 = Vec::new();
+                collect(&l, &mut v4);
+                v4.append(&mut addrs);
+                let until = valid_until.map_or(l.valid_until(), |u| u.min(l.valid_until()));
+                Ok((v4, until))
+            }
+            // No A: the AAAA answer alone, or the A error.
+            Err(e) => match aaaa {
+                Some(Ok(_)) if !addrs.is_empty() => {
+                    Ok((addrs, valid_until.unwrap_or_else(std::time::Instant::now)))
+                }
+                _ => Err(e),
+            },
         }
     }
 }

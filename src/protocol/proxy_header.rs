@@ -99,6 +99,11 @@ pub fn parse(buf: &[u8], accept: Accept) -> Result<Option<(Header, usize)>, Erro
         };
     };
     let line = window.get(..end + 2).ok_or(Error::Malformed("v1"))?;
+    // Printable text only, as the partial-input check demands (fuzz finding F6: `ppp` accepts
+    // any bytes after `UNKNOWN`, so a complete header was taken that its own prefixes refused).
+    if !is_v1_prefix(line.get(..end).unwrap_or_default()) {
+        return Err(Error::Malformed("v1"));
+    }
     let h = ppp::v1::Header::try_from(line).map_err(|_| Error::Malformed("v1"))?;
     let header = match h.addresses {
         ppp::v1::Addresses::Tcp4(a) => {
@@ -112,11 +117,12 @@ pub fn parse(buf: &[u8], accept: Accept) -> Result<Option<(Header, usize)>, Erro
     Ok(Some((header, line.len())))
 }
 
-/// Whether `b` can still become a v1 header (`PROXY ` and printable text).
+/// Whether `b` can still become a v1 header (`PROXY ` and printable text, a CR at the end).
 fn is_v1_prefix(b: &[u8]) -> bool {
     let p = b"PROXY ";
     let n = b.len().min(p.len());
-    b.get(..n) == p.get(..n) && b.iter().all(|&c| c == b'\r' || (0x20..0x7f).contains(&c))
+    let body = b.strip_suffix(b"\r").unwrap_or(b);
+    b.get(..n) == p.get(..n) && body.iter().all(|c| (0x20..0x7f).contains(c))
 }
 
 #[cfg(test)]
@@ -198,6 +204,13 @@ mod tests {
         assert!(matches!(parse(&long, Accept::V1), Err(Error::Malformed(_))));
         assert!(matches!(
             parse(b"PROXY TCP4 999.0.0.1 1.2.3.4 1 2\r\n", Accept::V1),
+            Err(Error::Malformed(_))
+        ));
+        // Fuzz finding F6: control bytes after UNKNOWN, refused whole as in part.
+        let f6 = b"PROXY UNKNOWN ]\0\0\0UNKNOW\r\n";
+        assert!(matches!(parse(f6, Accept::V1), Err(Error::Malformed(_))));
+        assert!(matches!(
+            parse(&f6[..16], Accept::V1),
             Err(Error::Malformed(_))
         ));
     }

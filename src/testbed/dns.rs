@@ -56,6 +56,8 @@ struct State {
     delay: Duration,
     negative_ttl: u32,
     per_name: HashMap<String, u64>,
+    per_type: HashMap<(String, RecordType), u64>,
+    refuse_aaaa: bool,
 }
 
 struct Shared {
@@ -89,14 +91,15 @@ impl RequestHandler for Handler {
         let shared = &self.shared;
         shared.queries.fetch_add(1, Ordering::SeqCst);
         let query = request.queries.queries().first();
-        let (mode, delay, negative_ttl, entry) = {
+        let (mode, delay, negative_ttl, entry, refuse_aaaa) = {
             let mut st = shared.state.lock().unwrap();
             let entry = query.and_then(|q| {
                 let k = key(&q.name().to_string());
                 *st.per_name.entry(k.clone()).or_insert(0) += 1;
+                *st.per_type.entry((k.clone(), q.query_type())).or_insert(0) += 1;
                 st.records.get(&k).cloned()
             });
-            (st.mode, st.delay, st.negative_ttl, entry)
+            (st.mode, st.delay, st.negative_ttl, entry, st.refuse_aaaa)
         };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -125,6 +128,9 @@ impl RequestHandler for Handler {
 
         let error_code = match (mode, query) {
             (DnsMode::ServFail, _) => Some(ResponseCode::ServFail),
+            (_, Some(q)) if refuse_aaaa && q.query_type() == RecordType::AAAA => {
+                Some(ResponseCode::Refused)
+            }
             (_, None) => Some(ResponseCode::FormErr),
             _ if request.metadata.op_code != OpCode::Query
                 || request.metadata.message_type != MessageType::Query =>
@@ -227,6 +233,8 @@ impl DnsServer {
                 delay: Duration::ZERO,
                 negative_ttl: 1,
                 per_name: HashMap::new(),
+                per_type: HashMap::new(),
+                refuse_aaaa: false,
             }),
             queries: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
@@ -338,6 +346,17 @@ impl DnsServer {
     /// Total number of DNS queries received (all modes, UDP and TCP).
     pub fn queries(&self) -> u64 {
         self.shared.queries.load(Ordering::SeqCst)
+    }
+
+    /// Answer every AAAA query with REFUSED (a server that does not do IPv6).
+    pub fn set_refuse_aaaa(&self, refuse: bool) {
+        self.shared.state.lock().unwrap().refuse_aaaa = refuse;
+    }
+
+    /// Queries of type `qtype` received for `name`.
+    pub fn queries_of_type(&self, name: &str, qtype: RecordType) -> u64 {
+        let st = self.shared.state.lock().unwrap();
+        st.per_type.get(&(key(name), qtype)).copied().unwrap_or(0)
     }
 
     /// Number of queries received for `name` (any type).
