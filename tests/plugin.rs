@@ -101,7 +101,7 @@ fn example() -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_reverse_proxy_rotates_and_fails_over() {
     let dns = DnsServer::start().await;
-    dns.set_a(NAME, &[ip4(11), ip4(12), ip4(13)], 30);
+    dns.set_a(NAME, &[ip4(11), ip4(12), ip4(13)], 1);
     let ips: Vec<IpAddr> = [11, 12, 13].iter().map(|&i| IpAddr::V4(ip4(i))).collect();
     let (port, backends) = Backend::start_set(&ips, &["b11", "b12", "b13"]).await;
     let listen = format!("127.0.0.1:{}", free_port());

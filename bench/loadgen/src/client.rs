@@ -428,6 +428,111 @@ pub async fn rate(
     Ok(())
 }
 
+/// One path's share of a paired rate run.
+#[derive(Default)]
+struct PathStats {
+    /// Whole cycles (open → echo → backend's close seen), microseconds.
+    cycle_us: Vec<u64>,
+    /// Open → echo, microseconds.
+    answered_us: Vec<u64>,
+    errors: usize,
+    last_err: String,
+}
+
+impl PathStats {
+    fn json(&mut self, label: &str, concurrency: usize) -> serde_json::Value {
+        self.cycle_us.sort_unstable();
+        self.answered_us.sort_unstable();
+        let n = self.cycle_us.len();
+        let total_s = self.cycle_us.iter().sum::<u64>() as f64 / 1e6;
+        // Little's law: the rate these cycle times give with `concurrency` of them at once.
+        let per_s = if total_s > 0.0 {
+            concurrency as f64 * n as f64 / total_s
+        } else {
+            0.0
+        };
+        json!({
+            "label": label, "done": n, "errors": self.errors, "last_error": self.last_err,
+            "mean_cycle_us": if n > 0 { total_s * 1e6 / n as f64 } else { 0.0 },
+            "per_s": per_s,
+            "p50_us": pct(&self.answered_us, 0.50), "p99_us": pct(&self.answered_us, 0.99),
+        })
+    }
+}
+
+/// Paired connection rate: the cycles of `rate`, alternating between two paths (`a` for even
+/// cycle numbers, `b` for odd), `concurrency` at a time, so both paths share the machine's state
+/// at every moment. Each path's rate is its cycles over the time its cycles took (× concurrency);
+/// `ratio_b_over_a` is b's rate ÷ a's.
+pub async fn rate_paired(
+    a: &Client,
+    b: &Client,
+    labels: (&str, &str),
+    count: usize,
+    concurrency: usize,
+    limit: Duration,
+) -> io::Result<()> {
+    let deadline = Instant::now() + limit;
+    let concurrency = concurrency.clamp(1, 4096);
+    let start = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..concurrency {
+        let (a, b) = (a.clone(), b.clone());
+        let next = next.clone();
+        handles.push(tokio::spawn(async move {
+            let mut st = [PathStats::default(), PathStats::default()];
+            loop {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                let (k, c) = if i % 2 == 0 { (0, &a) } else { (1, &b) };
+                let t = Instant::now();
+                match rate_cycle(c, i / 2).await {
+                    Ok(answered) => {
+                        st[k].cycle_us.push(t.elapsed().as_micros() as u64);
+                        st[k].answered_us.push(answered.as_micros() as u64);
+                    }
+                    Err(e) => {
+                        st[k].errors += 1;
+                        st[k].last_err = e.to_string();
+                    }
+                }
+            }
+            st
+        }));
+    }
+    let mut st = [PathStats::default(), PathStats::default()];
+    for h in handles {
+        let got = h.await.map_err(other)?;
+        for (k, g) in got.into_iter().enumerate() {
+            st[k].cycle_us.extend(g.cycle_us);
+            st[k].answered_us.extend(g.answered_us);
+            st[k].errors += g.errors;
+            if !g.last_err.is_empty() {
+                st[k].last_err = g.last_err;
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let ja = st[0].json(labels.0, concurrency);
+    let jb = st[1].json(labels.1, concurrency);
+    let ratio = match (ja["per_s"].as_f64(), jb["per_s"].as_f64()) {
+        (Some(x), Some(y)) if x > 0.0 => Some(y / x),
+        _ => None,
+    };
+    emit(json!({
+        "test": "rate_paired", "label": format!("{}+{}", labels.0, labels.1),
+        "mode": a.mode.name(), "requested": count, "concurrency": concurrency,
+        "elapsed_s": elapsed, "a": ja, "b": jb, "ratio_b_over_a": ratio,
+    }));
+    Ok(())
+}
+
 /// Latency under load: `concurrency` clients, each `count` cycles of (fresh tunnel, 32-byte echo,
 /// close); the time of each whole cycle is one sample.
 pub async fn latency(

@@ -115,6 +115,26 @@ enum Cmd {
         #[arg(long)]
         front_pid: Option<i32>,
     },
+    /// Paired connection rate: the cycles of `rate`, alternating between `--proxy` (even
+    /// cycles) and `--proxy-b` (odd cycles), `--concurrency` at a time, so both paths see the
+    /// same machine at every moment. One `rate_paired` JSON line with each path's rate and
+    /// `ratio_b_over_a`. `--mode` connect or socks5.
+    RatePaired {
+        #[command(flatten)]
+        c: ClientArgs,
+        /// The second proxy (same mode and targets).
+        #[arg(long)]
+        proxy_b: SocketAddr,
+        /// Name of the second path in the results (`--label` names the first).
+        #[arg(long)]
+        label_b: String,
+        /// Cycles in all (half on each path).
+        #[arg(long, default_value_t = 4000)]
+        count: usize,
+        /// Cycles in progress at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+    },
     /// UDP DNS load: `--concurrency` A queries for `--name` kept in flight against `--server`
     /// by `--workers` threads (one socket each); responses/s by response code, timeouts, and
     /// the server's CPU seconds per 100k answers (`--pid`). One JSON line.
@@ -403,6 +423,30 @@ async fn run(cmd: Cmd) -> io::Result<()> {
                 count,
                 concurrency,
                 pids,
+                c.limit(),
+            )
+            .await
+        }
+        Cmd::RatePaired {
+            c,
+            proxy_b,
+            label_b,
+            count,
+            concurrency,
+        } => {
+            let a = c.client(&c.target)?;
+            if a.mode == Mode::Direct {
+                return Err(io::Error::other("rate-paired compares two proxies: --mode connect or socks5"));
+            }
+            let mut b = a.clone();
+            client::check_loopback(&proxy_b)?;
+            b.proxy = Some(proxy_b);
+            client::rate_paired(
+                &a,
+                &b,
+                (&c.label, &label_b),
+                count,
+                concurrency,
                 c.limit(),
             )
             .await
