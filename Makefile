@@ -13,6 +13,7 @@ run: deps
 # (promtool, systemd-analyze, manifests) checked against the built binary.
 test: deps lint
 	cargo test --all-targets --features pingora-lb
+	cargo test --doc --features pingora-lb
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --features pingora-lb
 	CAROUSEL_BIN=target/debug/carousel deploy/check.sh
 

@@ -85,10 +85,11 @@ RESP_ADDR=127.0.0.155:5353; DNSMASQ_IP=127.0.0.156; DNSMASQ_PORT=5353
 CAROUSEL_PP=17011; CAROUSEL_PLAIN=17012; HAPROXY_PP=17021; HAPROXY_PLAIN=17022
 ROUNDS=3
 if [ "$QUICK" = 1 ]; then
-    DNS_SECONDS=1; DNS_C=64; PP_COUNT=300; PP_COUNT_C=300; PP_WARM=100; PP_C=16
+    DNS_SECONDS=1; DNS_C=64; PP_COUNT=300; PP_COUNT_C=300; PP_WARM=100; PP_C=16; PP_PAIRED=300
 else
-    # Cycles per run: sequential, and $PP_C at a time; unrecorded warm-up cycles per path and round.
-    DNS_SECONDS=5; DNS_C=64; PP_COUNT=5000; PP_COUNT_C=10000; PP_WARM=1000; PP_C=16
+    # Cycles per run: sequential, and $PP_C at a time; unrecorded warm-up cycles per path and
+    # round; cycles of a paired run (both paths interleaved, half each).
+    DNS_SECONDS=5; DNS_C=64; PP_COUNT=5000; PP_COUNT_C=10000; PP_WARM=1000; PP_C=16; PP_PAIRED=8000
 fi
 
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
@@ -779,6 +780,21 @@ run_proxyproto() {
                         --concurrency "$c" --pid "$cpid" --front-pid "$hpid" --time-limit $STEP_LIMIT >/dev/null || true
                 done
             done
+            # Paired runs: both paths in one run, cycle by cycle (even cycles on the first
+            # path), so other load on the machine hits both alike; which path is first
+            # alternates. Then a control run with the plain path on both sides: the ratio's noise.
+            for r in $(seq 1 "$ROUNDS"); do
+                if [ $((r % 2)) = 1 ]; then
+                    set -- --proxy "127.0.0.1:$HAPROXY_PP" --label haproxy-pp2 --proxy-b "127.0.0.1:$HAPROXY_PLAIN" --label-b haproxy-plain
+                else
+                    set -- --proxy "127.0.0.1:$HAPROXY_PLAIN" --label haproxy-plain --proxy-b "127.0.0.1:$HAPROXY_PP" --label-b haproxy-pp2
+                fi
+                lg rate-paired --mode connect "$@" --target "$ONESHOT_T" --count "$PP_PAIRED" --concurrency "$c" \
+                    --time-limit $STEP_LIMIT >/dev/null || true
+            done
+            lg rate-paired --mode connect --proxy "127.0.0.1:$HAPROXY_PLAIN" --label haproxy-plain \
+                --proxy-b "127.0.0.1:$HAPROXY_PLAIN" --label-b haproxy-plain-again --target "$ONESHOT_T" \
+                --count "$PP_PAIRED" --concurrency "$c" --time-limit $STEP_LIMIT >/dev/null || true
         done
     fi
     kill -0 "$cpid" 2>/dev/null || log "carousel exited during the proxyproto step (see $OUT/carousel-pp.log)"
@@ -991,7 +1007,11 @@ mkdir -p "$(dirname "$DOC")"
         echo "  \`carousel-loadgen rate\` through each frontend: cycles of CONNECT to \`$ONESHOT_T\`, 32-byte"
         echo "  echo, backend closes; $PP_COUNT sequentially, then $PP_COUNT_C with $PP_C at a time; $ROUNDS rounds"
         echo "  each, alternating which path goes first, each round from a drained TIME_WAIT table"
-        echo "  (≤ $TW_SETTLED) and after $PP_WARM unrecorded warm-up cycles on each path."
+        echo "  (≤ $TW_SETTLED) and after $PP_WARM unrecorded warm-up cycles on each path. Then, for each"
+        echo "  concurrency, $ROUNDS paired runs (\`carousel-loadgen rate-paired\`: $PP_PAIRED cycles alternating"
+        echo "  between the two frontends cycle by cycle, so the rest of the machine's load hits both paths"
+        echo "  alike; a path's conn/s = its cycles × concurrency ÷ the time its cycles took) and one control"
+        echo "  run with the plain frontend on both sides, whose ratio shows the method's own noise."
         echo "  CPU per connection for carousel and for HAProxy (utime+stime over the run ÷ cycles)."
     fi
     echo "- **Bounds.** Every step has a count and a time limit (${STEP_LIMIT} s), every connect and"

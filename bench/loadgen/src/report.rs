@@ -863,5 +863,96 @@ fn responder_and_proxy_protocol(text: &str) -> String {
             );
         }
     }
+
+    let paired: Vec<&Value> = results
+        .iter()
+        .filter(|v| v.get("test").and_then(Value::as_str) == Some("rate_paired"))
+        .collect();
+    if !paired.is_empty() {
+        let _ = writeln!(w, "\n#### Paired runs (both paths interleaved cycle by cycle)\n");
+        let _ = writeln!(
+            w,
+            "`carousel-loadgen rate-paired`: one run alternates its cycles between the two \
+             frontends, so whatever else the machine does hits both paths alike. A path's conn/s \
+             = its cycles × concurrency ÷ the time its cycles took. The control run has the plain \
+             frontend on both sides: its ratio is the method's own noise.\n"
+        );
+        let _ = writeln!(
+            w,
+            "| concurrency | run | conn/s pp2 | conn/s plain | ratio pp2 ÷ plain | errors |"
+        );
+        let _ = writeln!(w, "|---:|---|---:|---:|---:|---:|");
+        let mut cs: Vec<u64> = paired
+            .iter()
+            .map(|v| v.get("concurrency").and_then(Value::as_u64).unwrap_or(1))
+            .collect();
+        cs.sort_unstable();
+        cs.dedup();
+        let mut summary = Vec::new();
+        for c in cs {
+            let mut ratios = Vec::new();
+            let mut control = None;
+            for v in paired
+                .iter()
+                .filter(|v| v.get("concurrency").and_then(Value::as_u64).unwrap_or(1) == c)
+            {
+                let side = |k: &str| v.get(k).cloned().unwrap_or(Value::Null);
+                let (a, b) = (side("a"), side("b"));
+                let la = a.get("label").and_then(Value::as_str).unwrap_or("");
+                let lb = b.get("label").and_then(Value::as_str).unwrap_or("");
+                let errs = u(&a, "errors") + u(&b, "errors");
+                let (pp, plain, run) = if la.ends_with("pp2") {
+                    (f(&a, "per_s"), f(&b, "per_s"), "pp2 first")
+                } else if lb.ends_with("pp2") {
+                    (f(&b, "per_s"), f(&a, "per_s"), "plain first")
+                } else {
+                    // The control: plain against plain.
+                    let r = ratio(f(&b, "per_s"), f(&a, "per_s"));
+                    control = r;
+                    let _ = writeln!(
+                        w,
+                        "| {c} | control: plain ÷ plain | {} (2nd) | {} | {} | {errs} |",
+                        opt(f(&b, "per_s"), 0),
+                        opt(f(&a, "per_s"), 0),
+                        opt(r, 3),
+                    );
+                    continue;
+                };
+                let r = ratio(pp, plain);
+                if let Some(r) = r {
+                    ratios.push(r);
+                }
+                let _ = writeln!(
+                    w,
+                    "| {c} | {run} | {} | {} | {} | {errs} |",
+                    opt(pp, 0),
+                    opt(plain, 0),
+                    opt(r, 3)
+                );
+            }
+            summary.push((c, median(ratios), control));
+        }
+        let _ = writeln!(
+            w,
+            "\n| concurrency | paired ratio pp2 ÷ plain (median) | cost of the header | target: cost < 5% | control ratio |"
+        );
+        let _ = writeln!(w, "|---:|---:|---:|---|---:|");
+        for (c, m, control) in summary {
+            let cost = m.map(|m| 1.0 - m);
+            let met = match cost {
+                Some(x) if x < 0.05 => "met",
+                Some(_) => "**not met**",
+                None => "–",
+            };
+            let _ = writeln!(
+                w,
+                "| {c} | **{}** | {} | {met} | {} |",
+                opt(m, 3),
+                cost.map(|x| format!("{:.1}%", x * 100.0))
+                    .unwrap_or_else(|| "–".into()),
+                opt(control, 3),
+            );
+        }
+    }
     out
 }
