@@ -9,9 +9,11 @@ run: deps
 	cargo run --release -- run
 
 # The whole test suite: formatting, lints, unit, property and integration tests (one target/ build,
-# with the Pingora plugin feature), the API docs without warnings, then the deploy files
+# with the Pingora plugin feature; the example is built first as a runnable binary, because
+# `--all-targets` builds examples only as test harnesses and tests/plugin.rs runs it), the API docs without warnings, then the deploy files
 # (promtool, systemd-analyze, manifests) checked against the built binary.
 test: deps lint
+	cargo build --examples --features pingora-lb
 	cargo test --all-targets --features pingora-lb
 	cargo test --doc --features pingora-lb
 	RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --features pingora-lb

@@ -89,7 +89,8 @@ async fn the_public_api_rotates_ejects_follows_dns_and_serves_stale() {
     );
 }
 
-/// The example binary, built with the tests (`--all-targets --features pingora-lb`).
+/// The example binary, built by `make test` first (`cargo build --examples --features pingora-lb`):
+/// `--all-targets` alone builds examples only as test harnesses.
 fn example() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent()
@@ -118,7 +119,7 @@ async fn the_example_reverse_proxy_rotates_and_fails_over() {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("the example was built (cargo test --all-targets --features pingora-lb)");
+        .expect("the example was built (cargo build --examples --features pingora-lb, as make test does)");
     let url = format!("http://{listen}/");
     let mut up = false;
     for _ in 0..200 {
