@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::cluster::Member;
-use crate::config::DialSection;
+use crate::config::{DialSection, PreferFamily};
 
 /// One address to try, and the cluster member behind it if any.
 #[derive(Clone)]
@@ -193,15 +193,17 @@ impl FailureMemory {
 
     /// Orders this request's candidates: a failed address due for its half-open trial first (at
     /// most one, claimed by this request), then the addresses that are not failed, rotated by
-    /// `turn` among themselves, then the failed ones. `addrs` is the name's full set in a stable
-    /// order; `turn` is the name's per-request counter.
-    pub fn order(&self, addrs: &[SocketAddr], turn: usize) -> Vec<SocketAddr> {
-        let rotate = |v: &[SocketAddr]| -> Vec<SocketAddr> {
-            let n = v.len().max(1);
-            (0..v.len()).map(|i| v[(turn + i) % n]).collect()
-        };
+    /// `turn` among themselves (the preferred family's first, then the families alternating),
+    /// then the failed ones. `addrs` is the name's full set in a stable order; `turn` is the
+    /// name's per-request counter.
+    pub fn order(
+        &self,
+        addrs: &[SocketAddr],
+        turn: usize,
+        prefer: PreferFamily,
+    ) -> Vec<SocketAddr> {
         if self.failed.is_empty() {
-            return rotate(addrs);
+            return arrange(addrs, turn, prefer);
         }
         let now = Instant::now();
         let mut trial = None;
@@ -226,10 +228,31 @@ impl FailureMemory {
             }
         }
         let mut out: Vec<SocketAddr> = trial.into_iter().collect();
-        out.extend(interleave(rotate(&good)));
+        out.extend(arrange(&good, turn, prefer));
         out.extend(bad);
         out
     }
+}
+
+/// The good addresses of a name in this request's order: the preferred family's rotated by
+/// `turn`, then the other family's rotated alike, the families alternating from the second on.
+/// Rotating each family on its own keeps the shares even within it (rotating the mixed list
+/// and then moving the first preferred address up would give one address most of the turns).
+fn arrange(addrs: &[SocketAddr], turn: usize, prefer: PreferFamily) -> Vec<SocketAddr> {
+    fn rotate(v: Vec<SocketAddr>, turn: usize) -> Vec<SocketAddr> {
+        let n = v.len().max(1);
+        (0..v.len()).map(|i| v[(turn + i) % n]).collect()
+    }
+    let want_v4 = match prefer {
+        PreferFamily::Ipv6 => false,
+        PreferFamily::Ipv4 => true,
+        PreferFamily::Any => return interleave(rotate(addrs.to_vec(), turn)),
+    };
+    let (preferred, other): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        addrs.iter().partition(|a| a.is_ipv4() == want_v4);
+    let mut out = rotate(preferred, turn);
+    out.extend(rotate(other, turn));
+    interleave(out)
 }
 
 /// Alternates address families after the first candidate (RFC 8305 §4), keeping each family's
@@ -379,9 +402,12 @@ mod tests {
         let m = FailureMemory::new(Duration::from_secs(30));
         let a = addrs();
         m.mark_failed(a[1]);
-        assert_eq!(m.order(&a, 0), vec![a[0], a[2], a[3], a[1]]);
+        assert_eq!(
+            m.order(&a, 0, PreferFamily::Any),
+            vec![a[0], a[2], a[3], a[1]]
+        );
         m.mark_ok(a[1]);
-        assert_eq!(m.order(&a, 0), a);
+        assert_eq!(m.order(&a, 0, PreferFamily::Any), a);
     }
 
     #[test]
@@ -391,7 +417,7 @@ mod tests {
         m.mark_failed(a[2]);
         let mut firsts = std::collections::HashMap::new();
         for turn in 0..90 {
-            let order = m.order(&a, turn);
+            let order = m.order(&a, turn, PreferFamily::Any);
             assert_eq!(order[3], a[2], "the failed address is last");
             *firsts.entry(order[0]).or_insert(0) += 1;
         }
@@ -424,24 +450,72 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_preferred_family_goes_first_and_its_addresses_rotate_evenly() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let v = vec![
+            a("127.0.0.1:80"),
+            a("127.0.0.2:80"),
+            a("[::1]:80"),
+            a("[::2]:80"),
+            a("[::3]:80"),
+        ];
+        let m = FailureMemory::new(Duration::from_secs(30));
+        let mut firsts = std::collections::HashMap::new();
+        for turn in 0..90 {
+            let order = m.order(&v, turn, PreferFamily::Ipv6);
+            assert!(
+                order[0].is_ipv6() && order[1].is_ipv4() && order[2].is_ipv6(),
+                "{order:?}"
+            );
+            assert_eq!(order.len(), 5);
+            *firsts.entry(order[0]).or_insert(0) += 1;
+        }
+        assert_eq!(firsts.len(), 3, "{firsts:?}");
+        assert!(firsts.values().all(|&n| n == 30), "{firsts:?}");
+        let order = m.order(&v, 1, PreferFamily::Ipv4);
+        assert_eq!(
+            order[..3],
+            [a("127.0.0.2:80"), a("[::2]:80"), a("127.0.0.1:80")]
+        );
+        // No preference: every address of either family takes an even share of first picks.
+        let mut firsts = std::collections::HashMap::new();
+        for turn in 0..100 {
+            *firsts
+                .entry(m.order(&v, turn, PreferFamily::Any)[0])
+                .or_insert(0) += 1;
+        }
+        assert!(
+            firsts.len() == 5 && firsts.values().all(|&n| n == 20),
+            "{firsts:?}"
+        );
+        // A failed IPv6 address goes last; the other IPv6 addresses still go first.
+        m.mark_failed(v[2]);
+        for turn in 0..4 {
+            let order = m.order(&v, turn, PreferFamily::Ipv6);
+            assert!(order[0].is_ipv6() && order[0] != v[2], "{order:?}");
+            assert_eq!(*order.last().unwrap(), v[2]);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_failed_address_gets_one_half_open_trial_after_its_back_off() {
         let m = FailureMemory::new(Duration::from_secs(30));
         let a = addrs();
         m.mark_failed(a[0]);
-        assert_eq!(*m.order(&a, 0).last().unwrap(), a[0]);
+        assert_eq!(*m.order(&a, 0, PreferFamily::Any).last().unwrap(), a[0]);
         tokio::time::advance(FIRST_RETRY).await;
         // One request, and only one, tries it first.
-        assert_eq!(m.order(&a, 0)[0], a[0]);
-        assert_eq!(*m.order(&a, 0).last().unwrap(), a[0]);
+        assert_eq!(m.order(&a, 0, PreferFamily::Any)[0], a[0]);
+        assert_eq!(*m.order(&a, 0, PreferFamily::Any).last().unwrap(), a[0]);
         // The trial fails: the back-off doubles.
         m.mark_failed(a[0]);
         tokio::time::advance(FIRST_RETRY).await;
-        assert_eq!(*m.order(&a, 1).last().unwrap(), a[0]);
+        assert_eq!(*m.order(&a, 1, PreferFamily::Any).last().unwrap(), a[0]);
         tokio::time::advance(FIRST_RETRY).await;
-        assert_eq!(m.order(&a, 1)[0], a[0]);
+        assert_eq!(m.order(&a, 1, PreferFamily::Any)[0], a[0]);
         // The trial succeeds: back in rotation with its full share.
         m.mark_ok(a[0]);
-        assert_eq!(m.order(&a, 0), a);
+        assert_eq!(m.order(&a, 0, PreferFamily::Any), a);
     }
 }

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use support::proxy::Carousel;
@@ -120,6 +120,8 @@ impl Fixture {
 enum Via {
     Connect,
     Socks5,
+    /// An absolute-form `GET http://host:port/` (pingora-proxy's path), `Connection: close`.
+    Forward,
 }
 
 const BOTH: [Via; 2] = [Via::Connect, Via::Socks5];
@@ -128,6 +130,26 @@ const BOTH: [Via; 2] = [Via::Connect, Via::Socks5];
 async fn who(via: Via, proxy: &Carousel, host: &str, port: u16) -> Result<String, String> {
     let work = async {
         let mut s = match via {
+            Via::Forward => {
+                let mut s = TcpStream::connect(proxy.http)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let head = format!(
+                    "GET http://{host}:{port}/ HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+                );
+                s.write_all(head.as_bytes())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !out.starts_with("HTTP/1.1 200") {
+                    return Err(out.lines().next().unwrap_or("").to_string());
+                }
+                let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+                return Ok(body.trim().to_string());
+            }
             Via::Socks5 => {
                 let mut s = TcpStream::connect(proxy.socks)
                     .await
@@ -137,11 +159,14 @@ async fn who(via: Via, proxy: &Carousel, host: &str, port: u16) -> Result<String
                 s.read_exact(&mut m).await.map_err(|e| e.to_string())?;
                 let req = support::socks5_connect(host, port);
                 s.write_all(&req).await.map_err(|e| e.to_string())?;
-                let mut r = [0u8; 10];
+                let mut r = [0u8; 4];
                 s.read_exact(&mut r).await.map_err(|e| e.to_string())?;
                 if r[1] != 0 {
                     return Err(format!("socks5 reply {:#04x}", r[1]));
                 }
+                // The bound address: IPv4 or IPv6 (the member's family), then the port.
+                let mut bound = vec![0u8; if r[3] == 4 { 18 } else { 6 }];
+                s.read_exact(&mut bound).await.map_err(|e| e.to_string())?;
                 s
             }
             Via::Connect => {
@@ -631,13 +656,83 @@ async fn a_blackholed_member_costs_the_attempt_delay_not_the_connect_timeout() {
         "[[cluster]]\nname = \"{NAME}\"\nports = [{}]\n[cluster.health]\n{SLOW_HEALTH}\n[cluster.outlier]\n{NO_EJECT}\n",
         f.port
     );
+    reload_dial(
+        &f,
+        &extra,
+        "connect_timeout_ms = 5000\nattempt_delay_ms = 100",
+    )
+    .await;
+    let mut forward_raced = 0;
+    // Three requests in rotation for each path: one of each three starts with the blackholed
+    // member. The tunnels and the absolute-form forward path share the racing dial.
+    let tunnels = [Via::Socks5, Via::Connect, Via::Socks5];
+    for (i, via) in tunnels.into_iter().chain([Via::Forward; 3]).enumerate() {
+        if i == 3 {
+            assert!(
+                f.attempts(11, "abandoned").await >= 1.0,
+                "no tunnel attempt was abandoned"
+            );
+        }
+        let before = f.attempts(11, "abandoned").await;
+        let started = Instant::now();
+        let name = who(via, &f.proxy, NAME, f.port).await.expect("served");
+        assert!(name == "b12" || name == "b13", "{name}");
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "{via:?} took {:?}",
+            started.elapsed()
+        );
+        if i >= 3 && f.attempts(11, "abandoned").await > before {
+            forward_raced += 1;
+        }
+    }
+    assert_eq!(
+        forward_raced, 1,
+        "forward requests that raced past the blackhole"
+    );
+    // An abandoned attempt is not a failure: the member was not marked failed by it.
+    assert_eq!(f.attempts(11, "timeout").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_member_is_followed_by_one_of_the_other_family() {
+    let dns = DnsServer::start().await;
+    dns.set_a(NAME, &[ip4(11), ip4(12)], 30);
+    dns.set_aaaa(NAME, &[Ipv6Addr::LOCALHOST], 30);
+    let ips = [
+        IpAddr::V4(ip4(11)),
+        IpAddr::V4(ip4(12)),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ];
+    let (port, backends) = Backend::start_set(&ips, &["b11", "b12", "b6"]).await;
+    let extra = format!(
+        "[[cluster]]\nname = \"{NAME}\"\nports = [{port}]\n[cluster.health]\n{SLOW_HEALTH}\n[cluster.outlier]\n{NO_EJECT}\n"
+    );
+    let f = Fixture::ready(dns, port, backends, &extra).await;
+    // The first attempts rotate over every member, whatever its family.
+    let (served, errors) = run(&f, 30).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(counts(&served, &["b11", "b12", "b6"]), vec![10, 10, 10]);
+    // IPv4 is broken (both IPv4 members refuse; the checks have not noticed, nothing ejects).
+    f.backends[0].stop();
+    f.backends[1].stop();
+    let (served, errors) = run(&f, 30).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(counts(&served, &["b11", "b12", "b6"]), vec![0, 0, 30]);
+    // A request that starts with a dead IPv4 member tries the IPv6 one next, never the other
+    // IPv4 one: each IPv4 member refused exactly its own 10 first attempts. In rotation order
+    // alone, one of the two would also be every other one's second attempt (20).
+    assert_eq!(f.attempts(11, "refused").await, 10.0);
+    assert_eq!(f.attempts(12, "refused").await, 10.0);
+}
+
+/// Reloads `f`'s carousel with cluster `extra` and the harness's `connect_timeout_ms = 300`
+/// replaced by `dial` (and a 10 s deadline).
+async fn reload_dial(f: &Fixture, extra: &str, dial: &str) {
     let text = f
         .proxy
-        .config_text(support::proxy::DEFAULT_ACCESS, &extra)
-        .replace(
-            "connect_timeout_ms = 300",
-            "connect_timeout_ms = 5000\nattempt_delay_ms = 100",
-        )
+        .config_text(support::proxy::DEFAULT_ACCESS, extra)
+        .replace("connect_timeout_ms = 300", dial)
         .replace("deadline_ms = 3000", "deadline_ms = 10000");
     f.proxy.rewrite(&text);
     f.proxy.signal("HUP");
@@ -648,23 +743,52 @@ async fn a_blackholed_member_costs_the_attempt_delay_not_the_connect_timeout() {
             == 1.0
     })
     .await;
-    // Three requests in rotation: one of them starts with the blackholed member.
-    for via in [Via::Socks5, Via::Connect, Via::Socks5] {
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_slow_to_accept_still_serves_and_is_not_ejected() {
+    // The cluster's only member (nothing races it), ejected after a single failure: if a slow
+    // connect counted as one, the first request would eject it.
+    let dns = DnsServer::start().await;
+    dns.set_a(NAME, &[ip4(11)], 30);
+    let (port, backends) = Backend::start_set(&[IpAddr::V4(ip4(11))], &["b11"]).await;
+    let extra = format!(
+        "[[cluster]]\nname = \"{NAME}\"\nports = [{port}]\n[cluster.health]\n{SLOW_HEALTH}\n[cluster.outlier]\nconsecutive_failures = 1\n"
+    );
+    let f = Fixture::ready(dns, port, backends, &extra).await;
+    // Per-attempt timeout above the SYN retransmission (1 s), default attempt delay (250 ms).
+    reload_dial(
+        &f,
+        &extra,
+        "connect_timeout_ms = 3000\nattempt_delay_ms = 250",
+    )
+    .await;
+    f.backends[0].stop();
+    let addr = SocketAddr::new(IpAddr::V4(ip4(11)), port);
+    let mut late = None;
+    for via in [Via::Socks5, Via::Connect, Via::Forward] {
+        drop(late.take());
+        // Too busy to accept: its queue is full, SYNs are dropped. After 400 ms it accepts
+        // again; the connect completes on the client's SYN retransmission.
+        let hole = carousel::testbed::blackhole::Blackhole::new(addr).unwrap();
         let started = Instant::now();
-        let name = who(via, &f.proxy, NAME, f.port).await.expect("served");
-        assert!(name == "b12" || name == "b13", "{name}");
+        let (name, server) = tokio::join!(who(via, &f.proxy, NAME, port), async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Backend::serve(hole.into_listener(), "b11-late").unwrap()
+        });
+        late = Some(server);
+        assert_eq!(name.as_deref(), Ok("b11-late"), "{via:?}");
         assert!(
-            started.elapsed() < Duration::from_millis(2500),
-            "{via:?} took {:?}",
-            started.elapsed()
+            started.elapsed() >= Duration::from_millis(400),
+            "{via:?} connected before the member accepted"
         );
     }
-    assert!(
-        f.attempts(11, "abandoned").await >= 1.0,
-        "no attempt was abandoned"
-    );
-    // An abandoned attempt is not a failure: the member was not marked failed by it.
-    assert_eq!(f.attempts(11, "timeout").await, 0.0);
+    assert_eq!(f.metric("carousel_member_up", 11).await, 1.0);
+    assert_eq!(f.metric("carousel_member_ejections_total", 11).await, 0.0);
+    assert_eq!(f.attempts(11, "ok").await, 3.0);
+    for result in ["timeout", "refused", "abandoned"] {
+        assert_eq!(f.attempts(11, result).await, 0.0, "{result} attempts");
+    }
 }
 
 /// `n` SOCKS5 tunnels to member 127.0.0.`last` (by its address), each with one echo done.

@@ -448,6 +448,62 @@ async fn a_dual_stack_name_with_a_dead_ipv6_address_is_always_served() {
     }
 }
 
+/// `n` SOCKS5 requests for `host`; how many each backend in `names` served.
+async fn served_by(f: &Fixture, host: &str, n: usize, names: &[&str]) -> Vec<usize> {
+    let mut served = Vec::new();
+    for i in 0..n {
+        let who = socks5_who(f.proxy.socks, host, f.port)
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        served.push(who);
+    }
+    names
+        .iter()
+        .map(|b| served.iter().filter(|s| s == b).count())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_name_prefers_ipv6_and_each_family_rotates_evenly() {
+    let f = fixture().await;
+    let _b6 = Backend::start(IpAddr::V6(Ipv6Addr::LOCALHOST), f.port, "b6")
+        .await
+        .expect("::1 on the backends' port");
+    let host = "both.cluster.test";
+    f.dns.set_a(host, &[ip4(11), ip4(12)], TTL);
+    f.dns.set_aaaa(host, &[Ipv6Addr::LOCALHOST], TTL);
+    let names = ["b11", "b12", "b6"];
+    // The default, as RFC 8305 says: IPv6 while it works.
+    assert_eq!(served_by(&f, host, 30, &names).await, vec![0, 0, 30]);
+    let mut reloads = 0.0;
+    for (prefer, want) in [("ipv4", vec![15, 15, 0]), ("any", vec![10, 10, 10])] {
+        let text = f
+            .proxy
+            .config_text(support::proxy::DEFAULT_ACCESS, "")
+            .replace(
+                "failure_memory_seconds = 30",
+                &format!("failure_memory_seconds = 30\nprefer_family = \"{prefer}\""),
+            );
+        assert!(text.contains("prefer_family"), "the harness config changed");
+        f.proxy.rewrite(&text);
+        f.proxy.signal("HUP");
+        reloads += 1.0;
+        let series = r#"carousel_config_reloads_total{result="ok"}"#;
+        for _ in 0..100 {
+            if f.proxy.metric(series).await == reloads {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(f.proxy.metric(series).await, reloads, "reloaded");
+        assert_eq!(
+            served_by(&f, host, 30, &names).await,
+            want,
+            "prefer_family = {prefer}"
+        );
+    }
+}
+
 /// Sends a SOCKS5 CONNECT for `host:port` and returns the reply code.
 async fn socks5_reply_code(proxy: SocketAddr, host: &str, port: u16) -> u8 {
     let mut s = TcpStream::connect(proxy).await.unwrap();

@@ -21,6 +21,25 @@ pub struct DialSection {
     pub attempt_delay_ms: u64,
     /// Seconds a failed address is tried last.
     pub failure_memory_seconds: u64,
+    /// Which family a name's first attempt uses when it has both (RFC 8305 §4).
+    pub prefer_family: PreferFamily,
+}
+
+/// The address family a name's first connect attempt goes to when the name has addresses of
+/// both: RFC 8305 starts with IPv6 and alternates after it, so a broken IPv6 path costs one
+/// attempt delay, not the request. Cluster members are distinct servers whose shares must stay
+/// even, so a cluster's first pick is always the rotation's, of either family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PreferFamily {
+    /// IPv6 first (the RFC's default): a dual-stack name is served over IPv6 while it works.
+    #[default]
+    Ipv6,
+    /// IPv4 first: for networks whose IPv6 egress is known to be worse.
+    Ipv4,
+    /// No preference: the rotation's pick of either family, so every address of the name takes
+    /// an even share.
+    Any,
 }
 
 impl Default for DialSection {
@@ -31,6 +50,7 @@ impl Default for DialSection {
             max_attempts: 8,
             attempt_delay_ms: 250,
             failure_memory_seconds: 30,
+            prefer_family: PreferFamily::Ipv6,
         }
     }
 }

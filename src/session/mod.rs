@@ -179,7 +179,11 @@ impl Proxy {
                             .iter()
                             .map(|ip| SocketAddr::new(*ip, target.port))
                             .collect();
-                        let order = self.failures.order(&all, resolved.start);
+                        let order = self.failures.order(
+                            &all,
+                            resolved.start,
+                            runtime.config.dial.prefer_family,
+                        );
                         (None, Source::List(order.into_iter()))
                     }
                 }
@@ -246,7 +250,7 @@ impl Proxy {
                 None => OpenError::NoMembers(cluster.name.clone()),
             }
         })?;
-        Ok(Source::Cluster(sel))
+        Ok(Source::Cluster(plan::FamilyPicks::new(sel)))
     }
 
     /// Opens a connection to `target` for a tunnel: plan, then ordered attempts.

@@ -1,6 +1,7 @@
 //! One request's candidates: where they come from (a cluster's rotation, a name's addresses, a
 //! member's own address), the policy applied to each, and what the dial reports back.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,13 +16,60 @@ use super::runtime::Runtime;
 
 pub(super) enum Source {
     List(std::vec::IntoIter<SocketAddr>),
-    Cluster(Picks),
+    Cluster(FamilyPicks),
     /// A member's own address, asked for literally: that member first (if given), then, with
     /// `rescue_member_ips`, the cluster's other members in rotation.
     Member {
         first: Option<Arc<Member>>,
         rest: Option<Picks>,
     },
+}
+
+/// A cluster's picks with the address families alternating after the first (RFC 8305 §4): when
+/// the first member's family is broken, the next attempt, and the race against the first, go to
+/// the other family. The first pick stays the rotation's, of either family, so every member keeps
+/// its share of first attempts.
+pub(super) struct FamilyPicks {
+    picks: Picks,
+    /// Drawn from the rotation ahead of their turn while looking for the other family.
+    held: VecDeque<Arc<Member>>,
+    last_v4: Option<bool>,
+}
+
+impl FamilyPicks {
+    pub(super) fn new(picks: Picks) -> Self {
+        Self {
+            picks,
+            held: VecDeque::new(),
+            last_v4: None,
+        }
+    }
+}
+
+impl Iterator for FamilyPicks {
+    type Item = Arc<Member>;
+
+    fn next(&mut self) -> Option<Arc<Member>> {
+        let m = match self.last_v4 {
+            None => self.picks.next(),
+            Some(last_v4) => {
+                let want_v4 = !last_v4;
+                match self.held.iter().position(|m| m.addr.is_ipv4() == want_v4) {
+                    Some(i) => self.held.remove(i),
+                    // Draw ahead (at most the cluster's members) until the other family.
+                    None => loop {
+                        match self.picks.next() {
+                            Some(m) if m.addr.is_ipv4() == want_v4 => break Some(m),
+                            Some(m) => self.held.push_back(m),
+                            None => break self.held.pop_front(),
+                        }
+                    },
+                }
+            }
+        }?;
+        self.last_v4 = Some(m.addr.is_ipv4());
+        Some(m)
+    }
 }
 
 /// Who is asking: checked against the rules for every candidate address.
@@ -103,7 +151,7 @@ impl Attempts for Plan {
                 },
                 Source::Cluster(sel) => {
                     let m = sel.next()?;
-                    if sel.is_panic() && !self.panic_counted {
+                    if sel.picks.is_panic() && !self.panic_counted {
                         self.panic_counted = true;
                         metrics()
                             .panic_requests

@@ -40,4 +40,16 @@ impl Blackhole {
             "could not fill the accept queue of {addr}"
         )))
     }
+
+    /// Ends the blackhole by starting to accept: a server that was too busy to accept for a
+    /// while. The fillers are closed; their queued connections are the first the listener
+    /// accepts (each reads as an immediate EOF). Connects whose SYN was dropped meanwhile complete
+    /// on their client's next SYN retransmission (about 1 s after the first on Linux).
+    pub fn into_listener(self) -> std::net::TcpListener {
+        let Blackhole { _socket, _fillers } = self;
+        drop(_fillers);
+        // Room in the queue from now on, as for a server that keeps up again.
+        let _ = _socket.listen(1024);
+        _socket.into()
+    }
 }

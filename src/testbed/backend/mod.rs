@@ -73,7 +73,21 @@ fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
 impl Backend {
     /// Start a backend on `ip:port` (port 0 = ephemeral).
     pub async fn start(ip: IpAddr, port: u16, name: &str) -> io::Result<Backend> {
-        let listener = bind_listener(SocketAddr::new(ip, port))?;
+        Self::with_listener(bind_listener(SocketAddr::new(ip, port))?, name)
+    }
+
+    /// Serve on a listener that already exists (a blackhole that starts accepting, say).
+    pub fn serve(listener: std::net::TcpListener, name: &str) -> io::Result<Backend> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
+        assert!(
+            listener.local_addr()?.ip().is_loopback(),
+            "test backends may only serve loopback"
+        );
+        Self::with_listener(listener, name)
+    }
+
+    fn with_listener(listener: TcpListener, name: &str) -> io::Result<Backend> {
         let addr = listener.local_addr()?;
         let (kill, _) = watch::channel(0u64);
         let inner = Arc::new(Inner {

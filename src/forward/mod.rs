@@ -4,8 +4,12 @@
 //! authentication, policy and its planned candidates: see `listener/http.rs`), handed over as an
 //! [`Admitted`] in the session's user context. pingora-proxy brings keep-alive on both sides,
 //! upstream connection reuse and hop-by-hop header handling; this module supplies the candidates
-//! and try-next through `fail_to_connect` + retry, the origin-form rewrite, `Via`, the bound on
-//! the wait for the upstream's response, and the access line.
+//! (the plan's first pick names pingora's peer, so a pooled connection to it is reused), the
+//! connect itself when none is pooled (`race`: the tunnels' racing dial, one budget for every
+//! attempt), the origin-form rewrite, `Via`, the bound on the wait for the upstream's response,
+//! and the access line.
+
+mod race;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,6 +29,7 @@ use crate::outcome::{ClientProtocol, Outcome};
 use crate::protocol::Target;
 use crate::reply::http_status;
 use crate::session::{Candidate, OpenError, Plan, Proxy, Requester};
+use race::{Ended, Race};
 
 /// The pingora-proxy application for plain HTTP.
 pub struct Forwarder {
@@ -70,9 +75,13 @@ pub struct Ctx {
     plan: Option<Plan>,
     dial: Option<DialSettings>,
     response_timeout: Duration,
-    current: Option<Candidate>,
+    /// The connect in progress, holding the plan while pingora runs it.
+    race: Option<Arc<Race>>,
     connected: Option<Candidate>,
-    attempt_started: Option<Instant>,
+    /// The connection went to another candidate than the peer pingora pools it under (the first
+    /// one lost the race): used for this request only, so that no later request for the first
+    /// candidate is sent to it from the pool.
+    single_use: bool,
     attempts: u32,
     deadline: Option<Instant>,
     failure: Option<(FailKind, String)>,
@@ -154,12 +163,16 @@ impl ProxyHttp for Forwarder {
             ));
             return Err(Error::explain(ErrorType::ConnectError, "deadline reached"));
         }
+        let Some(mut plan) = ctx.plan.take() else {
+            return Err(Error::explain(ErrorType::ConnectError, "no plan"));
+        };
         let next = if (ctx.attempts as usize) < dial.max_attempts {
-            ctx.plan.as_mut().and_then(Plan::next_candidate)
+            plan.next_candidate()
         } else {
             None
         };
-        let Some(candidate) = next else {
+        let Some(first) = next else {
+            ctx.plan = Some(plan);
             if ctx.attempts == 0 {
                 ctx.failure = Some((FailKind::Other, "no allowed address".into()));
                 ctx.outcome = Some(Outcome::Denied);
@@ -169,14 +182,20 @@ impl ProxyHttp for Forwarder {
                 "no candidates left",
             ));
         };
-        ctx.attempts += 1;
-        let mut peer = HttpPeer::new(candidate.addr, false, String::new());
-        peer.options.connection_timeout = Some(dial.per_attempt.min(deadline - now));
+        let mut peer = HttpPeer::new(first.addr, false, String::new());
+        // The race bounds each attempt (`per_attempt`) and all of them (what is left of the
+        // request's deadline, for a retry after a stale pooled connection too).
+        let settings = DialSettings {
+            deadline: deadline - now,
+            max_attempts: dial.max_attempts - ctx.attempts as usize,
+            ..dial
+        };
+        let race = Race::new(plan, first, settings);
+        peer.options.custom_l4 = Some(race.clone());
         // Bounds the wait for the response head (and each later read): a silent upstream is
         // answered 504 instead of holding the client for as long as it waits.
         peer.options.read_timeout = Some(ctx.response_timeout);
-        ctx.current = Some(candidate);
-        ctx.attempt_started = Some(now);
+        ctx.race = Some(race);
         Ok(Box::new(peer))
     }
 
@@ -187,20 +206,30 @@ impl ProxyHttp for Forwarder {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let kind = match e.etype() {
-            ErrorType::ConnectTimedout => FailKind::Timeout,
-            ErrorType::ConnectRefused => FailKind::Refused,
-            ErrorType::ConnectNoRoute => FailKind::Unreachable,
-            _ => FailKind::Other,
-        };
-        let detail = format!("connect to {}: {}", peer._address, e.etype().as_str());
-        if let (Some(plan), Some(c)) = (&ctx.plan, ctx.current.take()) {
-            plan.report_failure(&c, kind, &detail);
+        let (plan, ended) = ctx.race.take().map_or((None, None), |r| r.finish());
+        if plan.is_some() {
+            ctx.plan = plan;
         }
-        ctx.failure = Some((kind, detail));
-        let max = ctx.dial.map_or(1, |d| d.max_attempts);
-        let in_time = ctx.deadline.is_some_and(|d| Instant::now() < d);
-        e.set_retry((ctx.attempts as usize) < max && in_time);
+        match ended {
+            Some(Ended::Failed(f)) => {
+                ctx.attempts += f.attempts;
+                ctx.failure = Some((f.kind, f.detail));
+            }
+            // pingora failed before or after the connector (not a connect of ours): say so.
+            _ => {
+                let kind = match e.etype() {
+                    ErrorType::ConnectTimedout => FailKind::Timeout,
+                    ErrorType::ConnectRefused => FailKind::Refused,
+                    ErrorType::ConnectNoRoute => FailKind::Unreachable,
+                    _ => FailKind::Other,
+                };
+                ctx.attempts += 1;
+                let detail = format!("connect to {}: {}", peer._address, e.etype().as_str());
+                ctx.failure = Some((kind, detail));
+            }
+        }
+        // The race already tried every candidate it could within the budget.
+        e.set_retry(false);
         e
     }
 
@@ -208,19 +237,31 @@ impl ProxyHttp for Forwarder {
         &self,
         _session: &mut Session,
         reused: bool,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let (Some(plan), Some(c)) = (&ctx.plan, ctx.current.take()) {
-            let took = ctx.attempt_started.map(|t| t.elapsed()).unwrap_or_default();
-            if reused {
-                self.proxy.failures.mark_ok(c.addr);
-            } else {
-                plan.report_success(&c, took);
+        let (plan, ended) = ctx.race.take().map_or((None, None), |r| r.finish());
+        if plan.is_some() {
+            ctx.plan = plan;
+        }
+        let connected = match ended {
+            Some(Ended::Won(c, attempts)) => {
+                ctx.attempts += attempts;
+                ctx.single_use = Some(c.addr) != peer._address.as_inet().copied();
+                Some(c)
             }
+            Some(Ended::Unused(c)) if reused => {
+                // A pooled connection to the first candidate: it answered before.
+                ctx.attempts += 1;
+                self.proxy.failures.mark_ok(c.addr);
+                Some(c)
+            }
+            _ => None,
+        };
+        if let Some(c) = connected {
             ctx._active = c.member.as_ref().map(|m| m.open_connection());
             ctx.connected = Some(c);
         }
@@ -253,6 +294,9 @@ impl ProxyHttp for Forwarder {
             _ => "1.1",
         };
         req.append_header("Via", format!("{version} carousel"))?;
+        if ctx.single_use {
+            req.insert_header("Connection", "close")?;
+        }
         Ok(())
     }
 
