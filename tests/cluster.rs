@@ -690,6 +690,19 @@ async fn a_blackholed_member_costs_the_attempt_delay_not_the_connect_timeout() {
         forward_raced, 1,
         "forward requests that raced past the blackhole"
     );
+    // A connection won by another member than the one pingora pools it under (the peer it was
+    // given) is used for that request only: carousel asks the upstream to close it.
+    let mut single_use = 0;
+    for _ in 0..3 {
+        let before = f.attempts(11, "abandoned").await;
+        let name = forward_keep_alive(&f.proxy, NAME, f.port).await;
+        let raced = f.attempts(11, "abandoned").await > before;
+        let b = f.backends.iter().find(|b| b.name() == name).expect(&name);
+        let head = b.last_request_head().to_ascii_lowercase();
+        assert_eq!(head.contains("connection: close"), raced, "{name}: {head}");
+        single_use += usize::from(raced);
+    }
+    assert_eq!(single_use, 1, "raced keep-alive requests");
     // An abandoned attempt is not a failure: the member was not marked failed by it.
     assert_eq!(f.attempts(11, "timeout").await, 0.0);
 }
@@ -724,6 +737,35 @@ async fn a_failed_member_is_followed_by_one_of_the_other_family() {
     // alone, one of the two would also be every other one's second attempt (20).
     assert_eq!(f.attempts(11, "refused").await, 10.0);
     assert_eq!(f.attempts(12, "refused").await, 10.0);
+}
+
+/// One absolute-form GET for `host:port` with a keep-alive client (no `Connection` header): the
+/// body (the backend's name).
+async fn forward_keep_alive(proxy: &Carousel, host: &str, port: u16) -> String {
+    let work = async {
+        let mut s = TcpStream::connect(proxy.http).await.unwrap();
+        let head = format!("GET http://{host}:{port}/ HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") && buf.len() < 8192 {
+            assert_eq!(s.read(&mut byte).await.unwrap(), 1, "response head cut");
+            buf.push(byte[0]);
+        }
+        let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{text}");
+        let len: usize = text
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("content-length");
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        String::from_utf8_lossy(&body).trim().to_string()
+    };
+    timeout(Duration::from_secs(10), work)
+        .await
+        .expect("forward request")
 }
 
 /// Reloads `f`'s carousel with cluster `extra` and the harness's `connect_timeout_ms = 300`
