@@ -191,6 +191,7 @@ impl ProxyHttp for Forwarder {
             ..dial
         };
         let race = Race::new(plan, first, settings);
+        ctx.single_use = false;
         peer.options.custom_l4 = Some(race.clone());
         // Bounds the wait for the response head (and each later read): a silent upstream is
         // answered 504 instead of holding the client for as long as it waits.
@@ -294,7 +295,8 @@ impl ProxyHttp for Forwarder {
             _ => "1.1",
         };
         req.append_header("Via", format!("{version} carousel"))?;
-        if ctx.single_use {
+        // (Not for an upgrade: its `Connection: Upgrade` must stay, and it is never pooled.)
+        if ctx.single_use && !session.is_upgrade_req() {
             req.insert_header("Connection", "close")?;
         }
         Ok(())

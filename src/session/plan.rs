@@ -28,21 +28,51 @@ pub(super) enum Source {
 /// A cluster's picks with the address families alternating after the first (RFC 8305 §4): when
 /// the first member's family is broken, the next attempt, and the race against the first, go to
 /// the other family. The first pick stays the rotation's, of either family, so every member keeps
-/// its share of first attempts.
+/// its share of first attempts. The search for the other family stays within the SRV priority
+/// level of the last pick (a backup level is never reached early) and looks at most
+/// [`LOOKAHEAD`] picks ahead, so a single-family cluster costs a failover no extra walk.
 pub(super) struct FamilyPicks {
     picks: Picks,
     /// Drawn from the rotation ahead of their turn while looking for the other family.
     held: VecDeque<Arc<Member>>,
-    last_v4: Option<bool>,
+    /// Family and priority of the last member handed out.
+    last: Option<(bool, u16)>,
 }
+
+/// Most picks drawn ahead of their turn while looking for the other family.
+const LOOKAHEAD: usize = 8;
 
 impl FamilyPicks {
     pub(super) fn new(picks: Picks) -> Self {
         Self {
             picks,
             held: VecDeque::new(),
-            last_v4: None,
+            last: None,
         }
+    }
+
+    /// The next member of family `v4` at priority `level`, drawing ahead in the rotation.
+    fn other_family(&mut self, v4: bool, level: u16) -> Option<Arc<Member>> {
+        let fits = |m: &Arc<Member>| m.addr.is_ipv4() == v4 && m.priority == level;
+        if let Some(i) = self.held.iter().position(fits) {
+            return self.held.remove(i);
+        }
+        // Drawn past the level's end already: nothing more of this level to find.
+        if self.held.iter().any(|m| m.priority != level) {
+            return None;
+        }
+        for _ in 0..LOOKAHEAD {
+            let m = self.picks.next()?;
+            if fits(&m) {
+                return Some(m);
+            }
+            let past_level = m.priority != level;
+            self.held.push_back(m);
+            if past_level {
+                return None;
+            }
+        }
+        None
     }
 }
 
@@ -50,24 +80,14 @@ impl Iterator for FamilyPicks {
     type Item = Arc<Member>;
 
     fn next(&mut self) -> Option<Arc<Member>> {
-        let m = match self.last_v4 {
+        let m = match self.last {
             None => self.picks.next(),
-            Some(last_v4) => {
-                let want_v4 = !last_v4;
-                match self.held.iter().position(|m| m.addr.is_ipv4() == want_v4) {
-                    Some(i) => self.held.remove(i),
-                    // Draw ahead (at most the cluster's members) until the other family.
-                    None => loop {
-                        match self.picks.next() {
-                            Some(m) if m.addr.is_ipv4() == want_v4 => break Some(m),
-                            Some(m) => self.held.push_back(m),
-                            None => break self.held.pop_front(),
-                        }
-                    },
-                }
-            }
+            Some((last_v4, level)) => self
+                .other_family(!last_v4, level)
+                .or_else(|| self.held.pop_front())
+                .or_else(|| self.picks.next()),
         }?;
-        self.last_v4 = Some(m.addr.is_ipv4());
+        self.last = Some((m.addr.is_ipv4(), m.priority));
         Some(m)
     }
 }
@@ -232,5 +252,53 @@ impl Attempts for Plan {
                 .inc(),
         }
         crate::metrics::connect_timer(self.cluster_name()).observe(took.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Pool;
+    use crate::config::Selection;
+
+    fn order(members: &[(&str, u16)]) -> Vec<String> {
+        let members = members
+            .iter()
+            .map(|(a, p)| Arc::new(Member::new("c", a.parse().unwrap(), 1, *p)))
+            .collect();
+        let pool = Arc::new(Pool::new(members, 0));
+        FamilyPicks::new(pool.select(Selection::RoundRobin, 0))
+            .map(|m| m.addr.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn families_alternate_after_the_first_pick_within_a_level() {
+        assert_eq!(
+            order(&[("127.0.0.1:80", 0), ("127.0.0.2:80", 0), ("[::1]:80", 0)]),
+            ["127.0.0.1:80", "[::1]:80", "127.0.0.2:80"]
+        );
+        // An IPv6 backup level is not reached before the preferred level is used up.
+        assert_eq!(
+            order(&[
+                ("127.0.0.1:80", 0),
+                ("127.0.0.2:80", 0),
+                ("127.0.0.3:80", 0),
+                ("[::1]:80", 1),
+                ("127.0.0.4:80", 1),
+            ]),
+            [
+                "127.0.0.1:80",
+                "127.0.0.2:80",
+                "127.0.0.3:80",
+                "[::1]:80",
+                "127.0.0.4:80"
+            ]
+        );
+        // A single-family cluster keeps plain rotation order.
+        let v4: Vec<(String, u16)> = (1..=20).map(|i| (format!("127.0.0.{i}:80"), 0)).collect();
+        let v4: Vec<(&str, u16)> = v4.iter().map(|(a, p)| (a.as_str(), *p)).collect();
+        let want: Vec<String> = v4.iter().map(|(a, _)| a.to_string()).collect();
+        assert_eq!(order(&v4), want);
     }
 }
