@@ -451,6 +451,31 @@ fn on_read(r: io::Result<usize>, buf: &[u8], resp: &mut Vec<u8>) -> Option<bool>
     }
 }
 
+/// One attack connection from `src`, opened while holding a `gate` permit (so the connects are
+/// paced); the stream, when it opened, the end of its `hold`, and its `End` so far. `Err` is the
+/// `End` of a connection that never opened.
+async fn open(
+    src: Ipv4Addr,
+    proxy: SocketAddr,
+    hold: Duration,
+    op_timeout: Duration,
+    gate: Arc<Semaphore>,
+) -> Result<(TcpStream, Instant, tokio::time::Instant, End), End> {
+    let permit = gate.acquire_owned().await;
+    let s = connect_from(src, proxy, op_timeout).await;
+    drop(permit);
+    let s = s.map_err(|e| End {
+        error: Some(e.to_string()),
+        ..End::default()
+    })?;
+    let t0 = Instant::now();
+    let end = End {
+        connected: true,
+        ..End::default()
+    };
+    Ok((s, t0, tokio::time::Instant::from_std(t0 + hold), end))
+}
+
 /// Slowloris: the request line at once, then one byte of never-ending header lines per
 /// `trickle`, until the proxy closes or `hold` passes.
 #[allow(clippy::too_many_arguments)]
@@ -464,23 +489,9 @@ async fn slowloris_conn(
     op_timeout: Duration,
     gate: Arc<Semaphore>,
 ) -> End {
-    let permit = gate.acquire_owned().await;
-    let s = connect_from(src, proxy, op_timeout).await;
-    drop(permit);
-    let mut s = match s {
-        Ok(s) => s,
-        Err(e) => {
-            return End {
-                error: Some(e.to_string()),
-                ..End::default()
-            }
-        }
-    };
-    let t0 = Instant::now();
-    let deadline = tokio::time::Instant::from_std(t0 + hold);
-    let mut end = End {
-        connected: true,
-        ..End::default()
+    let (mut s, t0, deadline, mut end) = match open(src, proxy, hold, op_timeout, gate).await {
+        Ok(opened) => opened,
+        Err(end) => return end,
     };
     let mut resp = Vec::new();
     if s.write_all(&first).await.is_err() {
@@ -535,23 +546,9 @@ async fn big_head_conn(
     op_timeout: Duration,
     gate: Arc<Semaphore>,
 ) -> End {
-    let permit = gate.acquire_owned().await;
-    let s = connect_from(src, proxy, op_timeout).await;
-    drop(permit);
-    let mut s = match s {
-        Ok(s) => s,
-        Err(e) => {
-            return End {
-                error: Some(e.to_string()),
-                ..End::default()
-            }
-        }
-    };
-    let t0 = Instant::now();
-    let deadline = tokio::time::Instant::from_std(t0 + hold);
-    let mut end = End {
-        connected: true,
-        ..End::default()
+    let (mut s, t0, deadline, mut end) = match open(src, proxy, hold, op_timeout, gate).await {
+        Ok(opened) => opened,
+        Err(end) => return end,
     };
     let filler = vec![b'a'; 16 * 1024];
     let mut resp = Vec::new();

@@ -490,7 +490,11 @@ pub async fn rate_paired(
                 if i >= count {
                     break;
                 }
-                let (k, c) = if i % 2 == 0 { (0, &a) } else { (1, &b) };
+                let (k, c) = if i.is_multiple_of(2) {
+                    (0, &a)
+                } else {
+                    (1, &b)
+                };
                 let t = Instant::now();
                 match rate_cycle(c, i / 2).await {
                     Ok(answered) => {

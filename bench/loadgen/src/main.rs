@@ -436,20 +436,14 @@ async fn run(cmd: Cmd) -> io::Result<()> {
         } => {
             let a = c.client(&c.target)?;
             if a.mode == Mode::Direct {
-                return Err(io::Error::other("rate-paired compares two proxies: --mode connect or socks5"));
+                return Err(io::Error::other(
+                    "rate-paired compares two proxies: --mode connect or socks5",
+                ));
             }
             let mut b = a.clone();
             client::check_loopback(&proxy_b)?;
             b.proxy = Some(proxy_b);
-            client::rate_paired(
-                &a,
-                &b,
-                (&c.label, &label_b),
-                count,
-                concurrency,
-                c.limit(),
-            )
-            .await
+            client::rate_paired(&a, &b, (&c.label, &label_b), count, concurrency, c.limit()).await
         }
         Cmd::DnsLoad {
             server,

@@ -618,10 +618,7 @@ fn list(v: &[Option<f64>], digits: usize) -> String {
 }
 
 /// Results of `test`, grouped by label (first appearance first), each in round order.
-fn by_label<'a>(
-    results: &'a [Value],
-    keep: impl Fn(&Value) -> bool,
-) -> Vec<(String, Vec<&'a Value>)> {
+fn by_label(results: &[Value], keep: impl Fn(&Value) -> bool) -> Vec<(String, Vec<&Value>)> {
     let mut out: Vec<(String, Vec<&Value>)> = Vec::new();
     for v in results.iter().filter(|v| keep(v)) {
         let label = v.get("label").and_then(Value::as_str).unwrap_or("?");
@@ -772,13 +769,15 @@ fn responder_and_proxy_protocol(text: &str) -> String {
 
     let pp = by_label(&results, |v| {
         v.get("test").and_then(Value::as_str) == Some("rate")
-            && v
-                .get("label")
+            && v.get("label")
                 .and_then(Value::as_str)
                 .is_some_and(|l| l.starts_with(PP_PREFIX))
     });
     if !pp.is_empty() {
-        let _ = writeln!(w, "\n### PROXY protocol v2: connection rate through HAProxy\n");
+        let _ = writeln!(
+            w,
+            "\n### PROXY protocol v2: connection rate through HAProxy\n"
+        );
         let _ = writeln!(
             w,
             "`carousel-loadgen rate` through HAProxy (mode tcp) into carousel: CONNECT, 32-byte \
@@ -869,7 +868,10 @@ fn responder_and_proxy_protocol(text: &str) -> String {
         .filter(|v| v.get("test").and_then(Value::as_str) == Some("rate_paired"))
         .collect();
     if !paired.is_empty() {
-        let _ = writeln!(w, "\n#### Paired runs (both paths interleaved cycle by cycle)\n");
+        let _ = writeln!(
+            w,
+            "\n#### Paired runs (both paths interleaved cycle by cycle)\n"
+        );
         let _ = writeln!(
             w,
             "`carousel-loadgen rate-paired`: one run alternates its cycles between the two \
