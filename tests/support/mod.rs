@@ -122,3 +122,13 @@ pub fn socks5_connect(host: &str, port: u16) -> Vec<u8> {
     req.extend_from_slice(&port.to_be_bytes());
     req
 }
+
+/// The value of the metric series `series` (exact text before the value) in a Prometheus text
+/// exposition, or 0 if absent. A series that exists is not one that moved: counters are exposed
+/// at 0 as soon as their labels are known.
+pub fn metric_in(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}

@@ -287,10 +287,7 @@ address = "{admin}"
     /// The value of the metric series `series` (exact text before the value), or 0 if absent.
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, body) = self.admin_get("/metrics").await;
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0)
+        super::metric_in(&body, series)
     }
 
     /// Sends `signal` (e.g. "HUP") to the process.
