@@ -690,14 +690,7 @@ async fn name_flood(o: &Opts, deadline: Instant, out: &mut serde_json::Map<Strin
             o.count,
         );
         tasks.push(tokio::spawn(async move {
-            loop {
-                if Instant::now() >= deadline {
-                    break;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
-                    break;
-                }
+            while let Some(i) = client::claim(&next, count, deadline) {
                 let host = format!("n{i}.{suffix}");
                 match tunnel_once(src, proxy, &host, port, t).await {
                     Ok(()) => {

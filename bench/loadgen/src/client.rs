@@ -15,6 +15,16 @@ use tokio_socks::tcp::Socks5Stream;
 
 use crate::procfs;
 
+/// The next job index for a worker, or `None` once `count` are handed out or `deadline` has
+/// passed: how every load loop shares out its bounded work.
+pub fn claim(next: &AtomicUsize, count: usize, deadline: Instant) -> Option<usize> {
+    if Instant::now() >= deadline {
+        return None;
+    }
+    let i = next.fetch_add(1, Ordering::Relaxed);
+    (i < count).then_some(i)
+}
+
 /// How the client reaches the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -374,14 +384,7 @@ pub async fn rate(
             let mut lat = Vec::new();
             let mut errors = 0usize;
             let mut last_err = String::new();
-            loop {
-                if Instant::now() >= deadline {
-                    break;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
-                    break;
-                }
+            while let Some(i) = claim(&next, count, deadline) {
                 match rate_cycle(&c, i).await {
                     Ok(answered) => lat.push(answered.as_micros() as u64),
                     Err(e) => {
@@ -482,14 +485,7 @@ pub async fn rate_paired(
         let next = next.clone();
         handles.push(tokio::spawn(async move {
             let mut st = [PathStats::default(), PathStats::default()];
-            loop {
-                if Instant::now() >= deadline {
-                    break;
-                }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
-                    break;
-                }
+            while let Some(i) = claim(&next, count, deadline) {
                 let (k, c) = if i.is_multiple_of(2) {
                     (0, &a)
                 } else {
@@ -660,18 +656,14 @@ pub async fn idle(
         handles.push(tokio::spawn(async move {
             let mut held = Vec::new();
             loop {
-                if Instant::now() >= deadline {
-                    break;
-                }
                 // A proxy that stops accepting (e.g. out of descriptors) would otherwise cost an
                 // op timeout per remaining tunnel: give up after MAX_IDLE_ERRORS failures.
                 if errors.load(Ordering::Relaxed) >= MAX_IDLE_ERRORS {
                     break;
                 }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
+                let Some(i) = claim(&next, count, deadline) else {
                     break;
-                }
+                };
                 let r = async {
                     let mut s = c.open(i).await?;
                     exchange(&mut s, b"x", c.op_timeout).await?;
