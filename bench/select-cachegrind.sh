@@ -3,6 +3,7 @@
 # under cachegrind (deterministic: no timing noise). Each case runs 10 and 20 batches of 100,000
 # picks; the difference divided by 1,000,000 is the cost of one pick, without the pool's setup.
 # Needs valgrind (scripts/ensure-deps.sh does not install it: this is a diagnosis, not a test).
+# SELECT_ALIGNED=1 in the environment measures line-aligned members, the floor (benches/select.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exe=$(cargo bench --bench select --no-run --message-format=json 2>/dev/null |

@@ -9,7 +9,11 @@
 //!
 //! Why the ratio is what it is, without the noise: `bench/select-cachegrind.sh` runs single
 //! cases (`SELECT_ONE=<mode index>:<members>:<every k-th down, 0 none>:<batches of 100,000 picks>`) under cachegrind and
-//! prints instructions and L1 data misses per pick.
+//! prints instructions and L1 data misses per pick. With `SELECT_ALIGNED=1` (either part) every
+//! member's allocation starts on a cache line: the `Arc` counts, which a pick touches to hand the
+//! member out, and the fields it reads share one line. That is the floor for a pick that returns
+//! a counted member; the allocator does not give it in general (about half of the allocations
+//! straddle two lines), so it measures what layout could still win, not carousel as it runs.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -26,15 +30,41 @@ const MODES: [Selection; 3] = [
 ];
 const DOWN: [(&str, Option<usize>); 2] = [("0pct_down", None), ("33pct_down", Some(3))];
 
+fn member(i: usize) -> Arc<Member> {
+    let addr = format!("127.{}.{}.{}:80", (i >> 16) & 255, (i >> 8) & 255, i & 255)
+        .parse()
+        .unwrap();
+    Arc::new(Member::new("bench", addr, 1, 0))
+}
+
+/// Whether the allocation of `m` (the `Arc`'s counts, then the member) starts on a cache line,
+/// so the counts and everything a pick reads share one line.
+fn line_aligned(m: &Arc<Member>) -> bool {
+    (Arc::as_ptr(m) as usize - 2 * std::mem::size_of::<usize>()).is_multiple_of(64)
+}
+
 fn pool(n: usize, down_every: Option<usize>) -> Arc<Pool> {
-    let members: Vec<Arc<Member>> = (0..n)
-        .map(|i| {
-            let addr = format!("127.{}.{}.{}:80", (i >> 16) & 255, (i >> 8) & 255, i & 255)
-                .parse()
-                .unwrap();
-            Arc::new(Member::new("bench", addr, 1, 0))
-        })
-        .collect();
+    let members: Vec<Arc<Member>> = if std::env::var_os("SELECT_ALIGNED").is_some() {
+        // Diagnosis only: the floor of a pick that hands out a counted member (one line per
+        // pick). Members are made until `n` of them start on a line; the others are kept alive
+        // until then so the allocator does not hand their place out again. Bounded: 64n tries.
+        let (mut kept, mut rest) = (Vec::with_capacity(n), Vec::new());
+        for i in 0..64 * n {
+            if kept.len() == n {
+                break;
+            }
+            let m = member(i);
+            if line_aligned(&m) {
+                kept.push(m);
+            } else {
+                rest.push(m);
+            }
+        }
+        assert_eq!(kept.len(), n, "too few line-aligned allocations");
+        kept
+    } else {
+        (0..n).map(member).collect()
+    };
     if let Some(k) = down_every {
         for (i, m) in members.iter().enumerate() {
             if i % k == 0 {
