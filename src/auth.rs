@@ -2,11 +2,15 @@
 //! basic_ncsa_auth users already have), verified off the async runtime, cached briefly so bcrypt's
 //! deliberate slowness is paid once per user and minute.
 //!
-//! Guessing is bounded per client, across all of its connections: each client address has a
-//! budget of failed attempts (a token bucket); once it is spent the client is refused at once,
-//! without a bcrypt comparison, so one guesser neither gets more tries by opening connections in
-//! parallel nor takes the bcrypt workers from everyone else. Every comparison that does run costs
-//! the same for known and unknown users. Passwords are never logged, stored in clear or echoed.
+//! Guessing is bounded across all of a client's connections by two budgets of failed attempts
+//! (token buckets): one per client address and user name, and a larger one per address. Once
+//! either is spent the attempt is refused at once, without a bcrypt comparison, so one guesser
+//! neither gets more tries by opening connections in parallel nor takes the bcrypt workers from
+//! everyone else; and a guesser of one user name behind an office NAT does not lock out the
+//! colleagues behind the same address (only a guesser spraying many names spends the address's
+//! budget). Every check costs at least one comparison at the file's highest bcrypt cost, known
+//! user or not, so timing tells no user names even when the file mixes costs. Passwords are
+//! never logged, stored in clear or echoed.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -19,6 +23,8 @@ use arc_swap::ArcSwap;
 use base64::Engine;
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
+
+use crate::recent::Recent;
 use tokio::time::Instant;
 
 use crate::bucket::TokenBucket;
@@ -160,17 +166,29 @@ impl Users {
         })
     }
 
-    /// The hash unknown users are compared against (see the field).
+    /// The highest bcrypt cost in the file.
+    pub fn highest_cost(&self) -> u32 {
+        self.hashes
+            .values()
+            .filter_map(|h| cost_of(h))
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST)
+    }
+
+    /// The bcrypt costs the file uses, when there is more than one (a user with a cheaper hash
+    /// costs an extra comparison per check, which `carousel check` suggests avoiding).
+    pub fn mixed_costs(&self) -> Option<(u32, u32)> {
+        let costs = self.hashes.values().filter_map(|h| cost_of(h));
+        let (lo, hi) = costs.fold((u32::MAX, 0), |(lo, hi), c| (lo.min(c), hi.max(c)));
+        (lo < hi).then_some((lo, hi))
+    }
+
+    /// The hash unknown users, and users with a cheaper hash, are also compared against: a
+    /// random password at the file's highest cost, made on first need.
     fn dummy_hash(&self) -> &str {
         self.dummy.get_or_init(|| {
-            let cost = self
-                .hashes
-                .values()
-                .filter_map(|h| h.get(4..6)?.parse::<u32>().ok())
-                .max()
-                .unwrap_or(bcrypt::DEFAULT_COST);
             let secret = format!("{:x}{:x}", fastrand::u64(..), fastrand::u64(..));
-            bcrypt::hash(secret, cost.clamp(4, 31)).unwrap_or_default()
+            bcrypt::hash(secret, self.highest_cost().clamp(4, 31)).unwrap_or_default()
         })
     }
 
@@ -185,6 +203,11 @@ impl Users {
     }
 }
 
+/// A bcrypt hash's cost (`$2b$10$...` is 10).
+fn cost_of(hash: &str) -> Option<u32> {
+    hash.get(4..6)?.parse().ok()
+}
+
 /// What a credential check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
@@ -192,9 +215,14 @@ pub enum Check {
     Valid,
     /// They are not (unknown user or wrong password): one failed attempt spent.
     Invalid,
-    /// The client spent its budget of failed attempts: refused at once, nothing was verified.
+    /// The client spent its budget of failed attempts (for this user name, or for its address
+    /// in all): refused at once, nothing was verified.
     Throttled,
 }
+
+/// How many failed attempts an address may make over all user names, as a multiple of the
+/// per-user budget: enough for a whole office behind one NAT mistyping, not for spraying.
+pub const ADDRESS_BUDGET_FACTOR: u32 = 10;
 
 /// Verifies credentials for every protocol.
 pub struct Authenticator {
@@ -202,15 +230,18 @@ pub struct Authenticator {
     cache: DashMap<String, (u64, Instant)>,
     cache_for: Duration,
     key: RandomState,
-    /// Failed-attempt budgets by client address, shared by all of a client's connections.
-    budgets: DashMap<IpAddr, TokenBucket>,
+    /// Failed-attempt budgets by client address and user name (hashed), shared by all of a
+    /// client's connections.
+    user_budgets: Recent<(IpAddr, u64), TokenBucket>,
+    /// Failed-attempt budgets by client address, over all user names.
+    address_budgets: Recent<IpAddr, TokenBucket>,
     failures_per_minute: std::sync::atomic::AtomicU32,
     bcrypt_slots: Semaphore,
     bcrypt_runs: std::sync::atomic::AtomicU64,
 }
 
-/// Budgets kept before idle ones are swept (client-chosen state stays bounded).
-const MAX_BUDGETS: usize = 100_000;
+/// Budgets remembered (client-chosen state stays bounded; see [`Recent`]).
+const MAX_BUDGETS: usize = 65_536;
 
 impl Authenticator {
     /// An authenticator over `users`, remembering good credentials for `cache_for`, allowing each
@@ -221,7 +252,8 @@ impl Authenticator {
             cache: DashMap::new(),
             cache_for,
             key: RandomState::new(),
-            budgets: DashMap::new(),
+            user_budgets: Recent::new(MAX_BUDGETS),
+            address_budgets: Recent::new(MAX_BUDGETS),
             failures_per_minute: failures_per_minute.max(1).into(),
             bcrypt_slots: Semaphore::new(4),
             bcrypt_runs: 0.into(),
@@ -256,13 +288,15 @@ impl Authenticator {
     }
 
     /// Checks `user`/`pass` for `client`. The client must have a failed attempt left in its
-    /// budget (one is taken now and given back if the pair is valid). A remembered good pair then
-    /// answers at once; otherwise one bcrypt comparison runs on the blocking pool, a few at a
-    /// time: against a dummy hash of the same cost for an unknown user.
+    /// budgets for this user name and for its address (one is taken from each now and given back
+    /// if the pair is valid). A remembered good pair then answers at once; otherwise bcrypt runs
+    /// on the blocking pool, a few at a time: against the user's hash, and against a dummy hash
+    /// at the file's highest cost for an unknown user or a user whose hash is cheaper.
     pub async fn check(&self, client: Option<IpAddr>, user: &str, pass: &str) -> Check {
-        // The budget comes first: a client that spent it may not even test guesses against the
+        // The budgets come first: a client that spent one may not even test guesses against the
         // cache of good pairs.
-        if !self.take_attempt(client) {
+        let user_key = self.key.hash_one(user);
+        if !self.take_attempt(client, user_key) {
             metrics().auth_throttled.inc();
             return Check::Throttled;
         }
@@ -270,7 +304,7 @@ impl Authenticator {
         if let Some(hit) = self.cache.get(user) {
             if hit.0 == fp && Instant::now() < hit.1 {
                 drop(hit);
-                self.give_back(client);
+                self.give_back(client, user_key);
                 return Check::Valid;
             }
         }
@@ -280,12 +314,21 @@ impl Authenticator {
             Ok(_slot) => {
                 self.bcrypt_runs
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let hash = known
-                    .clone()
-                    .unwrap_or_else(|| users.dummy_hash().to_string());
+                let highest = users.highest_cost();
+                let own = known.clone().filter(|h| cost_of(h) >= Some(highest));
+                // An unknown user, or one whose hash is cheaper than the file's dearest, also
+                // pays a comparison at the highest cost: every check then takes at least that.
+                let pad = own.is_none().then(|| users.dummy_hash().to_string());
                 let pass = pass.to_string();
+                let check_known = known.clone();
                 let same = tokio::task::spawn_blocking(move || {
-                    bcrypt::verify(pass, &hash).unwrap_or(false)
+                    let same = check_known
+                        .as_deref()
+                        .is_some_and(|h| bcrypt::verify(&pass, h).unwrap_or(false));
+                    if let Some(pad) = pad {
+                        let _ = bcrypt::verify(&pass, &pad);
+                    }
+                    same
                 })
                 .await
                 .unwrap_or(false);
@@ -294,7 +337,7 @@ impl Authenticator {
             Err(_) => false,
         };
         if ok {
-            self.give_back(client);
+            self.give_back(client, user_key);
             self.cache
                 .insert(user.to_string(), (fp, Instant::now() + self.cache_for));
             Check::Valid
@@ -304,35 +347,48 @@ impl Authenticator {
         }
     }
 
-    /// Takes one attempt from `client`'s budget; false when it is spent.
-    fn take_attempt(&self, client: Option<IpAddr>) -> bool {
-        let Some(ip) = client else { return true };
-        let per_minute = f64::from(
+    fn per_minute(&self) -> f64 {
+        f64::from(
             self.failures_per_minute
                 .load(std::sync::atomic::Ordering::Relaxed),
-        );
-        if self.budgets.len() >= MAX_BUDGETS {
-            // A budget that has refilled completely carries no information: drop it.
-            let now = Instant::now();
-            self.budgets
-                .retain(|_, b| now.duration_since(b.last_used()) < Duration::from_secs(60));
-        }
-        self.budgets
-            .entry(ip)
-            .or_insert_with(|| TokenBucket::full(per_minute))
-            .take(per_minute / 60.0, per_minute)
+        )
     }
 
-    /// Returns the attempt a valid login took: only failures spend the budget.
-    fn give_back(&self, client: Option<IpAddr>) {
-        let Some(ip) = client else { return };
-        let per_minute = f64::from(
-            self.failures_per_minute
-                .load(std::sync::atomic::Ordering::Relaxed),
-        );
-        if let Some(mut b) = self.budgets.get_mut(&ip) {
-            b.give_back(per_minute);
+    /// Takes one attempt from `client`'s budget for `user` and from its address's; false (and
+    /// neither spent) when one of them is spent.
+    fn take_attempt(&self, client: Option<IpAddr>, user: u64) -> bool {
+        let Some(ip) = client else { return true };
+        let per_user = self.per_minute();
+        let per_address = per_user * f64::from(ADDRESS_BUDGET_FACTOR);
+        let take = |b: &mut TokenBucket, cap: f64| b.take(cap / 60.0, cap);
+        if !self.user_budgets.with(
+            &(ip, user),
+            || TokenBucket::full(per_user),
+            |b| take(b, per_user),
+        ) {
+            return false;
         }
+        if !self.address_budgets.with(
+            &ip,
+            || TokenBucket::full(per_address),
+            |b| take(b, per_address),
+        ) {
+            self.user_budgets
+                .with_existing(&(ip, user), |b| b.give_back(per_user));
+            return false;
+        }
+        true
+    }
+
+    /// Returns the attempts a valid login took: only failures spend the budgets.
+    fn give_back(&self, client: Option<IpAddr>, user: u64) {
+        let Some(ip) = client else { return };
+        let per_user = self.per_minute();
+        self.user_budgets
+            .with_existing(&(ip, user), |b| b.give_back(per_user));
+        self.address_budgets.with_existing(&ip, |b| {
+            b.give_back(per_user * f64::from(ADDRESS_BUDGET_FACTOR))
+        });
     }
 }
 
@@ -422,6 +478,65 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(a.check(other, "alice", "s3cret").await, Check::Valid);
         }
+    }
+
+    /// Hardening (issue 26, item 5): one guesser behind a shared address spent the budget of
+    /// everyone behind it; now only the guessed user name's budget from that address is spent.
+    #[tokio::test]
+    async fn a_guesser_spends_its_user_names_budget_not_its_colleagues() {
+        let hash = |p: &str| bcrypt::hash(p, 4).unwrap();
+        let text = format!("alice:{}\nbob:{}\n", hash("a-pw"), hash("b-pw"));
+        let a = Authenticator::new(
+            Users::parse(&text, "f").unwrap(),
+            Duration::from_secs(60),
+            3,
+        );
+        let nat = Some("127.0.0.2".parse().unwrap());
+        for _ in 0..20 {
+            a.check(nat, "alice", "guess").await;
+        }
+        assert_eq!(a.check(nat, "alice", "a-pw").await, Check::Throttled);
+        assert_eq!(a.check(nat, "bob", "b-pw").await, Check::Valid);
+        // A guesser spraying user names spends the address's budget (10 × 3) and is stopped.
+        let mut outcomes = Vec::new();
+        for i in 0..40 {
+            outcomes.push(a.check(nat, &format!("user{i}"), "x").await);
+        }
+        let checked = outcomes.iter().filter(|c| **c == Check::Invalid).count();
+        // 3 failures for alice came first; the rest of the address's 30 went to the spray.
+        assert_eq!(checked, 27, "{outcomes:?}");
+        assert_eq!(a.check(nat, "bob", "b-pw").await, Check::Throttled);
+    }
+
+    /// Hardening (issue 26, item 6): a user with a cheap hash answered in 3 ms where an unknown
+    /// name took 100 ms. Every check now costs at least a comparison at the file's highest cost.
+    #[tokio::test]
+    async fn timing_tells_no_user_names_when_the_file_mixes_costs() {
+        let text = format!(
+            "cheap:{}\ndear:{}\n",
+            bcrypt::hash("pw", 4).unwrap(),
+            bcrypt::hash("pw", 9).unwrap()
+        );
+        let users = Users::parse(&text, "f").unwrap();
+        assert_eq!(users.mixed_costs(), Some((4, 9)));
+        let a = Authenticator::new(users, Duration::from_secs(60), 1000);
+        let c = Some("127.0.0.1".parse().unwrap());
+        // The dummy hash is made on first need: made here, outside the timings.
+        a.check(c, "warm-up", "x").await;
+        let time = |user: &'static str| {
+            let a = &a;
+            async move {
+                let t = std::time::Instant::now();
+                assert_eq!(a.check(c, user, "wrong").await, Check::Invalid);
+                t.elapsed()
+            }
+        };
+        let unknown = time("nobody").await;
+        let cheap = time("cheap").await;
+        let dear = time("dear").await;
+        // Cost 9 is 32 times cost 4: without the padding `cheap` took about 1/32 of the others.
+        assert!(cheap * 2 > unknown, "cheap {cheap:?}, unknown {unknown:?}");
+        assert!(dear * 2 > unknown, "dear {dear:?}, unknown {unknown:?}");
     }
 
     #[test]

@@ -72,8 +72,11 @@ pub enum FailKind {
     Unreachable,
     /// The attempt (or the whole deadline) ran out of time.
     Timeout,
-    /// Anything else (resource limits, invalid address).
+    /// Anything else (invalid address, an error the categories above do not name).
     Other,
+    /// carousel had no descriptor left for the attempt (the dial share of the open-file budget
+    /// was spent): nothing was tried, and nothing counts against the member.
+    Exhausted,
 }
 
 impl FailKind {
@@ -314,6 +317,16 @@ pub async fn dial(
             break Err(());
         }
         if !exhausted && now >= next_start && (attempts as usize) < settings.max_attempts {
+            let Some(fd) = crate::descriptors::budget().dial.try_take() else {
+                // No descriptor for another attempt: the ones running may still win.
+                exhausted = true;
+                if racing.is_empty() {
+                    last.kind = FailKind::Exhausted;
+                    last.detail = "overloaded: no descriptor left for an upstream connect".into();
+                    break Err(());
+                }
+                continue;
+            };
             match plan.next_candidate() {
                 Some(candidate) => {
                     let addr = candidate.addr;
@@ -322,6 +335,7 @@ pub async fn dial(
                     attempts += 1;
                     let budget = settings.per_attempt.min(deadline - now);
                     racing.spawn(async move {
+                        let _fd = fd;
                         let r = match tokio::time::timeout(budget, TcpStream::connect(addr)).await {
                             Ok(Ok(s)) => Ok(s),
                             Ok(Err(e)) => {

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 #[cfg(feature = "testbed")]
 pub mod demo;
+pub mod descriptors;
 pub mod dial;
 pub mod dns;
 pub mod forward;
@@ -24,6 +25,7 @@ pub mod outcome;
 pub mod plugin;
 pub mod policy;
 pub mod protocol;
+pub mod recent;
 pub mod reload;
 pub mod reply;
 

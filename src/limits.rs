@@ -48,6 +48,7 @@ impl Drop for Handshake {
 pub struct Admitted {
     limits: Arc<Limits>,
     client: Option<IpAddr>,
+    _descriptors: Option<crate::descriptors::Held>,
 }
 
 impl Drop for Admitted {
@@ -114,10 +115,20 @@ impl Limits {
         self.total.load(Ordering::Relaxed)
     }
 
-    /// Admits one more connection from `client`, or names the limit it would break.
+    /// Admits one more connection from `client`, or names the limit it would break. The global
+    /// limit is `max_connections` or what the descriptor budget's client share holds, whichever
+    /// is lower, so a client past it gets a clear refusal before the process runs out of
+    /// descriptors.
     pub fn admit(self: &Arc<Self>, client: Option<IpAddr>) -> Result<Admitted, &'static str> {
-        if self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total.load(Ordering::Relaxed) {
-            self.total.fetch_sub(1, Ordering::Relaxed);
+        let descriptors = crate::descriptors::budget()
+            .clients
+            .try_take_n(crate::descriptors::PER_CLIENT);
+        if descriptors.is_none()
+            || self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total.load(Ordering::Relaxed)
+        {
+            if descriptors.is_some() {
+                self.total.fetch_sub(1, Ordering::Relaxed);
+            }
             metrics().overload.with_label_values(&["global"]).inc();
             return Err("global");
         }
@@ -135,6 +146,7 @@ impl Limits {
         Ok(Admitted {
             limits: self.clone(),
             client: client.filter(|_| cap > 0),
+            _descriptors: descriptors,
         })
     }
 }

@@ -70,11 +70,21 @@ fn main() -> ExitCode {
             }
         },
         Command::Check { config } => match Config::load(&config).and_then(|c| {
-            carousel::resources::Resources::load(&c)?;
-            Ok(c)
+            let r = carousel::resources::Resources::load(&c)?;
+            Ok((c, r))
         }) {
-            Ok(c) => {
-                for w in c.warnings() {
+            Ok((c, resources)) => {
+                let limit = carousel::descriptors::raise_open_file_limit();
+                let budget = carousel::descriptors::Sizes::plan(limit, &c);
+                let costs = resources.users.mixed_costs().map(|(lo, hi)| {
+                    format!("access.users_file mixes bcrypt costs {lo} to {hi}: every check of a user with a cheaper hash also pays one comparison at cost {hi} (so timing tells no user names); re-hash them at one cost")
+                });
+                for w in c
+                    .warnings()
+                    .into_iter()
+                    .chain(budget.warnings(&c))
+                    .chain(costs)
+                {
                     eprintln!("warning: {w}");
                 }
                 println!("{}", c.summary());
@@ -153,7 +163,6 @@ fn run(path: Option<PathBuf>, upgrade: bool) -> anyhow::Result<()> {
     };
     init_tracing(&config.log.level);
     tracing::info!("{}", config.summary());
-    raise_fd_limit(config.limits.max_connections);
     let carousel =
         carousel::server::build(Arc::new(config), path, upgrade).context("starting carousel")?;
     carousel.run();
@@ -171,38 +180,6 @@ fn demo(seconds: u64) -> anyhow::Result<carousel::demo::Summary> {
         &exe,
         std::time::Duration::from_secs(seconds.clamp(2, 120)),
     ))?)
-}
-
-/// Raises the open-file limit to its hard maximum (each tunnel holds two descriptors) and warns
-/// when `limits.max_connections` could still run the process out of descriptors, where new
-/// clients would wait in the accept queue instead of getting a clear 503.
-fn raise_fd_limit(max_connections: usize) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-            let _ = libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        }
-    }
-    let needed = (max_connections as u64)
-        .saturating_mul(2)
-        .saturating_add(256);
-    if lim.rlim_cur < needed {
-        // Said once, at INFO: a stock machine's limit is no fault of the operator's.
-        tracing::info!(
-            open_file_limit = lim.rlim_cur,
-            max_connections,
-            "open-file limit below 2 × limits.max_connections + 256: past it new clients wait in the accept queue; lower max_connections or raise LimitNOFILE"
-        );
-    }
 }
 
 fn init_tracing(level: &str) {

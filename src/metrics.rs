@@ -85,6 +85,16 @@ pub struct Metrics {
     pub auth_throttled: IntCounter,
     /// Requests refused by a limit.
     pub overload: IntCounterVec,
+    /// Responder answers dropped because the socket could not take them at once.
+    pub dns_send_dropped: IntCounter,
+    /// Responder TCP connections closed at accept, by reason (`client`, `total`, `per_client`).
+    pub dns_tcp_refused: IntCounterVec,
+    /// The descriptors each share of the process's budget may hold.
+    pub fd_share: IntGaugeVec,
+    /// The descriptors each share holds now.
+    pub fd_share_used: IntGaugeVec,
+    /// Times a share was spent when one more descriptor was asked of it.
+    pub fd_share_exhausted: IntCounterVec,
     /// Build information.
     pub build_info: IntGaugeVec,
     /// `carousel_requests_total` children for every protocol × outcome, resolved at start-up so
@@ -193,6 +203,11 @@ impl Metrics {
             auth_failures: plain_counter(&r, "carousel_auth_failures_total", "Failed proxy authentications."),
             auth_throttled: plain_counter(&r, "carousel_auth_throttled_total", "Proxy authentications refused unchecked because the client spent its budget of failed attempts (access.max_auth_failures_per_minute)."),
             overload: counter(&r, "carousel_overload_rejections_total", "Requests refused by a limit.", &["limit"]),
+            dns_send_dropped: plain_counter(&r, "carousel_dns_send_dropped_total", "DNS responder answers dropped because the socket could not take them at once."),
+            dns_tcp_refused: counter(&r, "carousel_dns_tcp_refused_total", "DNS responder TCP connections closed at accept, by reason (client: outside allow_clients; total, per_client: over the responder's TCP limits).", &["reason"]),
+            fd_share: gauge(&r, "carousel_fd_share", "Descriptors each share of the process's open-file budget may hold (clients, dial, checks, responder, refusals, reserved).", &["share"]),
+            fd_share_used: gauge(&r, "carousel_fd_share_used", "Descriptors each share of the open-file budget holds now.", &["share"]),
+            fd_share_exhausted: counter(&r, "carousel_fd_share_exhausted_total", "Descriptors refused because their share of the open-file budget was spent.", &["share"]),
             build_info: gauge(&r, "carousel_build_info", "Build information.", &["version"]),
             registry: r,
         };
@@ -209,6 +224,9 @@ impl Metrics {
         // dashboards and alerts see 0 instead of "no data" (Prometheus instrumentation advice).
         for l in ["global", "per_client", "handshakes_per_client", "dns"] {
             m.overload.with_label_values(&[l]);
+        }
+        for r in ["client", "total", "per_client"] {
+            m.dns_tcp_refused.with_label_values(&[r]);
         }
         for k in ["name", "cluster"] {
             for r in ["ok", "nxdomain", "error"] {

@@ -39,6 +39,9 @@ pub enum Outcome {
     IdleTimeout,
     /// A tunnel closed because the active checks marked its member down (`close_tunnels`).
     MemberDown,
+    /// Closed by the shutdown: still open when the shutdown timeout after SIGTERM (or a
+    /// graceful upgrade) ran out.
+    Shutdown,
     /// Refused by the access policy or the client gate.
     Denied,
     /// Credentials missing, wrong, or the client's failure budget spent.
@@ -60,10 +63,11 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for metrics initialised at zero.
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Self::Ok,
         Self::IdleTimeout,
         Self::MemberDown,
+        Self::Shutdown,
         Self::Denied,
         Self::AuthFailed,
         Self::DnsError,
@@ -80,6 +84,7 @@ impl Outcome {
             Self::Ok => "ok",
             Self::IdleTimeout => "idle_timeout",
             Self::MemberDown => "member_down",
+            Self::Shutdown => "shutdown",
             Self::Denied => "denied",
             Self::AuthFailed => "auth_failed",
             Self::DnsError => "dns_error",

@@ -18,6 +18,7 @@ pub fn http_status(e: &OpenError) -> u16 {
         OpenError::Overloaded(_) | OpenError::Dns(ResolveError::Overloaded) => 503,
         OpenError::Dns(_) | OpenError::NoMembers(_) => 502,
         OpenError::Dial(d) if d.kind == FailKind::Timeout => 504,
+        OpenError::Dial(d) if d.kind == FailKind::Exhausted => 503,
         OpenError::Dial(_) => 502,
     }
 }
@@ -74,7 +75,7 @@ pub fn socks5_reply(e: &OpenError) -> socks5::Reply {
             FailKind::Refused => Reply::ConnectionRefused,
             FailKind::Unreachable => Reply::HostUnreachable,
             FailKind::Timeout => Reply::TtlExpired,
-            FailKind::Other => Reply::GeneralFailure,
+            FailKind::Other | FailKind::Exhausted => Reply::GeneralFailure,
         },
     }
 }

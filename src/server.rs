@@ -52,15 +52,17 @@ pub enum StartupError {
 }
 
 /// Pingora's own settings, all taken from carousel's config so none of Pingora's defaults (such as
-/// its 300 s grace period) leak through. Pingora's grace period is carousel's shutdown timeout:
-/// carousel keeps accepting through its own grace period before it tells Pingora to stop (see
-/// `Drain`), and Pingora's runtime shutdown then only waits for blocking work.
+/// its 300 s grace period) leak through. Pingora's grace period is carousel's shutdown timeout
+/// and one second: carousel keeps accepting through its own grace period before it tells Pingora
+/// to stop (see `Drain`), then ends what is still in flight itself at its shutdown timeout, with
+/// an access-log line each (outcome `shutdown`), and Pingora's runtime shutdown, a second later,
+/// finds nothing left to drop.
 pub fn server_conf(config: &Config) -> ServerConf {
     let s = &config.server;
     ServerConf {
         threads: s.threads,
         work_stealing: s.work_stealing,
-        grace_period_seconds: Some(s.graceful_shutdown_timeout_seconds),
+        grace_period_seconds: Some(s.graceful_shutdown_timeout_seconds + 1),
         graceful_shutdown_timeout_seconds: Some(1),
         pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
@@ -164,22 +166,31 @@ struct DnsResponder {
 #[async_trait]
 impl BackgroundService for DnsResponder {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        use crate::dns::responder::{serve, Responder, Settings};
+        use crate::dns::responder::{Responder, Settings};
+        use crate::dns::serve::{serve, TcpLimits};
         let config = self.proxy.config();
         let r = &config.responder;
+        let allow_clients = r
+            .allow_clients
+            .clone()
+            .unwrap_or_else(|| config.access.allow_clients.clone());
         let settings = Settings {
             ttl: r.ttl_seconds,
             max_answers: r.max_answers,
-            allow_clients: r
-                .allow_clients
-                .clone()
-                .unwrap_or_else(|| config.access.allow_clients.clone()),
+            allow_clients: allow_clients.clone(),
             rate: r.rate_limit_per_second,
+        };
+        let limits = TcpLimits {
+            per_client: r.max_tcp_connections_per_client,
+            idle: r.tcp_idle_timeout(),
+            allow_clients,
         };
         let sockets = std::mem::take(&mut *self.sockets.lock().unwrap_or_else(|e| e.into_inner()));
         let zone: Arc<dyn crate::dns::responder::Zone> = self.proxy.clone();
-        let mut server = match serve(Responder::new(zone, settings), sockets) {
-            Ok(s) => s,
+        let responder = Arc::new(Responder::new(zone, settings));
+        let share = crate::descriptors::budget().responder.clone();
+        let _loops = match serve(responder, sockets, limits, share) {
+            Ok(loops) => loops,
             Err(e) => {
                 tracing::error!(error = %e, "DNS responder could not start");
                 return;
@@ -187,7 +198,6 @@ impl BackgroundService for DnsResponder {
         };
         tracing::info!(listen = ?r.listen, "DNS responder answering for the clusters");
         let _ = shutdown.changed().await;
-        let _ = server.shutdown_gracefully().await;
     }
 }
 
@@ -268,6 +278,24 @@ pub fn build(
     if !upgrade {
         check_addresses_free(&config)?;
     }
+    let sizes =
+        crate::descriptors::Sizes::plan(crate::descriptors::raise_open_file_limit(), &config);
+    crate::descriptors::install(&sizes);
+    tracing::info!(
+        open_file_limit = sizes.limit,
+        client_connections = sizes
+            .client_connections()
+            .min(config.limits.max_connections),
+        dial = sizes.dial,
+        checks = sizes.checks,
+        responder = sizes.responder,
+        refusals = sizes.refusals,
+        reserved = sizes.reserved,
+        "descriptor budget"
+    );
+    for w in sizes.warnings(&config) {
+        tracing::info!("{w}");
+    }
     let conf = server_conf(&config);
     let opt = Opt {
         upgrade,
@@ -305,7 +333,7 @@ pub fn build(
     if !config.responder.listen.is_empty() {
         let mut sockets = Vec::new();
         for &address in &config.responder.listen {
-            let bound = crate::dns::responder::bind(address).map_err(|source| {
+            let bound = crate::dns::serve::bind(address).map_err(|source| {
                 if source.kind() == std::io::ErrorKind::AddrInUse {
                     StartupError::AddressInUse {
                         what: "DNS responder",

@@ -25,12 +25,22 @@ pub fn spawn(cluster: Arc<Cluster>, member: Arc<Member>) {
             if member.is_retired() || cluster.is_retired() {
                 return;
             }
-            let result = check(&h, member.addr, &server_name).await;
-            let (ok, err) = match &result {
-                Ok(()) => (true, String::new()),
-                Err(e) => (false, e.clone()),
-            };
-            cluster.report_check(&member, ok, &err);
+            // A check holds a descriptor of the checks' share, which nothing else may take: a
+            // flood of clients cannot make the checks fail and mark healthy members down. A
+            // round the share (or the process) has no descriptor for says nothing of the member
+            // and is skipped.
+            match crate::descriptors::budget().checks.try_take() {
+                Some(_fd) => match check(&h, member.addr, &server_name).await {
+                    Ok(()) => cluster.report_check(&member, true, ""),
+                    Err(Failed::Member(e)) => cluster.report_check(&member, false, &e),
+                    Err(Failed::Local(e)) => {
+                        tracing::warn!(cluster = %cluster.name, member = %member.addr, error = %e, "health check skipped: no descriptor");
+                    }
+                },
+                None => {
+                    tracing::warn!(cluster = %cluster.name, member = %member.addr, "health check skipped: the checks' descriptor share is spent");
+                }
+            }
             let spread = f64::from(h.jitter_percent) / 100.0;
             let factor = 1.0 - spread + fastrand::f64() * 2.0 * spread;
             tokio::time::sleep(interval.mul_f64(factor.max(0.05))).await;
@@ -38,13 +48,34 @@ pub fn spawn(cluster: Arc<Cluster>, member: Arc<Member>) {
     });
 }
 
-/// One check of `addr`; `Err` carries a one-line reason.
-pub async fn check(h: &HealthSection, addr: SocketAddr, server_name: &str) -> Result<(), String> {
+/// Why a check did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failed {
+    /// The member failed it: a one-line reason.
+    Member(String),
+    /// carousel could not run it (out of descriptors or memory): says nothing of the member.
+    Local(String),
+}
+
+/// Whether a connect error is this process's shortage rather than the member's answer.
+fn is_local(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// One check of `addr`.
+pub async fn check(h: &HealthSection, addr: SocketAddr, server_name: &str) -> Result<(), Failed> {
     let timeout = Duration::from_millis(h.timeout_ms);
     let work = async {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let mut stream = TcpStream::connect(addr).await.map_err(|e| {
+            if is_local(&e) {
+                Failed::Local(format!("connect: {e}"))
+            } else {
+                Failed::Member(format!("connect: {e}"))
+            }
+        })?;
         match h.kind {
             HealthKind::Tcp => Ok(()),
             HealthKind::SendExpect => {
@@ -52,29 +83,31 @@ pub async fn check(h: &HealthSection, addr: SocketAddr, server_name: &str) -> Re
                     stream
                         .write_all(h.send.as_bytes())
                         .await
-                        .map_err(|e| format!("send: {e}"))?;
+                        .map_err(|e| Failed::Member(format!("send: {e}")))?;
                 }
                 let want = h.expect.as_bytes();
                 let mut got = vec![0u8; want.len()];
                 stream
                     .read_exact(&mut got)
                     .await
-                    .map_err(|e| format!("read: {e}"))?;
+                    .map_err(|e| Failed::Member(format!("read: {e}")))?;
                 if got == want {
                     Ok(())
                 } else {
-                    Err(format!(
+                    Err(Failed::Member(format!(
                         "unexpected reply {:?}",
                         String::from_utf8_lossy(&got)
-                    ))
+                    )))
                 }
             }
-            HealthKind::Tls => tls_handshake(stream, server_name).await,
+            HealthKind::Tls => tls_handshake(stream, server_name)
+                .await
+                .map_err(Failed::Member),
         }
     };
     match tokio::time::timeout(timeout, work).await {
         Ok(r) => r,
-        Err(_) => Err(format!("timed out after {timeout:?}")),
+        Err(_) => Err(Failed::Member(format!("timed out after {timeout:?}"))),
     }
 }
 
@@ -181,15 +214,11 @@ mod tests {
         let good = section(HealthKind::SendExpect, "WHO\n", "member-1");
         assert_eq!(check(&good, b.addr(), "x").await, Ok(()));
         let bad = section(HealthKind::SendExpect, "WHO\n", "member-2");
-        assert!(check(&bad, b.addr(), "x")
-            .await
-            .unwrap_err()
-            .contains("unexpected reply"));
+        assert!(matches!(check(&bad, b.addr(), "x").await,
+            Err(Failed::Member(e)) if e.contains("unexpected reply")));
         b.stop();
-        assert!(check(&tcp, b.addr(), "x")
-            .await
-            .unwrap_err()
-            .starts_with("connect:"));
+        assert!(matches!(check(&tcp, b.addr(), "x").await,
+            Err(Failed::Member(e)) if e.starts_with("connect:")));
     }
 
     #[tokio::test]

@@ -24,6 +24,13 @@ pub struct ResponderSection {
     /// Queries one client address may make per second (a burst of twice this); past it the
     /// queries are dropped, so the responder is never a reflector.
     pub rate_limit_per_second: u32,
+    /// TCP connections open at once, over all responder addresses (each holds a descriptor of
+    /// the responder's share); past it new ones are closed at accept.
+    pub max_tcp_connections: usize,
+    /// TCP connections open at once from one client address.
+    pub max_tcp_connections_per_client: usize,
+    /// Milliseconds a TCP connection may wait for its next query, or take to send one.
+    pub tcp_idle_timeout_ms: u64,
 }
 
 impl Default for ResponderSection {
@@ -34,6 +41,9 @@ impl Default for ResponderSection {
             max_answers: 8,
             allow_clients: None,
             rate_limit_per_second: 100,
+            max_tcp_connections: 128,
+            max_tcp_connections_per_client: 8,
+            tcp_idle_timeout_ms: 5000,
         }
     }
 }
@@ -42,6 +52,11 @@ impl ResponderSection {
     /// The TTL of positive answers.
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(u64::from(self.ttl_seconds))
+    }
+
+    /// How long a TCP connection may stay idle.
+    pub fn tcp_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.tcp_idle_timeout_ms)
     }
 
     /// Checks the values serde cannot.
@@ -54,6 +69,21 @@ impl ResponderSection {
         }
         if self.rate_limit_per_second == 0 {
             return invalid("responder.rate_limit_per_second", "must be at least 1");
+        }
+        if self.max_tcp_connections == 0 {
+            return invalid("responder.max_tcp_connections", "must be at least 1");
+        }
+        if self.max_tcp_connections_per_client == 0 {
+            return invalid(
+                "responder.max_tcp_connections_per_client",
+                "must be at least 1",
+            );
+        }
+        if !(100..=120_000).contains(&self.tcp_idle_timeout_ms) {
+            return invalid(
+                "responder.tcp_idle_timeout_ms",
+                "must be between 100 and 120000",
+            );
         }
         for (i, a) in self.listen.iter().enumerate() {
             if self.listen[..i].contains(a) {

@@ -45,7 +45,12 @@ impl Default for ServerSection {
 }
 
 impl ServerSection {
-    /// The handshake timeout as a `Duration`.
+    /// How long work in flight gets after the listeners stop.
+    pub fn graceful_shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.graceful_shutdown_timeout_seconds)
+    }
+
+    /// How long a client has to send a complete request head or SOCKS handshake.
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.handshake_timeout_ms)
     }

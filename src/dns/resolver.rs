@@ -78,8 +78,10 @@ struct NameEntry {
     failing: AtomicBool,
     counter: AtomicUsize,
     last_used_ms: AtomicU64,
-    /// When the last lookup finished (resolver clock): a name not used since is not refreshed.
-    looked_up_ms: AtomicU64,
+    /// Whether the name was asked for since its last lookup finished: one that was not is not
+    /// refreshed. (A flag, not a comparison of timestamps: a request in the same millisecond as
+    /// the lookup counted as a later one.)
+    asked_since_lookup: AtomicBool,
     refresher_running: AtomicBool,
     lookup: tokio::sync::Mutex<()>,
 }
@@ -92,7 +94,7 @@ impl NameEntry {
             failing: AtomicBool::new(false),
             counter: AtomicUsize::new(0),
             last_used_ms: AtomicU64::new(0),
-            looked_up_ms: AtomicU64::new(0),
+            asked_since_lookup: AtomicBool::new(false),
             refresher_running: AtomicBool::new(false),
             lookup: tokio::sync::Mutex::new(()),
         }
@@ -151,6 +153,7 @@ impl Resolver {
     pub async fn resolve(self: &Arc<Self>, name: &str) -> Result<Resolved, ResolveError> {
         let entry = self.entry(name);
         entry.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
+        entry.asked_since_lookup.store(true, Ordering::Relaxed);
         if let Some(r) = self.answer_from(&entry, false) {
             return r;
         }
@@ -282,7 +285,7 @@ impl Resolver {
     /// still-servable good set (stale) and otherwise records the error for `negative_ttl`.
     async fn lookup_into(self: &Arc<Self>, name: &str, entry: &Arc<NameEntry>) {
         let result = self.query(name).await;
-        entry.looked_up_ms.store(self.now_ms(), Ordering::Relaxed);
+        entry.asked_since_lookup.store(false, Ordering::Relaxed);
         match result {
             Ok((addrs, ttl)) => {
                 let ttl = self.clamp(ttl);
@@ -379,7 +382,7 @@ impl Resolver {
             // Nobody asked since the last lookup: no background work for it. It stays known, and
             // is looked up again if asked for after its TTL.
             let failing = entry.failing.load(Ordering::Relaxed);
-            if used < entry.looked_up_ms.load(Ordering::Relaxed) && !failing {
+            if !entry.asked_since_lookup.load(Ordering::Relaxed) && !failing {
                 return;
             }
             if !self.names.get(name).is_some_and(|e| Arc::ptr_eq(&e, entry)) {

@@ -14,24 +14,18 @@
 //!   (RFC 8482), so the responder is neither a resolver nor a reflector;
 //! - EDNS payloads of at most 1232 bytes, TC=1 when an answer does not fit, TCP served.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use dashmap::DashMap;
-use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{
-    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
-};
-use hickory_server::proto::rr::rdata::{A, AAAA, HINFO, SOA, SRV};
-use hickory_server::proto::rr::{Name, RData, Record, RecordType};
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, AAAA, HINFO, SOA, SRV};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use ipnet::IpNet;
-use tokio::time::Instant;
 
+use crate::bucket::TokenBucket;
 use crate::metrics::metrics;
+use crate::recent::Recent;
 
 /// Largest UDP payload carousel answers with (the DNS flag day 2020 value).
 pub const MAX_UDP_PAYLOAD: u16 = 1232;
@@ -89,7 +83,7 @@ pub trait Zone: Send + Sync + 'static {
 pub struct Settings {
     /// TTL of positive answers.
     pub ttl: u32,
-    /// Most A/AAAA records in one answer.
+    /// Most records (A/AAAA, or SRV with their addresses) in one answer.
     pub max_answers: usize,
     /// Who may query.
     pub allow_clients: Vec<IpNet>,
@@ -97,41 +91,26 @@ pub struct Settings {
     pub rate: u32,
 }
 
-/// Budgets kept before the refilled ones are swept.
-const MAX_BUCKETS: usize = 100_000;
+/// How a query arrived: what an answer may weigh, and what may be asked, depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A datagram: answers within the EDNS payload (512 bytes without EDNS), TC=1 beyond.
+    Udp,
+    /// A TCP connection: answers up to 64 KiB.
+    Tcp,
+}
 
-/// The request handler hickory-server calls for every query.
+/// Client addresses whose query budgets are remembered (a flood from spoofed sources costs at
+/// most twice this many small entries; see [`Recent`]).
+const MAX_BUCKETS: usize = 65_536;
+
+/// Answers the queries for carousel's cluster names (see the module doc). It decides from the
+/// bytes alone, synchronously, so the socket loops that call it need no task per query.
 pub struct Responder {
     zone: Arc<dyn Zone>,
     settings: Settings,
     turn: AtomicUsize,
-    buckets: DashMap<IpAddr, crate::bucket::TokenBucket>,
-}
-
-impl Responder {
-    /// A responder answering from `zone`.
-    pub fn new(zone: Arc<dyn Zone>, settings: Settings) -> Self {
-        Self {
-            zone,
-            settings,
-            turn: AtomicUsize::new(0),
-            buckets: DashMap::new(),
-        }
-    }
-
-    /// Whether `client` may ask one more query now.
-    fn within_rate(&self, client: IpAddr) -> bool {
-        let rate = f64::from(self.settings.rate);
-        if self.buckets.len() >= MAX_BUCKETS {
-            let now = Instant::now();
-            self.buckets
-                .retain(|_, b| now.duration_since(b.last_used()) < Duration::from_secs(2));
-        }
-        self.buckets
-            .entry(client)
-            .or_insert_with(|| crate::bucket::TokenBucket::full(2.0 * rate))
-            .take(rate, 2.0 * rate)
-    }
+    buckets: Recent<IpAddr, TokenBucket>,
 }
 
 /// The `qtype` label: a bounded set.
@@ -157,10 +136,25 @@ fn rcode_label(c: ResponseCode) -> &'static str {
     }
 }
 
+fn count(qtype: RecordType, rcode: &'static str) {
+    metrics()
+        .dns_queries
+        .with_label_values(&[qtype_label(qtype), rcode])
+        .inc();
+}
+
 fn name_of(s: &str) -> Option<Name> {
     let mut n = Name::from_ascii(s).ok()?;
     n.set_fqdn(true);
     Some(n)
+}
+
+fn address_record(owner: Name, ttl: u32, addr: IpAddr) -> Record {
+    let rdata = match addr {
+        IpAddr::V4(v4) => RData::A(A(v4)),
+        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+    };
+    Record::from_rdata(owner, ttl, rdata)
 }
 
 /// The SOA a cluster name's answers carry: carousel is the zone's only server, and its minimum
@@ -176,96 +170,160 @@ fn soa(owner: &Name, ttl: u32) -> Record {
     )
 }
 
-#[async_trait::async_trait]
-impl RequestHandler for Responder {
-    async fn handle_request<R: ResponseHandler, T: Time>(
+/// FORMERR for a packet whose header is readable but whose body is not: the header alone, the
+/// query's id and opcode kept (RFC 1035 §4.1.1).
+fn formerr_header(packet: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&packet[..2]);
+    // QR=1, the opcode and RD as asked; RCODE 1.
+    out.push(0x80 | (packet[2] & 0x79));
+    out.push(1);
+    out.extend_from_slice(&[0; 8]);
+}
+
+impl Responder {
+    /// A responder answering from `zone`.
+    pub fn new(zone: Arc<dyn Zone>, settings: Settings) -> Self {
+        Self {
+            zone,
+            settings,
+            turn: AtomicUsize::new(0),
+            buckets: Recent::new(MAX_BUCKETS),
+        }
+    }
+
+    /// Whether `client` may ask one more query now.
+    fn within_rate(&self, client: IpAddr) -> bool {
+        let rate = f64::from(self.settings.rate);
+        self.buckets.with(
+            &client,
+            || TokenBucket::full(2.0 * rate),
+            |b| b.take(rate, 2.0 * rate),
+        )
+    }
+
+    /// Answers one query from `src` that arrived over `transport`: the answer is written to
+    /// `out` and `true` returned, or `false` when the packet is dropped (not a query, a client
+    /// past its rate, a name that is no host name). The rate is checked before anything is
+    /// decoded, and nothing is kept for a query after it is answered.
+    pub fn answer(
         &self,
-        request: &Request,
-        mut response_handle: R,
-    ) -> ResponseInfo {
-        let dropped = || {
-            ResponseInfo::from(Header {
-                metadata: Metadata::response_from_request(&request.metadata),
-                counts: HeaderCounts::default(),
-            })
-        };
-        let client = crate::address::client(request.src().ip());
+        packet: &[u8],
+        src: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        out.clear();
+        // Shorter than a header, or a response (answering those could loop two servers).
+        if packet.len() < 12 || packet[2] & 0x80 != 0 {
+            count(RecordType::Unknown(0), "DROPPED");
+            return false;
+        }
+        let client = crate::address::client(src);
         if !self.within_rate(client) {
             metrics().dns_rate_limited.inc();
-            return dropped();
+            return false;
         }
-        let resp_edns = request.edns.as_ref().map(|req| {
+        let request = match Message::from_vec(packet) {
+            Ok(m) => m,
+            Err(_) => {
+                count(RecordType::Unknown(0), "FORMERR");
+                formerr_header(packet, out);
+                return true;
+            }
+        };
+        let qtype = request
+            .queries
+            .first()
+            .map_or(RecordType::Unknown(0), |q| q.query_type());
+        // A name that is no host name (binary labels, escapes) is never one of ours, and echoing
+        // it back can make an answer no resolver decodes (fuzz finding F5): dropped.
+        if request.queries.iter().any(|q| {
+            let name = q.name().to_ascii();
+            !crate::protocol::validate_hostname(name.trim_end_matches('.')) && name != "."
+        }) {
+            count(qtype, "DROPPED");
+            return false;
+        }
+        let mut response = Message::response(request.metadata.id, request.metadata.op_code);
+        response.metadata.recursion_desired = request.metadata.recursion_desired;
+        response.metadata.checking_disabled = request.metadata.checking_disabled;
+        response.add_queries(request.queries.iter().cloned());
+        let limit = match (transport, &request.edns) {
+            (Transport::Tcp, _) => usize::from(u16::MAX),
+            (Transport::Udp, Some(e)) => usize::from(e.max_payload().clamp(512, MAX_UDP_PAYLOAD)),
+            (Transport::Udp, None) => 512,
+        };
+        if let Some(req) = &request.edns {
             let mut e = Edns::new();
             e.set_max_payload(req.max_payload().clamp(512, MAX_UDP_PAYLOAD));
             e.set_version(0);
-            e
-        });
-        let mut builder = MessageResponseBuilder::from_message_request(request);
-        if let Some(e) = resp_edns.as_ref() {
-            builder.edns(e);
+            response.set_edns(e);
         }
-        let query = request.queries.queries().first();
-        let qtype = query.map_or(RecordType::Unknown(0), |q| q.query_type());
-        // A name that is no host name (binary labels, escapes) is never one of ours, and echoing
-        // it back can make an answer no resolver decodes (fuzz finding F5): dropped.
-        if request.queries.queries().iter().any(|q| {
-            let name = q.original().name().to_ascii();
-            !crate::protocol::validate_hostname(name.trim_end_matches('.')) && name != "."
-        }) {
+        let code = self.fill(&request, client, transport, &mut response);
+        count(qtype, rcode_label(code));
+        response.metadata.response_code = code;
+        if code == ResponseCode::NoError {
             metrics()
-                .dns_queries
-                .with_label_values(&[qtype_label(qtype), "DROPPED"])
-                .inc();
-            return dropped();
+                .dns_answer_records
+                .observe(response.answers.len() as f64);
         }
-        let count = |code: ResponseCode| {
-            metrics()
-                .dns_queries
-                .with_label_values(&[qtype_label(qtype), rcode_label(code)])
-                .inc();
-        };
-        let refuse = if !self
+        encode(&response, limit, out)
+    }
+
+    /// Decides the answer to `request` and puts its records into `response`; returns its code.
+    fn fill(
+        &self,
+        request: &Message,
+        client: IpAddr,
+        transport: Transport,
+        response: &mut Message,
+    ) -> ResponseCode {
+        // REFUSED, not a drop, for a client outside `allow_clients`: as small as the query
+        // (nothing to amplify), and it tells a misconfigured client why instead of making it
+        // time out.
+        if !self
             .settings
             .allow_clients
             .iter()
             .any(|n| n.contains(&client))
         {
-            // REFUSED, not a drop: as small as the query (nothing to amplify), and it tells a
-            // misconfigured client why instead of making it time out.
-            Some(ResponseCode::Refused)
-        } else if request.metadata.op_code != OpCode::Query
+            return ResponseCode::Refused;
+        }
+        if request.metadata.op_code != OpCode::Query
             || request.metadata.message_type != MessageType::Query
         {
-            Some(ResponseCode::NotImp)
-        } else if request.queries.queries().len() != 1 {
-            Some(ResponseCode::FormErr)
-        } else {
-            None
+            return ResponseCode::NotImp;
+        }
+        let [q] = request.queries.as_slice() else {
+            return ResponseCode::FormErr;
         };
-        let found = match (refuse, query) {
-            (Some(code), _) => Err(code),
-            (None, None) => Err(ResponseCode::FormErr),
-            (None, Some(q)) => {
-                let owner: Name = q.original().name().clone();
-                let key = owner.to_ascii().trim_end_matches('.').to_ascii_lowercase();
-                match self.zone.lookup(&key) {
-                    Lookup::NotOurs => Err(ResponseCode::Refused),
-                    Lookup::NotReady => Err(ResponseCode::ServFail),
-                    Lookup::Found(a) => Ok((owner, a)),
-                }
-            }
+        // Only the Internet class is served (CH, HS, ANY: refused, as an authoritative server
+        // without zones of those classes does). Zone transfers: not over UDP at all (NOTIMP), and
+        // never to anyone over TCP (REFUSED): the members are published one answer at a time.
+        if q.query_class() != DNSClass::IN {
+            return ResponseCode::Refused;
+        }
+        if matches!(q.query_type(), RecordType::AXFR | RecordType::IXFR) {
+            return match transport {
+                Transport::Udp => ResponseCode::NotImp,
+                Transport::Tcp => ResponseCode::Refused,
+            };
+        }
+        let owner: Name = q.name().clone();
+        let key = owner.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        let answer = match self.zone.lookup(&key) {
+            Lookup::NotOurs => return ResponseCode::Refused,
+            Lookup::NotReady => return ResponseCode::ServFail,
+            Lookup::Found(a) => a,
         };
-        let (owner, answer) = match found {
-            Ok(found) => found,
-            Err(code) => {
-                count(code);
-                let resp = builder.error_msg(&request.metadata, code);
-                return response_handle
-                    .send_response(resp)
-                    .await
-                    .unwrap_or_else(|_| dropped());
-            }
-        };
+        response.metadata.authoritative = true;
+        response.metadata.recursion_available = false;
+        self.records(q, owner, &answer, response);
+        ResponseCode::NoError
+    }
+
+    /// The records of a NOERROR answer to `q` from `answer`.
+    fn records(&self, q: &Query, owner: Name, answer: &Answer, response: &mut Message) {
         let ttl = if answer.all_down {
             1
         } else if answer.degraded {
@@ -280,11 +338,10 @@ impl RequestHandler for Responder {
                 .inc();
         }
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let mut answers: Vec<Record> = Vec::new();
-        let mut additionals: Vec<Record> = Vec::new();
-        match qtype {
-            RecordType::A | RecordType::AAAA => {
-                let want_v4 = qtype == RecordType::A;
+        let most = self.settings.max_answers;
+        match q.query_type() {
+            t @ (RecordType::A | RecordType::AAAA) => {
+                let want_v4 = t == RecordType::A;
                 let fam: Vec<IpAddr> = answer
                     .addrs
                     .iter()
@@ -292,37 +349,33 @@ impl RequestHandler for Responder {
                     .filter(|a| a.is_ipv4() == want_v4)
                     .collect();
                 let n = fam.len();
-                for i in 0..n.min(self.settings.max_answers) {
-                    let rdata = match fam[(turn + i) % n] {
-                        IpAddr::V4(v4) => RData::A(A(v4)),
-                        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
-                    };
-                    answers.push(Record::from_rdata(owner.clone(), ttl, rdata));
+                for i in 0..n.min(most) {
+                    response.add_answer(address_record(owner.clone(), ttl, fam[(turn + i) % n]));
                 }
             }
             RecordType::SRV => {
+                // At most `max_answers` targets, each with its address: a small query never
+                // reflects a large answer.
                 let n = answer.srv.len();
-                for i in 0..n {
+                for i in 0..n.min(most) {
                     let s = &answer.srv[(turn + i) % n];
                     let Some(target) = name_of(&s.target) else {
                         continue;
                     };
-                    answers.push(Record::from_rdata(
+                    response.add_answer(Record::from_rdata(
                         owner.clone(),
                         ttl,
                         RData::SRV(SRV::new(s.priority, s.weight, s.port, target.clone())),
                     ));
-                    let rdata = match s.addr {
-                        IpAddr::V4(v4) => RData::A(A(v4)),
-                        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
-                    };
-                    additionals.push(Record::from_rdata(target, ttl, rdata));
+                    response.add_additional(address_record(target, ttl, s.addr));
                 }
             }
-            RecordType::SOA => answers.push(soa(&owner, self.settings.ttl)),
+            RecordType::SOA => {
+                response.add_answer(soa(&owner, self.settings.ttl));
+            }
             RecordType::ANY => {
                 // RFC 8482: a minimal answer to ANY, nothing worth amplifying.
-                answers.push(Record::from_rdata(
+                response.add_answer(Record::from_rdata(
                     owner.clone(),
                     self.settings.ttl,
                     RData::HINFO(HINFO::new("RFC8482".into(), String::new())),
@@ -330,91 +383,52 @@ impl RequestHandler for Responder {
             }
             _ => {}
         }
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.authoritative = true;
-        metadata.recursion_available = false;
-        metadata.response_code = ResponseCode::NoError;
-        count(ResponseCode::NoError);
-        metrics().dns_answer_records.observe(answers.len() as f64);
         // NODATA carries the SOA, whose minimum bounds how long it is cached.
-        let authority: Vec<Record> = if answers.is_empty() {
-            vec![soa(&owner, self.settings.ttl)]
-        } else {
-            Vec::new()
-        };
-        let resp = builder.build(
-            metadata,
-            answers.iter(),
-            [].iter(),
-            authority.iter(),
-            additionals.iter(),
-        );
-        response_handle
-            .send_response(resp)
-            .await
-            .unwrap_or_else(|_| dropped())
+        if response.answers.is_empty() {
+            response.add_authority(soa(&owner, self.settings.ttl));
+        }
     }
 }
 
-/// Binds UDP and TCP on `addr` for the responder, with `SO_REUSEPORT` so a graceful upgrade's new
-/// process can bind beside the old one.
-pub fn bind(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let domain = if addr.is_ipv4() {
-        Domain::IPV4
-    } else {
-        Domain::IPV6
-    };
-    let udp = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-    udp.set_reuse_address(true)?;
-    udp.set_reuse_port(true)?;
-    udp.set_nonblocking(true)?;
-    udp.bind(&addr.into())?;
-    let tcp = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-    tcp.set_reuse_address(true)?;
-    tcp.set_reuse_port(true)?;
-    tcp.set_nonblocking(true)?;
-    tcp.bind(&addr.into())?;
-    tcp.listen(256)?;
-    Ok((udp.into(), tcp.into()))
-}
-
-/// Serves `responder` on the bound sockets until the process ends; call inside a tokio runtime.
-pub fn serve(
-    responder: Responder,
-    sockets: Vec<(std::net::UdpSocket, std::net::TcpListener)>,
-) -> std::io::Result<hickory_server::Server<Responder>> {
-    let mut server = hickory_server::Server::new(responder);
-    for (udp, tcp) in sockets {
-        server.register_socket(tokio::net::UdpSocket::from_std(udp)?);
-        server.register_listener(
-            tokio::net::TcpListener::from_std(tcp)?,
-            Duration::from_secs(5),
-            64,
-        );
+/// Encodes `response` into `out`; an answer larger than `limit` goes out truncated (TC=1, the
+/// question only), which tells the client to ask again over TCP. `false` if it cannot be encoded.
+fn encode(response: &Message, limit: usize, out: &mut Vec<u8>) -> bool {
+    match response.to_vec() {
+        Ok(bytes) if bytes.len() <= limit => {
+            *out = bytes;
+            true
+        }
+        Ok(_) => match response.truncate().to_vec() {
+            Ok(bytes) => {
+                *out = bytes;
+                true
+            }
+            Err(_) => false,
+        },
+        Err(_) => false,
     }
-    Ok(server)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_server::net::runtime::TokioTime;
-    use hickory_server::net::xfer::Protocol;
-    use hickory_server::net::NetError;
-    use hickory_server::proto::op::Message;
-    use hickory_server::proto::serialize::binary::BinEncoder;
-    use hickory_server::zone_handler::MessageResponse;
-    use std::sync::Mutex;
 
     struct Fixed;
 
     impl Zone for Fixed {
         fn lookup(&self, name: &str) -> Lookup {
+            let srv = |i: u8| SrvAnswer {
+                priority: 0,
+                weight: 1,
+                port: 5222,
+                target: format!("127-0-0-{i}.chat.t"),
+                addr: IpAddr::from([127, 0, 0, i]),
+            };
             match name {
-                "chat.t" => Lookup::Found(Answer {
+                "chat.t" | "_chat._tcp.chat.t" => Lookup::Found(Answer {
                     cluster: "chat.t".into(),
                     addrs: vec!["127.0.0.11".parse().unwrap(), "127.0.0.12".parse().unwrap()],
+                    srv: (1..=40).map(srv).collect(),
                     ..Answer::default()
                 }),
                 _ => Lookup::NotOurs,
@@ -422,78 +436,147 @@ mod tests {
         }
     }
 
-    #[derive(Clone)]
-    struct Capture(Arc<Mutex<Option<Vec<u8>>>>);
+    fn responder(max_answers: usize) -> Responder {
+        Responder::new(
+            Arc::new(Fixed),
+            Settings {
+                ttl: 2,
+                max_answers,
+                allow_clients: vec!["127.0.0.0/8".parse().unwrap()],
+                rate: 1000,
+            },
+        )
+    }
 
-    #[async_trait::async_trait]
-    impl ResponseHandler for Capture {
-        async fn send_response<'a>(
-            &mut self,
-            response: MessageResponse<
-                '_,
-                'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-            >,
-        ) -> Result<ResponseInfo, NetError> {
-            let mut buf = Vec::new();
-            let mut enc = BinEncoder::new(&mut buf);
-            let info = response.destructive_emit(&mut enc)?;
-            *self.0.lock().unwrap() = Some(buf);
-            Ok(info)
+    fn ask_with(r: &Responder, packet: &[u8], transport: Transport) -> Option<Message> {
+        let mut out = Vec::new();
+        if !r.answer(packet, "127.0.0.1".parse().unwrap(), transport, &mut out) {
+            return None;
+        }
+        Some(Message::from_vec(&out).expect("every answer decodes"))
+    }
+
+    fn ask(packet: &[u8]) -> Option<Message> {
+        ask_with(&responder(8), packet, Transport::Udp)
+    }
+
+    fn query_class(name: &[u8], qtype: u16, class: u16) -> Vec<u8> {
+        let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(name);
+        q.extend_from_slice(&qtype.to_be_bytes());
+        q.extend_from_slice(&class.to_be_bytes());
+        q
+    }
+
+    fn query(name: &[u8], qtype: u16) -> Vec<u8> {
+        query_class(name, qtype, 1)
+    }
+
+    const CHAT: &[u8] = b"\x04chat\x01t\x00";
+
+    #[test]
+    fn answers_refusals_and_nodata() {
+        let m = ask(&query(CHAT, 1)).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert!(m.metadata.authoritative && !m.metadata.recursion_available);
+        assert_eq!(m.metadata.id, 0x1234);
+        assert_eq!(m.answers.len(), 2);
+        let m = ask(&query(b"\x05other\x01t\x00", 1)).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+        let m = ask(&query(CHAT, 15)).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert!(m.answers.is_empty());
+        assert_eq!(m.authorities.len(), 1, "NODATA carries the SOA");
+    }
+
+    /// Hardening (issue 26, item 9): CH, HS and ANY classes got IN answers, AXFR over UDP an
+    /// empty NOERROR.
+    #[test]
+    fn other_classes_are_refused_and_zone_transfers_are_not_served() {
+        for class in [3u16, 4, 255, 254] {
+            let m = ask(&query_class(CHAT, 1, class)).unwrap();
+            assert_eq!(
+                m.metadata.response_code,
+                ResponseCode::Refused,
+                "class {class}"
+            );
+            assert!(m.answers.is_empty());
+        }
+        let r = responder(8);
+        for qtype in [252u16, 251] {
+            let udp = ask_with(&r, &query(CHAT, qtype), Transport::Udp).unwrap();
+            assert_eq!(udp.metadata.response_code, ResponseCode::NotImp);
+            let tcp = ask_with(&r, &query(CHAT, qtype), Transport::Tcp).unwrap();
+            assert_eq!(tcp.metadata.response_code, ResponseCode::Refused);
+            assert!(udp.answers.is_empty() && tcp.answers.is_empty());
         }
     }
 
-    async fn ask(packet: &[u8]) -> Option<Message> {
+    /// Hardening (issue 26, item 7): an SRV answer carried every target (40 here), whatever
+    /// `max_answers` said.
+    #[test]
+    fn srv_answers_stay_within_max_answers() {
+        let q = query(b"\x05_chat\x04_tcp\x04chat\x01t\x00", 33);
+        for most in [1usize, 3, 8] {
+            let m = ask_with(&responder(most), &q, Transport::Udp).unwrap();
+            assert_eq!(m.answers.len(), most);
+            assert_eq!(m.additionals.len(), most);
+            let bytes = {
+                let mut out = Vec::new();
+                responder(most).answer(&q, "127.0.0.1".parse().unwrap(), Transport::Udp, &mut out);
+                out.len()
+            };
+            assert!(bytes <= 512, "{most} targets: {bytes} bytes");
+        }
+        // Over TCP too: the bound is the answer's, not the transport's.
+        let m = ask_with(&responder(8), &q, Transport::Tcp).unwrap();
+        assert_eq!(m.answers.len(), 8);
+    }
+
+    #[test]
+    fn short_garbage_and_responses_are_dropped_and_bad_bodies_get_formerr() {
+        assert!(ask(b"").is_none());
+        assert!(ask(&[0x12, 0x34, 1]).is_none());
+        let mut response = query(CHAT, 1);
+        response[2] |= 0x80;
+        assert!(ask(&response).is_none(), "a response is never answered");
+        // A header that says one question, and no question.
+        let mut out = Vec::new();
+        let header = [0x56, 0x78, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        assert!(responder(8).answer(
+            &header,
+            "127.0.0.1".parse().unwrap(),
+            Transport::Udp,
+            &mut out
+        ));
+        let m = Message::from_vec(&out).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        assert_eq!(m.metadata.id, 0x5678);
+    }
+
+    #[test]
+    fn a_client_past_its_rate_is_dropped_before_decoding() {
         let r = Responder::new(
             Arc::new(Fixed),
             Settings {
                 ttl: 2,
                 max_answers: 8,
                 allow_clients: vec!["127.0.0.0/8".parse().unwrap()],
-                rate: 1000,
+                rate: 5,
             },
         );
-        let req = Request::from_bytes(
-            packet.to_vec(),
-            "127.0.0.1:53".parse().unwrap(),
-            Protocol::Udp,
-        )
-        .ok()?;
-        let c = Capture(Arc::new(Mutex::new(None)));
-        r.handle_request::<_, TokioTime>(&req, c.clone()).await;
-        let bytes = c.0.lock().unwrap().take()?;
-        Some(Message::from_vec(&bytes).expect("every answer decodes"))
-    }
-
-    fn query(name: &[u8], qtype: u16) -> Vec<u8> {
-        let mut q = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-        q.extend_from_slice(name);
-        q.extend_from_slice(&qtype.to_be_bytes());
-        q.extend_from_slice(&[0, 1]);
-        q
-    }
-
-    #[tokio::test]
-    async fn answers_refusals_and_nodata() {
-        let m = ask(&query(b"\x04chat\x01t\x00", 1)).await.unwrap();
-        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-        assert!(m.metadata.authoritative && !m.metadata.recursion_available);
-        assert_eq!(m.answers.len(), 2);
-        let m = ask(&query(b"\x05other\x01t\x00", 1)).await.unwrap();
-        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
-        let m = ask(&query(b"\x04chat\x01t\x00", 15)).await.unwrap();
-        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-        assert!(m.answers.is_empty());
-        assert_eq!(m.authorities.len(), 1, "NODATA carries the SOA");
+        let q = query(CHAT, 1);
+        let answered = (0..30)
+            .filter(|_| ask_with(&r, &q, Transport::Udp).is_some())
+            .count();
+        // The burst is twice the rate; the test runs in far less than the 200 ms a refill takes.
+        assert_eq!(answered, 10);
     }
 
     /// Fuzz finding F5: a query for a name with binary labels got an answer echoing it that no
     /// decoder reads; such queries are dropped now.
-    #[tokio::test]
-    async fn a_name_that_is_no_host_name_is_dropped() {
+    #[test]
+    fn a_name_that_is_no_host_name_is_dropped() {
         let crash = [
             0x01, 0x34, 0x00, 0x12, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x24, 0x04,
             0xba, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00,
@@ -504,18 +587,13 @@ mod tests {
             0x00, 0x00, 0x00, 0x00,
         ];
         // It is a query hickory decodes (the case is the answer, not the parse).
-        assert!(Request::from_bytes(
-            crash.to_vec(),
-            "127.0.0.1:53".parse().unwrap(),
-            Protocol::Udp
-        )
-        .is_ok());
-        assert!(ask(&crash).await.is_none());
-        assert!(ask(&query(b"\x03a\xffb\x01t\x00", 1)).await.is_none());
+        assert!(Message::from_vec(&crash).is_ok());
+        assert!(ask(&crash).is_none());
+        assert!(ask(&query(b"\x03a\xffb\x01t\x00", 1)).is_none());
         // The same for any of several questions (the second crash of the run).
-        let mut two = query(b"\x04chat\x01t\x00", 1);
+        let mut two = query(CHAT, 1);
         two[5] = 2;
         two.extend_from_slice(b"\x03a\xffb\x00\x00\x01\x00\x01");
-        assert!(ask(&two).await.is_none());
+        assert!(ask(&two).is_none());
     }
 }

@@ -102,7 +102,7 @@ fn error_type(kind: FailKind) -> ErrorType {
         FailKind::Refused => ErrorType::ConnectRefused,
         FailKind::Timeout => ErrorType::ConnectTimedout,
         FailKind::Unreachable => ErrorType::ConnectNoRoute,
-        FailKind::Other => ErrorType::ConnectError,
+        FailKind::Other | FailKind::Exhausted => ErrorType::ConnectError,
     }
 }
 

@@ -72,7 +72,17 @@ impl Listener {
             Some(KEEPALIVE.as_secs())
         });
         session.set_connection_user_context(Some(Box::new(admitted)));
-        let reused = self.forwarder.process_new_http(session, shutdown).await;
+        // A request still in flight at the shutdown's deadline is ended here, with its line
+        // (pingora would drop it unlogged a second later).
+        let deadline = self.shutdown_deadline(&req);
+        let reused = tokio::select! {
+            reused = self.forwarder.process_new_http(session, shutdown) => reused,
+            _ = deadline => {
+                let why = "closed by the shutdown: still in flight at its timeout".to_string();
+                self.finish_refused(&req, Some(&target), Outcome::Shutdown, why);
+                return None;
+            }
+        };
         if !seen.load(Ordering::Acquire) {
             // Pingora refused the head before any hook ran: the checks above missed a rule of
             // its parser. Still one line and one count.

@@ -89,6 +89,9 @@ struct Request {
     /// Its place among the client's connections still in their handshake, until the request is
     /// read.
     handshake: Option<Handshake>,
+    /// Pingora's shutdown signal: set when the listeners stop (SIGTERM after the grace period,
+    /// or a graceful upgrade).
+    shutdown: ShutdownWatch,
 }
 
 impl Request {
@@ -169,6 +172,7 @@ impl ServerApp for Listener {
                 started,
                 deadline: started + handshake,
                 handshake: handshake_place,
+                shutdown: shutdown.clone(),
             };
             match buf[0] {
                 0x04 if first_request && self.socks => {
@@ -245,6 +249,13 @@ impl Listener {
         handshake: Duration,
     ) {
         tracing::debug!(client = ?who.client, %why, "connection refused early");
+        // A refusal holds its descriptor while it answers: past the refusals' share the
+        // connection is closed without an answer, so refusing never exhausts the budget either.
+        // (Counted by the share and the limit that refused it; no line is logged for it, or a
+        // flood would be one line per connection.)
+        let Some(_descriptor) = crate::descriptors::budget().refusals.try_take() else {
+            return;
+        };
         let started = Instant::now();
         let deadline = started + handshake.min(Duration::from_secs(2));
         let mut buf = BytesMut::new();
@@ -306,6 +317,7 @@ impl Listener {
             started,
             deadline,
             handshake: None,
+            shutdown: tokio::sync::watch::channel(false).1,
         };
         self.finish_refused(&req, None, outcome, why);
     }
@@ -383,6 +395,25 @@ impl Listener {
         };
         let stream = io::unread(stream, &buf[used..])?;
         Some((stream, client))
+    }
+
+    /// Resolves when work in flight must end: `server.graceful_shutdown_timeout_seconds` after the
+    /// listeners stopped. Pingora waits a second longer before it drops what is left (see
+    /// `server::server_conf`), so everything this ends is logged with outcome `shutdown`.
+    fn shutdown_deadline(&self, req: &Request) -> impl std::future::Future<Output = ()> + use<> {
+        let mut watch = req.shutdown.clone();
+        let timeout = self
+            .proxy
+            .runtime()
+            .config
+            .server
+            .graceful_shutdown_timeout();
+        async move {
+            if watch.wait_for(|stopping| *stopping).await.is_err() {
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(timeout).await;
+        }
     }
 
     /// Logs and counts a request that ended before a tunnel opened or a request was forwarded.

@@ -30,7 +30,7 @@ impl Listener {
     ) {
         match self.proxy.open(&req.who, target).await {
             Ok((up, rule)) => {
-                metrics::request(req.protocol, Outcome::Ok);
+                // (Counted when it ends, with the outcome the access line gives it.)
                 write_reply(&mut stream, &ok(&up)).await;
                 self.tunnel(req, stream, up, rule, &early, target).await;
             }
@@ -84,6 +84,9 @@ impl Listener {
                     .is_some_and(|c| c.cfg.on_member_down == OnMemberDown::CloseTunnels)
             })
             .map(|m| m.watch_down());
+        // The tunnel ends on its own, or from outside: its member marked down (when the cluster
+        // says so) or the shutdown's deadline. Either way its bytes are counted and its line
+        // says why.
         let member_down = async {
             match down.as_mut() {
                 Some(rx) => {
@@ -92,30 +95,39 @@ impl Listener {
                 None => std::future::pending().await,
             }
         };
-        let relay = async {
-            match tunnel::tcp_of(&client) {
-                Some(raw) => {
-                    // The duplicate is all the tunnel needs: closing Pingora's descriptor keeps
-                    // the tunnel at two descriptors (client and upstream).
-                    drop(client);
-                    tunnel::run_tcp(&raw, &up.stream, early, opts).await
-                }
-                None => tunnel::run(&mut client, &mut up.stream, early, opts.idle).await,
-            }
+        let shutdown = self.shutdown_deadline(&req);
+        let stopped_by = std::sync::Mutex::new(None);
+        let stop = async {
+            let why = tokio::select! {
+                _ = member_down => Outcome::MemberDown,
+                _ = shutdown => Outcome::Shutdown,
+            };
+            *stopped_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
         };
-        let (stats, outcome) = tokio::select! {
-            stats = relay => {
-                let o = if stats.idled_out { Outcome::IdleTimeout } else { Outcome::Ok };
-                (stats, o)
+        let stats = match tunnel::tcp_of(&client) {
+            Some(raw) => {
+                // The duplicate is all the tunnel needs: closing Pingora's descriptor keeps the
+                // tunnel at two descriptors (client and upstream).
+                drop(client);
+                tunnel::run_tcp(&raw, &up.stream, early, opts, stop).await
             }
-            _ = member_down => {
-                m.tunnels_closed_member_down.with_label_values(&[&up.cluster]).inc();
-                (tunnel::TunnelStats::default(), Outcome::MemberDown)
-            }
+            None => tunnel::run(&mut client, &mut up.stream, early, opts.idle, stop).await,
         };
+        let stopped_by = *stopped_by.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = match (stats.stopped, stopped_by) {
+            (true, Some(why)) => why,
+            _ if stats.idled_out => Outcome::IdleTimeout,
+            _ => Outcome::Ok,
+        };
+        if outcome == Outcome::MemberDown {
+            m.tunnels_closed_member_down
+                .with_label_values(&[&up.cluster])
+                .inc();
+        }
         active.dec();
         m.tunnel_up.inc_by(stats.up);
         m.tunnel_down.inc_by(stats.down);
+        metrics::request(req.protocol, outcome);
         self.proxy.log(&Entry {
             client: req.who.client,
             user: req.who.user.clone(),
@@ -126,10 +138,12 @@ impl Listener {
             attempts: up.attempts,
             outcome,
             rule,
-            error: if outcome == Outcome::MemberDown {
-                "member marked down: tunnel closed (on_member_down = close_tunnels)".into()
-            } else {
-                String::new()
+            error: match outcome {
+                Outcome::MemberDown => {
+                    "member marked down: tunnel closed (on_member_down = close_tunnels)".into()
+                }
+                Outcome::Shutdown => "closed by the shutdown: still open at its timeout".into(),
+                _ => String::new(),
             },
             bytes_up: stats.up,
             bytes_down: stats.down,

@@ -52,6 +52,7 @@ impl OpenError {
             }
             OpenError::Dns(_) | OpenError::NoMembers(_) => Outcome::DnsError,
             OpenError::Dial(d) if d.kind == FailKind::Timeout => Outcome::Timeout,
+            OpenError::Dial(d) if d.kind == FailKind::Exhausted => Outcome::Overload,
             OpenError::Dial(_) => Outcome::ConnectError,
         }
     }

@@ -209,7 +209,7 @@ impl Attempts for Plan {
             FailKind::Refused => "refused",
             FailKind::Timeout => "timeout",
             FailKind::Unreachable => "unreachable",
-            FailKind::Other => "error",
+            FailKind::Other | FailKind::Exhausted => "error",
         };
         match (&self.cluster, &c.member) {
             (Some(cluster), Some(m)) => cluster.report_failure(m, result, detail),

@@ -36,6 +36,9 @@ pub struct TunnelStats {
     pub down: u64,
     /// True if the idle timeout closed it.
     pub idled_out: bool,
+    /// True if the caller's stop signal closed it (its member went down, or the shutdown's
+    /// deadline came): the bytes are still counted.
+    pub stopped: bool,
 }
 
 /// How a tunnel moves bytes, from `[tunnel]`; read when the tunnel opens, so a reload applies to
@@ -138,12 +141,14 @@ async fn pump_any(
 }
 
 /// The fast path: both ends plain TCP. `early` (bytes the client sent before the tunnel opened)
-/// goes to the upstream first.
+/// goes to the upstream first. The tunnel ends when both directions are done, when it idles out,
+/// or when `stop` resolves.
 pub async fn run_tcp(
     client: &TcpStream,
     upstream: &TcpStream,
     early: &[u8],
     opts: Options,
+    stop: impl std::future::Future<Output = ()>,
 ) -> TunnelStats {
     let mut stats = TunnelStats::default();
     if !early.is_empty() {
@@ -170,6 +175,7 @@ pub async fn run_tcp(
     tokio::select! {
         _ = both => {}
         _ = clock.idle(opts.idle) => stats.idled_out = true,
+        _ = stop => stats.stopped = true,
     }
     stats.up += up.load(Ordering::Relaxed);
     stats.down += down.load(Ordering::Relaxed);
@@ -216,12 +222,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<'_, S> {
     }
 }
 
-/// The generic path for any stream (TLS clients): `copy_bidirectional` with the idle watchdog.
+/// The generic path for any stream (TLS clients): `copy_bidirectional` with the idle watchdog
+/// and the caller's `stop`.
 pub async fn run<C, U>(
     client: &mut C,
     upstream: &mut U,
     early: &[u8],
     idle: Duration,
+    stop: impl std::future::Future<Output = ()>,
 ) -> TunnelStats
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -248,6 +256,7 @@ where
     tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
         _ = clock.idle(idle) => stats.idled_out = true,
+        _ = stop => stats.stopped = true,
     }
     stats.up += c.bytes;
     stats.down += u.bytes;
@@ -308,6 +317,7 @@ mod tests {
                 &upstream_side,
                 b"early ",
                 opts_with_idle(Duration::from_secs(5)),
+                std::future::pending(),
             )
             .await
         });
@@ -398,8 +408,40 @@ mod tests {
             &upstream_side,
             b"",
             opts_with_idle(Duration::from_millis(100)),
+            std::future::pending(),
         )
         .await;
         assert!(stats.idled_out);
+    }
+
+    /// Hardening (issue 26, item 11): a tunnel closed from outside (its member marked down) was
+    /// logged with 0 bytes each way whatever it had carried.
+    #[tokio::test]
+    async fn a_stopped_tunnel_keeps_its_byte_counts() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, mut server) = pair().await;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let tunnel = tokio::spawn(async move {
+            run_tcp(
+                &client_side,
+                &upstream_side,
+                b"",
+                opts_with_idle(Duration::from_secs(30)),
+                async {
+                    let _ = stop_rx.await;
+                },
+            )
+            .await
+        });
+        client.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        server.read_exact(&mut got).await.unwrap();
+        server.write_all(&[7u8; 27]).await.unwrap();
+        let mut back = [0u8; 27];
+        client.read_exact(&mut back).await.unwrap();
+        stop_tx.send(()).unwrap();
+        let stats = tunnel.await.unwrap();
+        assert!(stats.stopped && !stats.idled_out);
+        assert_eq!((stats.up, stats.down), (5, 27));
     }
 }
