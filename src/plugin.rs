@@ -226,7 +226,7 @@ impl Upstream {
 
     /// Waits (at most `limit`) until the first discovery has finished.
     pub async fn ready(&self, limit: Duration) -> bool {
-        self.cluster.wait_ready(limit).await;
+        self.cluster.wait_discovered(limit).await;
         self.cluster.is_ready()
     }
 

@@ -116,8 +116,12 @@ impl Admin {
             }
         }
         for c in self.proxy.clusters.load().iter() {
-            if !c.is_ready() {
+            if !c.is_discovered() {
                 return Err(format!("cluster {} not discovered yet", c.name));
+            }
+            if !c.is_ready() && !c.had_members() {
+                let why = c.snapshot().dns_error.clone().unwrap_or_default();
+                return Err(format!("cluster {} has no members: {why}", c.name));
             }
         }
         Ok(())

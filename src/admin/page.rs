@@ -75,6 +75,22 @@ fn age(unix: u64, now: u64) -> String {
     }
 }
 
+/// How long a healthy member's last error stays on the page (faded) after it was seen.
+pub const ERROR_FADES_AFTER_SECONDS: u64 = 600;
+
+/// A member's last error as the page shows it: with its age, faded (`true`) once the member is
+/// healthy again, and gone when it is older than [`ERROR_FADES_AFTER_SECONDS`] on a healthy
+/// member, so an old error does not read as current.
+pub fn last_error(m: &Value, now: u64) -> Option<(String, bool)> {
+    let err = m["last_error"].as_str().filter(|e| !e.is_empty())?;
+    let at = m["last_error_unix"].as_u64().unwrap_or(0);
+    let healthy = m["health"].as_str() == Some("healthy");
+    if healthy && now.saturating_sub(at) > ERROR_FADES_AFTER_SECONDS {
+        return None;
+    }
+    Some((format!("{err} ({})", age(at, now)), healthy))
+}
+
 /// The member state as the page says it: `healthy`, `down`, `ejected until …`, `half-open`,
 /// `draining`.
 fn state(m: &Value, now_ms: u64) -> (String, &'static str) {
@@ -148,6 +164,11 @@ pub fn render(status: &Value, history: &History) -> String {
                 _ => continue,
             };
             let (st, class) = state(m, now_ms);
+            let (err, err_class) = match last_error(m, now) {
+                Some((e, true)) => (e, "err faded"),
+                Some((e, false)) => (e, "err"),
+                None => (String::new(), "err"),
+            };
             let check = if m["checked"].as_bool() == Some(true) {
                 format!(
                     "{} · {}",
@@ -164,7 +185,7 @@ pub fn render(status: &Value, history: &History) -> String {
             let _ = write!(
                 body,
                 "<tr class=\"{class}\" data-member=\"{addr}\" data-state=\"{}\"><td><code>{addr}</code></td><td class=\"state\">{st}</td>\
-                 <td>{check}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
+                 <td>{check}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{err_class}\">{}</td></tr>",
                 esc(m["health"].as_str().unwrap_or("")),
                 text(&m["active_connections"]),
                 sparkline(
@@ -174,7 +195,7 @@ pub fn render(status: &Value, history: &History) -> String {
                 text(&m["requests"]),
                 text(&m["connect_failures"]),
                 text(&m["ejections"]),
-                text(&m["last_error"]),
+                esc(&err),
             );
         }
         body.push_str("</tbody></table></section>");
@@ -217,8 +238,9 @@ pub fn render(status: &Value, history: &History) -> String {
     }
     let _ = write!(
         body,
-        "</tbody></table><h2>DNS</h2><p>{} names cached · {} lookups in flight · responder {}</p></section>",
-        text(&status["dns"]["names_cached"]),
+        "</tbody></table><h2>DNS</h2><p>{} cluster names · {} other names cached · {} lookups in flight · responder {}</p></section>",
+        text(&status["dns"]["cluster_names"]),
+        text(&status["dns"]["plain_names_cached"]),
         text(&status["dns"]["lookups_in_flight"]),
         match status["dns"]["responder"].as_array() {
             Some(a) if !a.is_empty() => a.iter().map(text).collect::<Vec<_>>().join(", "),
@@ -237,7 +259,7 @@ h2{font-size:1.1em;margin:1.2em 0 .3em}.meta{color:#555;margin:.2em 0}table{bord
 th,td{text-align:left;padding:.25em .6em;border-bottom:1px solid #ddd;vertical-align:middle}th{background:#f4f4f4}\
 tr.ok td.state{background:#c8e6c9}tr.down td.state{background:#ffcdd2;font-weight:bold}\
 tr.warn td.state{background:#fff3c4}tr.drain td.state{background:#e0e0e0}.down{color:#c62828}.warn{color:#a06000}\
-td.err{color:#777;max-width:24em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}footer{margin-top:2em;color:#666}";
+td.err{color:#b00;max-width:24em;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}td.faded{color:#999;font-style:italic}footer{margin-top:2em;color:#666}";
 
 /// Refreshes the page in place every two seconds (the meta refresh covers browsers without
 /// JavaScript).
@@ -249,6 +271,31 @@ const JS: &str = "setInterval(function(){fetch('/',{cache:'no-store'}).then(func
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Hardening (issue 26, item 11): a healthy member kept showing an old error as if current.
+    #[test]
+    fn a_last_error_shows_its_age_and_fades_once_the_member_is_healthy() {
+        let now = 1_000_000;
+        let m = |health: &str, age: u64| json!({"health": health, "last_error": "connect: refused", "last_error_unix": now - age});
+        assert_eq!(
+            last_error(&m("down", 5), now),
+            Some(("connect: refused (5 s ago)".into(), false))
+        );
+        assert_eq!(
+            last_error(&m("healthy", 5), now),
+            Some(("connect: refused (5 s ago)".into(), true)),
+            "faded"
+        );
+        assert_eq!(
+            last_error(&m("healthy", ERROR_FADES_AFTER_SECONDS + 1), now),
+            None
+        );
+        assert!(last_error(&m("down", ERROR_FADES_AFTER_SECONDS + 1), now).is_some());
+        assert_eq!(
+            last_error(&json!({"health": "down", "last_error": ""}), now),
+            None
+        );
+    }
 
     #[test]
     fn rows_say_the_state_and_nothing_is_unescaped() {

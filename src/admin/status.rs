@@ -33,6 +33,7 @@ impl Admin {
                     "last_check_ok": rec.ok,
                     "last_check_unix": rec.at_unix,
                     "last_error": rec.last_error,
+                    "last_error_unix": rec.last_error_unix,
                     "ejected_until_unix_ms": if until > now { Some(unix_now + (until - now)) } else { None },
                     "ejections": m.ejections(),
                     "active_connections": m.active(),
@@ -103,11 +104,11 @@ impl Admin {
             "listeners": listeners,
             "requests": requests,
             "dns": {
-                "names_cached": self.proxy.resolver.names(),
+                "plain_names_cached": self.proxy.resolver.names(),
+                "cluster_names": self.proxy.clusters.load().iter().count(),
                 "lookups_in_flight": m.dns_in_flight.get(),
                 "responder": config.responder.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             },
-            "names_cached": self.proxy.resolver.names(),
             "clusters": clusters,
         })
     }

@@ -132,8 +132,9 @@ pub fn render(status: &Value, colour: bool) -> String {
         ));
     }
     out.push_str(&format!(
-        "\ndns: {} names cached\n",
-        cell(&status["dns"]["names_cached"])
+        "\ndns: {} cluster names, {} other names cached\n",
+        cell(&status["dns"]["cluster_names"]),
+        cell(&status["dns"]["plain_names_cached"])
     ));
     out
 }

@@ -34,6 +34,16 @@ pub struct CheckRecord {
     pub ok: bool,
     /// The last error seen by a check or a request.
     pub last_error: String,
+    /// When it was seen (Unix seconds; 0: never), so a view can show its age and let it fade
+    /// once the member is healthy again.
+    pub last_error_unix: u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
 }
 
 /// Per-member metric handles, resolved once so the request path does no label lookups.
@@ -258,6 +268,7 @@ impl Member {
         }
         if let Ok(mut r) = self.record.lock() {
             r.last_error = error.to_string();
+            r.last_error_unix = unix_now();
         }
         let was_trial = self.trial.swap(false, Ordering::AcqRel);
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
@@ -309,13 +320,11 @@ impl Member {
         let mut changed = false;
         let first = !self.checked.swap(true, Ordering::Relaxed);
         if let Ok(mut r) = self.record.lock() {
-            r.at_unix = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or(Duration::ZERO)
-                .as_secs();
+            r.at_unix = unix_now();
             r.ok = ok;
             if !ok {
                 r.last_error = error.to_string();
+                r.last_error_unix = r.at_unix;
             }
         }
         if ok {

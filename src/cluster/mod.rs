@@ -71,7 +71,8 @@ pub struct Cluster {
     /// Its configuration.
     pub cfg: ClusterSection,
     snapshot: ArcSwap<Snapshot>,
-    ready: tokio::sync::watch::Sender<bool>,
+    discovered: tokio::sync::watch::Sender<bool>,
+    had_members: AtomicBool,
     stale: AtomicBool,
     retired: AtomicBool,
 }
@@ -97,7 +98,8 @@ impl Cluster {
             name,
             cfg,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
-            ready: tokio::sync::watch::channel(false).0,
+            discovered: tokio::sync::watch::channel(false).0,
+            had_members: AtomicBool::new(false),
             stale: AtomicBool::new(false),
             retired: AtomicBool::new(false),
         })
@@ -108,14 +110,26 @@ impl Cluster {
         self.snapshot.load_full()
     }
 
-    /// Whether discovery has run at least once.
+    /// Whether discovery has run at least once (with or without finding members).
+    pub fn is_discovered(&self) -> bool {
+        *self.discovered.borrow()
+    }
+
+    /// Whether it has members to offer: discovered, with a member set that is not empty (a
+    /// cluster whose SRV targets resolve to nothing is not ready, and says why in `dns_error`).
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
+        self.is_discovered() && !self.snapshot.load().members.is_empty()
+    }
+
+    /// Whether it ever had members (a cluster that lost them all later keeps `/readyz` as it
+    /// was: one broken cluster does not take every replica out of its balancer).
+    pub fn had_members(&self) -> bool {
+        self.had_members.load(Ordering::Relaxed)
     }
 
     /// Waits (at most `limit`) for the first discovery; requests arriving during start-up use it.
-    pub async fn wait_ready(&self, limit: Duration) {
-        let mut rx = self.ready.subscribe();
+    pub async fn wait_discovered(&self, limit: Duration) {
+        let mut rx = self.discovered.subscribe();
         let _ = tokio::time::timeout(limit, rx.wait_for(|r| *r)).await;
     }
 
@@ -137,8 +151,8 @@ impl Cluster {
         }));
         // Re-apply so members of ports that were added or removed come and go.
         let fresh = self.apply(&specs, snap.dns_error.clone());
-        if !old.is_ready() {
-            self.ready.send_replace(false);
+        if !old.is_discovered() {
+            self.discovered.send_replace(false);
         }
         snap.members
             .iter()
@@ -304,7 +318,10 @@ impl Cluster {
                 dns_error,
             }));
         }
-        self.ready.send_replace(true);
+        if !specs.is_empty() {
+            self.had_members.store(true, Ordering::Relaxed);
+        }
+        self.discovered.send_replace(true);
         self.update_state_gauges();
         fresh
     }

@@ -61,7 +61,7 @@ impl ClusterTable {
 impl Cluster {
     /// This cluster's answer: its usable members, or every member when none is usable.
     fn published(&self, srv: bool) -> Lookup {
-        if !self.is_ready() {
+        if !self.is_discovered() {
             return Lookup::NotReady;
         }
         let snap = self.snapshot();

@@ -109,6 +109,7 @@ impl Client {
             .valid_until()
             .saturating_duration_since(std::time::Instant::now());
         let mut out = Vec::new();
+        let mut unusable: Vec<String> = Vec::new();
         for rec in lookup.answers() {
             if let RData::SRV(srv) = &rec.data {
                 let target = srv.target.to_ascii();
@@ -123,11 +124,13 @@ impl Client {
                     })
                     .collect();
                 if addrs.is_empty() {
-                    addrs = self
-                        .ips(&target, "cluster")
-                        .await
-                        .map(|(a, _)| a)
-                        .unwrap_or_default();
+                    match self.ips(&target, "cluster").await {
+                        Ok((a, _)) => addrs = a,
+                        Err(e) => unusable.push(e.to_string()),
+                    }
+                }
+                if addrs.is_empty() {
+                    continue;
                 }
                 out.push(SrvTarget {
                     priority: srv.priority,
@@ -137,8 +140,19 @@ impl Client {
                 });
             }
         }
+        if out.is_empty() && !unusable.is_empty() {
+            // Targets that resolve to nothing leave the cluster with no member at all: that is a
+            // failure to say, not an empty member set to serve.
+            return Err(ResolveError::Failed {
+                name: name.to_string(),
+                reason: format!("no SRV target has an address ({})", unusable.join("; ")),
+            });
+        }
         if out.is_empty() {
             return Err(ResolveError::NotFound(name.to_string()));
+        }
+        if !unusable.is_empty() {
+            tracing::warn!(srv = name, targets = %unusable.join("; "), "SRV targets without an address are left out");
         }
         Ok((out, ttl))
     }

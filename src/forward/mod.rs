@@ -87,7 +87,29 @@ pub struct Ctx {
     failure: Option<(FailKind, String)>,
     outcome: Option<Outcome>,
     why: String,
+    /// Informational (1xx) responses relayed so far, and their heads' bytes.
+    informational: (usize, usize),
+    /// Why the upstream's response was refused (too many 1xx, a head too large): a 502.
+    bad_response: Option<String>,
     _active: Option<ActiveGuard>,
+}
+
+/// Most 1xx responses relayed before the final one: an upstream that streams them for ever
+/// would otherwise hold the client (and the response timeout never fires: each one is a read).
+pub const MAX_INFORMATIONAL: usize = 16;
+
+/// Largest response head relayed (and largest sum of 1xx heads), as Squid's
+/// `reply_header_max_size`: 64 KiB. Request heads stop at 16 KiB; responses carry more (cookies,
+/// security policies).
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// A response head's size on the wire, near enough: status line and every header line.
+fn head_size(resp: &ResponseHeader) -> usize {
+    16 + resp
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
 }
 
 async fn reply(session: &mut Session, status: u16, line: &str) {
@@ -306,13 +328,37 @@ impl ProxyHttp for Forwarder {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        let size = head_size(resp);
+        if resp.status.is_informational() && resp.status.as_u16() != 101 {
+            ctx.informational.0 += 1;
+            ctx.informational.1 += size;
+            if ctx.informational.0 > MAX_INFORMATIONAL || ctx.informational.1 > MAX_RESPONSE_HEAD {
+                let line = format!(
+                    "upstream sent more than {MAX_INFORMATIONAL} informational (1xx) responses or {MAX_RESPONSE_HEAD} bytes of them"
+                );
+                ctx.bad_response = Some(line.clone());
+                return Err(Error::explain(ErrorType::InvalidHTTPHeader, line));
+            }
+        } else if size > MAX_RESPONSE_HEAD {
+            let line = format!("upstream response head larger than {MAX_RESPONSE_HEAD} bytes");
+            ctx.bad_response = Some(line.clone());
+            return Err(Error::explain(ErrorType::InvalidHTTPHeader, line));
+        }
         resp.append_header("Via", "1.1 carousel")?;
         Ok(())
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if let (Some(e), Some(Outcome::Ok)) = (e, ctx.outcome) {
+            // Served in part: the response broke off (an upstream that closed mid-body, a client
+            // that went away). Not `ok`.
+            ctx.outcome = Some(Outcome::Error);
+            if ctx.why.is_empty() {
+                ctx.why = format!("response cut short: {e}");
+            }
+        }
         let outcome = ctx.outcome.unwrap_or(Outcome::Error);
         crate::metrics::request(ClientProtocol::Http, outcome);
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
@@ -358,6 +404,7 @@ impl ProxyHttp for Forwarder {
             };
         }
         let (status, line) = match (&ctx.failure, e.esource()) {
+            _ if ctx.bad_response.is_some() => (502, ctx.bad_response.clone().unwrap_or_default()),
             (_, ErrorSource::Upstream) if e.etype() == &ErrorType::ReadTimedout => {
                 ctx.outcome = Some(Outcome::Timeout);
                 (
@@ -399,6 +446,17 @@ impl ProxyHttp for Forwarder {
             ctx.outcome = Some(Outcome::Error);
         }
         ctx.why = line.clone();
+        if let Some(sent) = session
+            .response_written()
+            .filter(|r| !r.status.is_informational())
+        {
+            // The response had begun (a body cut short): the client has its status already and
+            // only sees the connection close.
+            return FailToProxy {
+                error_code: sent.status.as_u16(),
+                can_reuse_downstream: false,
+            };
+        }
         reply(session, status, &line).await;
         FailToProxy {
             error_code: status,

@@ -240,8 +240,8 @@ impl Proxy {
         runtime: &Runtime,
         target: &Target,
     ) -> Result<Source, OpenError> {
-        if !cluster.is_ready() {
-            cluster.wait_ready(runtime.dial.deadline).await;
+        if !cluster.is_discovered() {
+            cluster.wait_discovered(runtime.dial.deadline).await;
         }
         let sel = cluster.select(target.port).ok_or_else(|| {
             let snap = cluster.snapshot();
