@@ -17,11 +17,17 @@ use dashmap::DashMap;
 use crate::config::LimitsSection;
 use crate::metrics::metrics;
 
+/// Refusals one client address may have in progress at once; past it its connections are closed
+/// without an answer, so clients that hold refused connections open (idle, never sending their
+/// request) cannot take the refusals' descriptors from everyone else.
+pub const REFUSALS_PER_CLIENT: usize = 4;
+
 /// Open connection counts.
 pub struct Limits {
     total: AtomicUsize,
     per_client: DashMap<IpAddr, usize>,
     handshakes: DashMap<IpAddr, usize>,
+    refusing: Arc<DashMap<IpAddr, usize>>,
     max_total: AtomicUsize,
     max_per_client: AtomicUsize,
     max_handshakes: AtomicUsize,
@@ -36,6 +42,25 @@ pub struct Handshake {
 impl Drop for Handshake {
     fn drop(&mut self) {
         if let dashmap::Entry::Occupied(mut e) = self.limits.handshakes.entry(self.client) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
+/// Holds one refusal in progress: a descriptor of the refusals' share and the client's place.
+pub struct Refusal {
+    _descriptor: crate::descriptors::Held,
+    table: Arc<DashMap<IpAddr, usize>>,
+    client: Option<IpAddr>,
+}
+
+impl Drop for Refusal {
+    fn drop(&mut self) {
+        let Some(ip) = self.client else { return };
+        if let dashmap::Entry::Occupied(mut e) = self.table.entry(ip) {
             *e.get_mut() -= 1;
             if *e.get() == 0 {
                 e.remove();
@@ -72,6 +97,7 @@ impl Limits {
             total: AtomicUsize::new(0),
             per_client: DashMap::new(),
             handshakes: DashMap::new(),
+            refusing: Arc::new(DashMap::new()),
             max_total: AtomicUsize::new(cfg.max_connections),
             max_per_client: AtomicUsize::new(cfg.max_connections_per_client),
             max_handshakes: AtomicUsize::new(cfg.max_handshakes_per_client),
@@ -108,6 +134,25 @@ impl Limits {
             limits: self.clone(),
             client: ip,
         }))
+    }
+
+    /// A place to answer a refused connection of `client` in its protocol, or `None`: the
+    /// refusals' descriptor share is spent, or the client has [`REFUSALS_PER_CLIENT`] in progress
+    /// (the connection is then closed at once).
+    pub fn refusal(&self, client: Option<IpAddr>) -> Option<Refusal> {
+        let descriptor = crate::descriptors::budget().refusals.try_take()?;
+        if let Some(ip) = client {
+            let mut n = self.refusing.entry(ip).or_insert(0);
+            if *n >= REFUSALS_PER_CLIENT {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(Refusal {
+            _descriptor: descriptor,
+            table: self.refusing.clone(),
+            client,
+        })
     }
 
     /// Open connections in all.
@@ -179,6 +224,14 @@ mod tests {
         assert!(l.handshake(Some(b)).is_ok());
         drop(h);
         assert!(l.handshake(Some(a)).is_ok());
+        // Refusals in progress: a few per client, freed when answered.
+        let held: Vec<_> = (0..REFUSALS_PER_CLIENT)
+            .map(|_| l.refusal(Some(a)).unwrap())
+            .collect();
+        assert!(l.refusal(Some(a)).is_none());
+        assert!(l.refusal(Some(b)).is_some());
+        drop(held);
+        assert!(l.refusal(Some(a)).is_some());
     }
 
     #[test]

@@ -898,6 +898,27 @@ async fn close_tunnels_cuts_a_down_members_tunnels_and_keep_does_not() {
         if closes {
             assert_eq!(closed, 20, "{setting}");
             assert_eq!(counted, 20.0);
+            // The access log, the request counter and /status agree (issue 26, item 11: the
+            // log said `up=0 down=0` for tunnels that carried bytes, and the counter said `ok`):
+            // each tunnel carried "ECHO\nx" up and "x" down.
+            let log = f.proxy.log_text();
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("outcome=member_down"))
+                .collect();
+            assert_eq!(lines.len(), 20, "{log}");
+            assert!(
+                lines.iter().all(|l| l.contains(" up=6 down=1 ")),
+                "{lines:#?}"
+            );
+            let member_down =
+                "carousel_requests_total{outcome=\"member_down\",protocol=\"socks5\"}";
+            assert_eq!(f.proxy.metric(member_down).await, 20.0);
+            let ok = "carousel_requests_total{outcome=\"ok\",protocol=\"socks5\"}";
+            assert_eq!(f.proxy.metric(ok).await, 0.0, "counted ok when it opened");
+            let (_, status) = f.proxy.admin_get("/status").await;
+            let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+            assert_eq!(status["requests"]["socks5"]["member_down"], 20);
             // Reconnecting clients land on the survivors.
             let (served, errors) = run(&f, 10).await;
             assert!(errors.is_empty(), "{errors:?}");

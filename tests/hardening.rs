@@ -395,11 +395,29 @@ async fn sigterm_keeps_accepting_through_the_grace_period_and_tunnels_get_the_ti
         sent.elapsed() >= Duration::from_secs(2),
         "exited before grace + timeout"
     );
+    // The tunnel the shutdown closed has its line, with its bytes (issue 26, item 4: tunnels
+    // the drain closed were never logged).
+    let log = proxy.log_text();
+    let closed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("outcome=shutdown"))
+        .collect();
+    // Both tunnels were still open: the first ("ECHO\n" and "ping" up, "ping" down) and the
+    // late one, half-closed ("WHO\n" up, "b11\n" down).
+    assert_eq!(closed.len(), 2, "{log}");
+    assert!(
+        closed.iter().any(|l| l.contains(" up=9 down=4 ")),
+        "{closed:#?}"
+    );
+    assert!(
+        closed.iter().any(|l| l.contains(" up=4 down=4 ")),
+        "{closed:#?}"
+    );
 }
 
 /// Basic credentials for `alice` with `password`.
-fn basic(password: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}"))
+fn basic(user: &str, password: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
 }
 
 async fn connect_from(src: Ipv4Addr, to: SocketAddr) -> TcpStream {
@@ -419,10 +437,21 @@ async fn admitted_from(src: Ipv4Addr, socks: SocketAddr) -> TcpStream {
 }
 
 async fn connect_with(src: Ipv4Addr, proxy: SocketAddr, target: &str, password: &str) -> String {
+    connect_with_user(src, proxy, target, "alice", password).await
+}
+
+/// A CONNECT from `src` as `user`: the status line.
+async fn connect_with_user(
+    src: Ipv4Addr,
+    proxy: SocketAddr,
+    target: &str,
+    user: &str,
+    password: &str,
+) -> String {
     let mut s = connect_from(src, proxy).await;
     let head = format!(
         "CONNECT {target} HTTP/1.1\r\nProxy-Authorization: Basic {}\r\n\r\n",
-        basic(password)
+        basic(user, password)
     );
     s.write_all(head.as_bytes()).await.unwrap();
     let mut buf = [0u8; 64];
@@ -446,7 +475,11 @@ async fn parallel_guessing_spends_one_budget_and_spares_other_clients() {
     let users = dir.join("htpasswd");
     std::fs::write(
         &users,
-        format!("alice:{}\n", bcrypt::hash("right", 4).unwrap()),
+        format!(
+            "alice:{}\nbob:{}\n",
+            bcrypt::hash("right", 4).unwrap(),
+            bcrypt::hash("bobs", 4).unwrap()
+        ),
     )
     .unwrap();
     let access = format!(
@@ -458,7 +491,7 @@ max_auth_failures_per_minute = 10
 
 [[access.rule]]
 action = "allow"
-users = ["alice"]
+users = ["alice", "bob"]
 destinations = ["127.0.0.0/8"]
 "#,
         users.display()
@@ -500,6 +533,13 @@ destinations = ["127.0.0.0/8"]
     assert!(connect_with(ip4(2), proxy.http, &target, "right")
         .await
         .starts_with("HTTP/1.1 407"));
+    // A colleague behind the guesser's address (an office NAT) is not locked out (issue 26,
+    // item 5: the right password got 407 there).
+    assert!(
+        connect_with_user(ip4(2), proxy.http, &target, "bob", "bobs")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -551,4 +591,115 @@ async fn socks5_answers_every_malformed_step_and_limits_answer_in_the_right_prot
             .await,
         1.0
     );
+}
+
+/// An upstream on 127.0.0.17 that reads each request head and then answers with `answer`
+/// (bounded: it stops at the first write error or after 10,000 writes).
+async fn raw_upstream(
+    answer: fn(u32) -> Option<Vec<u8>>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.17:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                for i in 0..10_000 {
+                    let Some(bytes) = answer(i) else { return };
+                    if s.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Hardening (issue 26, item 10): an upstream could stream 1xx responses for ever, a 200 KB
+/// response head was forwarded (the request side stops at 16 KiB), and a response whose body
+/// broke off was logged `ok`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forward_path_bounds_1xx_and_response_heads_and_a_cut_body_is_an_error() {
+    let dns = DnsServer::start().await;
+    let proxy = Carousel::start(dns.addr(), "").await;
+    let get = |addr: SocketAddr| {
+        format!("GET http://{addr}/ HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+    };
+    // 1xx for ever (10,000 of them at most, from the upstream's side).
+    let (a, t1) = raw_upstream(|_| Some(b"HTTP/1.1 102 Processing\r\n\r\n".to_vec())).await;
+    let started = Instant::now();
+    let r = exchange(proxy.http, get(a).as_bytes()).await;
+    let text = String::from_utf8_lossy(&r).to_string();
+    assert!(
+        text.contains("HTTP/1.1 502"),
+        "{}",
+        &text[..text.len().min(400)]
+    );
+    assert!(
+        text.matches("HTTP/1.1 102").count() <= 16,
+        "more than 16 1xx relayed"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A 200 KB head.
+    let (b, t2) = raw_upstream(|i| {
+        (i == 0).then(|| {
+            format!(
+                "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+                "a".repeat(200_000)
+            )
+            .into_bytes()
+        })
+    })
+    .await;
+    let r = exchange(proxy.http, get(b).as_bytes()).await;
+    assert!(
+        status_of(&r).starts_with("HTTP/1.1 502"),
+        "{}",
+        status_of(&r)
+    );
+    assert!(r.len() < 10_000, "{} bytes relayed", r.len());
+    // A body cut short: 500 of 1,000 bytes, then the upstream closes.
+    let (c, t3) = raw_upstream(|i| {
+        (i == 0).then(|| {
+            let mut v = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec();
+            v.extend_from_slice(&[b'x'; 500]);
+            v
+        })
+    })
+    .await;
+    let r = exchange(proxy.http, get(c).as_bytes()).await;
+    assert!(
+        status_of(&r).starts_with("HTTP/1.1 200"),
+        "{}",
+        status_of(&r)
+    );
+    assert!(r.len() < 1000 + 200, "the client got a whole body?");
+    assert!(proxy.wait_log(&format!("{c} cluster=- member={c}")).await);
+    let log = proxy.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("http {c}")))
+        .unwrap_or("");
+    assert!(
+        line.contains("outcome=error") && line.contains("status=200"),
+        "{line}"
+    );
+    assert_eq!(
+        proxy
+            .metric(r#"carousel_requests_total{outcome="ok",protocol="http"}"#)
+            .await,
+        0.0,
+        "a failed forward was counted ok"
+    );
+    for t in [t1, t2, t3] {
+        t.abort();
+    }
 }

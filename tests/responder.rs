@@ -419,3 +419,133 @@ async fn direct_clients_behind_dnsmasq_reach_survivors_only() {
     let _ = dnsmasq.start_kill();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Hardening (issue 26, items 7 and 9): an SRV answer carried every target whatever
+/// `max_answers` said (a 52-byte query reflected 1,222 bytes), CH, HS and ANY classes got IN
+/// answers, and AXFR over UDP an empty NOERROR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_answers_keep_to_max_answers_and_other_classes_and_transfers_are_refused() {
+    let dns = DnsServer::start().await;
+    let ips: Vec<IpAddr> = (11..=16).map(|i| IpAddr::V4(ip4(i))).collect();
+    let names = ["b11", "b12", "b13", "b14", "b15", "b16"];
+    let (port, _backends) = Backend::start_set(&ips, &names).await;
+    let mut targets = Vec::new();
+    for i in 11..=16u8 {
+        let t = format!("m{i}.cluster.test");
+        dns.set_a(&t, &[ip4(i)], 30);
+        targets.push(t);
+    }
+    let srv: Vec<(u16, u16, u16, &str)> =
+        targets.iter().map(|t| (0, 10, port, t.as_str())).collect();
+    dns.set_srv("_chat._tcp.cluster.test", &srv, 30);
+    let responder: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let extra = format!(
+        "[responder]\nlisten = [\"{responder}\"]\nmax_answers = 2\n\
+         [[cluster]]\nname = \"{NAME}\"\nports = [{port}]\nsrv = \"_chat._tcp.cluster.test\"\n"
+    );
+    let proxy = Carousel::start(dns.addr(), &extra).await;
+    for _ in 0..100 {
+        if proxy.admin_get("/readyz").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let at = format!("@{}", responder.ip());
+    let p = format!("-p{}", responder.port());
+    let out = dig(&[&at, &p, "_chat._tcp.cluster.test", "SRV"]).await;
+    assert!(
+        out.contains("ANSWER: 2,") && out.contains("ADDITIONAL: 3\n"),
+        "{out}"
+    );
+    // (ADDITIONAL counts the OPT record too.) The answers still rotate over all six.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let short = dig(&[&at, &p, "+short", "_chat._tcp.cluster.test", "SRV"]).await;
+        seen.extend(short.lines().map(|l| l.to_string()));
+    }
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    for class in ["CH", "HS"] {
+        let out = dig(&[&at, &p, "-c", class, NAME, "A"]).await;
+        assert!(
+            out.contains("status: REFUSED") && out.contains("ANSWER: 0"),
+            "{class}: {out}"
+        );
+    }
+    // Class ANY (255) and AXFR over UDP, as raw datagrams (dig sends AXFR over TCP only).
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let ask = |qtype: u16, class: u16| {
+        let mut q = vec![0x43, 0x21, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in NAME.split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.push(0);
+        q.extend_from_slice(&qtype.to_be_bytes());
+        q.extend_from_slice(&class.to_be_bytes());
+        q
+    };
+    for (qtype, class, rcode, ancount) in [(1u16, 255u16, 5u8, 0u8), (252, 1, 4, 0)] {
+        sock.send_to(&ask(qtype, class), responder).await.unwrap();
+        let mut buf = [0u8; 512];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert!(n >= 12);
+        assert_eq!(
+            buf[3] & 0x0f,
+            rcode,
+            "qtype {qtype} class {class}: {:?}",
+            &buf[..n]
+        );
+        assert_eq!(buf[7], ancount);
+    }
+    // AXFR over TCP: refused.
+    let axfr = dig(&[&at, &p, NAME, "AXFR"]).await;
+    assert!(
+        axfr.contains("Transfer failed") || axfr.contains("REFUSED"),
+        "{axfr}"
+    );
+}
+
+/// Hardening (issue 26, item 8): a cluster whose SRV targets resolve to nothing silently had 0
+/// members: `/status` said ready with `dns_error: null`, the responder answered SERVFAIL and
+/// nothing was logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_whose_srv_targets_have_no_address_is_not_ready_and_says_why() {
+    let dns = DnsServer::start().await;
+    dns.set_srv(
+        "_chat._tcp.cluster.test",
+        &[
+            (0, 10, 5222, "nowhere-1.cluster.test"),
+            (0, 10, 5222, "nowhere-2.cluster.test"),
+        ],
+        30,
+    );
+    let extra = format!(
+        "[[cluster]]\nname = \"{NAME}\"\nports = [5222]\nsrv = \"_chat._tcp.cluster.test\"\n"
+    );
+    let proxy = Carousel::start(dns.addr(), &extra).await;
+    let mut status = serde_json::Value::Null;
+    for _ in 0..100 {
+        let (_, body) = proxy.admin_get("/status").await;
+        status = serde_json::from_str(&body).unwrap();
+        if !status["clusters"][0]["dns_error"].is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = &status["clusters"][0];
+    assert_eq!(c["ready"], false, "{c}");
+    let err = c["dns_error"].as_str().unwrap_or_default();
+    assert!(err.contains("no SRV target has an address"), "{c}");
+    assert!(err.contains("nowhere-1.cluster.test"), "{c}");
+    let (code, body) = proxy.admin_get("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("has no members"), "{body}");
+    assert!(
+        proxy.wait_log("no SRV target has an address").await,
+        "nothing logged:\n{}",
+        proxy.log_text()
+    );
+}

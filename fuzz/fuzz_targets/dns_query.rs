@@ -1,21 +1,17 @@
-//! The DNS responder's query handling on arbitrary packets: hickory's decoder, then carousel's
-//! handler against a fixed zone. Asserted: nothing panics; every response decodes, answers the
-//! query's id, carries one of the codes the responder uses, is authoritative without recursion,
-//! and a NOERROR answer to A/AAAA for a published name is never empty.
+//! The DNS responder's query handling on arbitrary packets, as its socket loops call it
+//! (`Responder::answer`), against a fixed zone, over UDP and TCP. Asserted: nothing panics; every
+//! answer decodes, carries the query's id, one of the codes the responder uses, never recursion,
+//! fits its transport (512 bytes without EDNS, 1232 with); a NOERROR answer is authoritative, and
+//! one to A/AAAA for a published name is never empty (unless truncated); SRV answers keep to
+//! `max_answers`.
 #![no_main]
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 
-use carousel::dns::responder::{Answer, Lookup, Responder, Settings, SrvAnswer, Zone};
-use hickory_server::net::runtime::TokioTime;
-use hickory_server::net::xfer::Protocol;
-use hickory_server::net::NetError;
-use hickory_server::proto::op::{Message, ResponseCode};
-use hickory_server::proto::rr::{Record, RecordType};
-use hickory_server::proto::serialize::binary::BinEncoder;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
+use carousel::dns::responder::{Answer, Lookup, Responder, Settings, SrvAnswer, Transport, Zone};
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
 use libfuzzer_sys::fuzz_target;
 
 struct Fixed;
@@ -27,13 +23,15 @@ impl Zone for Fixed {
             "chat.fuzz.test" | "_chat._tcp.fuzz.test" => Lookup::Found(Answer {
                 cluster: "chat.fuzz.test".into(),
                 addrs: vec![a("127.0.0.11"), a("127.0.0.12"), a("::1")],
-                srv: vec![SrvAnswer {
-                    priority: 0,
-                    weight: 10,
-                    port: 5222,
-                    target: "127-0-0-11.chat.fuzz.test".into(),
-                    addr: a("127.0.0.11"),
-                }],
+                srv: (1..=20u8)
+                    .map(|i| SrvAnswer {
+                        priority: 0,
+                        weight: 10,
+                        port: 5222,
+                        target: format!("127-0-0-{i}.chat.fuzz.test"),
+                        addr: IpAddr::from([127, 0, 0, i]),
+                    })
+                    .collect(),
                 degraded: true,
                 all_down: false,
             }),
@@ -43,80 +41,64 @@ impl Zone for Fixed {
     }
 }
 
-#[derive(Clone)]
-struct Capture(Arc<Mutex<Option<Vec<u8>>>>);
+const MAX_ANSWERS: usize = 8;
 
-#[async_trait::async_trait]
-impl ResponseHandler for Capture {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let mut buf = Vec::new();
-        let mut enc = BinEncoder::new(&mut buf);
-        enc.set_max_size(1232);
-        let info = response.destructive_emit(&mut enc)?;
-        *self.0.lock().expect("lock") = Some(buf);
-        Ok(info)
-    }
-}
-
-fn fixture() -> &'static (tokio::runtime::Runtime, Responder) {
-    static F: OnceLock<(tokio::runtime::Runtime, Responder)> = OnceLock::new();
-    F.get_or_init(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let responder = Responder::new(
+fn responder() -> &'static Responder {
+    static R: OnceLock<Responder> = OnceLock::new();
+    R.get_or_init(|| {
+        Responder::new(
             Arc::new(Fixed),
             Settings {
                 ttl: 2,
-                max_answers: 8,
+                max_answers: MAX_ANSWERS,
                 allow_clients: vec!["127.0.0.0/8".parse().expect("literal")],
                 rate: u32::MAX / 4,
             },
-        );
-        (rt, responder)
+        )
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let (rt, responder) = fixture();
-    let src: SocketAddr = "127.0.0.1:5353".parse().expect("literal");
-    let Ok(request) = Request::from_bytes(data.to_vec(), src, Protocol::Udp) else {
-        return;
-    };
-    let capture = Capture(Arc::new(Mutex::new(None)));
-    rt.block_on(responder.handle_request::<_, TokioTime>(&request, capture.clone()));
-    let Some(bytes) = capture.0.lock().expect("lock").take() else {
-        return;
-    };
-    let msg = Message::from_vec(&bytes).expect("the response decodes");
-    assert_eq!(msg.metadata.id, request.metadata.id);
-    let code = msg.metadata.response_code;
-    assert!(
-        matches!(
-            code,
-            ResponseCode::NoError
-                | ResponseCode::Refused
-                | ResponseCode::ServFail
-                | ResponseCode::FormErr
-                | ResponseCode::NotImp
-        ),
-        "{code:?}"
-    );
-    assert!(!msg.metadata.recursion_available);
-    if code == ResponseCode::NoError {
+    let src: IpAddr = "127.0.0.1".parse().expect("literal");
+    let mut out = Vec::new();
+    for transport in [Transport::Udp, Transport::Tcp] {
+        if !responder().answer(data, src, transport, &mut out) {
+            continue;
+        }
+        let msg = Message::from_vec(&out).expect("the answer decodes");
+        assert_eq!(out[..2], data[..2], "the query's id");
+        let request = Message::from_vec(data).ok();
+        if transport == Transport::Udp {
+            let limit = match request.as_ref().and_then(|r| r.edns.as_ref()) {
+                Some(_) => 1232,
+                None => 512,
+            };
+            assert!(out.len() <= limit, "{} bytes over UDP", out.len());
+        }
+        let code = msg.metadata.response_code;
+        assert!(
+            matches!(
+                code,
+                ResponseCode::NoError
+                    | ResponseCode::Refused
+                    | ResponseCode::ServFail
+                    | ResponseCode::FormErr
+                    | ResponseCode::NotImp
+            ),
+            "{code:?}"
+        );
+        assert!(!msg.metadata.recursion_available);
+        if code != ResponseCode::NoError {
+            continue;
+        }
         assert!(msg.metadata.authoritative);
-        if let Some(q) = request.queries.queries().first() {
+        let srv = msg
+            .answers
+            .iter()
+            .filter(|r| r.record_type() == RecordType::SRV)
+            .count();
+        assert!(srv <= MAX_ANSWERS, "{srv} SRV records");
+        if let Some(q) = request.as_ref().and_then(|r| r.queries.first()) {
             let name = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
             let t = q.query_type();
             if name == "chat.fuzz.test" && (t == RecordType::A || t == RecordType::AAAA) {

@@ -249,11 +249,11 @@ impl Listener {
         handshake: Duration,
     ) {
         tracing::debug!(client = ?who.client, %why, "connection refused early");
-        // A refusal holds its descriptor while it answers: past the refusals' share the
-        // connection is closed without an answer, so refusing never exhausts the budget either.
-        // (Counted by the share and the limit that refused it; no line is logged for it, or a
-        // flood would be one line per connection.)
-        let Some(_descriptor) = crate::descriptors::budget().refusals.try_take() else {
+        // A refusal holds its descriptor while it answers: past the refusals' share, or past a
+        // few in progress for this client, the connection is closed without an answer, so
+        // refusing never exhausts the budget either. (Counted by the limit that refused it; no
+        // line is logged for it, or a flood would be one line per connection.)
+        let Some(_refusal) = self.proxy.limits.refusal(who.client) else {
             return;
         };
         let started = Instant::now();

@@ -23,12 +23,23 @@ action = "allow"
 destinations = ["*", "127.0.0.0/8", "::1/128"]
 "#;
 
-/// A free loopback TCP port (bound then released; the kernel does not hand it out again at once).
+/// A free loopback TCP port (bound then released), never one this process handed out before: the
+/// kernel may give a released port to the next bind at once, and two listeners of one test then
+/// collided ("address used by another listener").
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    for _ in 0..1000 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no port left that was not handed out before");
 }
 
 type Log = Arc<Mutex<Vec<String>>>;
@@ -46,6 +57,8 @@ pub struct Carousel {
     pub admin: SocketAddr,
     /// The DNS server it uses.
     pub dns: SocketAddr,
+    /// The open-file limit the process was started with (soft and hard), if not inherited.
+    pub nofile: Option<u64>,
     /// Scratch directory with the config file and Pingora's pid/upgrade files.
     pub dir: PathBuf,
     /// The configuration file.
@@ -56,8 +69,24 @@ pub struct Carousel {
     pub listener_keys: String,
 }
 
-fn spawn(config: &Path, extra_args: &[&str], log: &Log) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_carousel"))
+fn spawn(config: &Path, extra_args: &[&str], log: &Log, nofile: Option<u64>) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_carousel"));
+    if let Some(n) = nofile {
+        // SAFETY: setrlimit is async-signal-safe and touches only the struct passed to it.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd
         .args(["run", "-c"])
         .arg(config)
         .args(extra_args)
@@ -169,6 +198,22 @@ address = "{admin}"
         listener_keys: &str,
         extra: &str,
     ) -> Carousel {
+        Self::start_full(dns, access, listener_keys, extra, None).await
+    }
+
+    /// Like `start`, in a process whose open-file limit (soft and hard) is `nofile`.
+    pub async fn start_with_nofile(dns: SocketAddr, extra: &str, nofile: u64) -> Carousel {
+        Self::start_full(dns, DEFAULT_ACCESS, "", extra, Some(nofile)).await
+    }
+
+    /// The general form of the `start` functions.
+    pub async fn start_full(
+        dns: SocketAddr,
+        access: &str,
+        listener_keys: &str,
+        extra: &str,
+        nofile: Option<u64>,
+    ) -> Carousel {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("carousel-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
@@ -186,9 +231,10 @@ address = "{admin}"
             config,
             log,
             listener_keys: listener_keys.to_string(),
+            nofile,
         };
         std::fs::write(&c.config, c.config_text(access, extra)).expect("write config");
-        c.child = spawn(&c.config, &[], &c.log);
+        c.child = spawn(&c.config, &[], &c.log, c.nofile);
         for addr in [c.http, c.socks, c.mixed, c.admin] {
             c.wait_listening(addr).await;
         }
@@ -205,7 +251,7 @@ address = "{admin}"
     pub async fn spawn_upgrade(&self) -> Child {
         let sock = self.dir.join("upgrade.sock");
         let _ = std::fs::remove_file(&sock);
-        let child = spawn(&self.config, &["-u"], &self.log);
+        let child = spawn(&self.config, &["-u"], &self.log, self.nofile);
         for _ in 0..200 {
             if sock.exists() {
                 return child;
@@ -303,6 +349,25 @@ address = "{admin}"
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
+    }
+
+    /// Its resident memory now, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Its open descriptors now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 }
 
