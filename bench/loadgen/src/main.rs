@@ -5,6 +5,7 @@
 mod attack;
 mod client;
 mod dnsload;
+mod flood;
 mod procfs;
 mod report;
 mod servers;
@@ -138,6 +139,57 @@ enum Cmd {
     /// UDP DNS load: `--concurrency` A queries for `--name` kept in flight against `--server`
     /// by `--workers` threads (one socket each); responses/s by response code, timeouts, and
     /// the server's CPU seconds per 100k answers (`--pid`). One JSON line.
+    /// A UDP flood at a DNS responder from many sources with a probe beside it (issue 26).
+    FloodUdp {
+        /// The responder (loopback).
+        #[arg(long)]
+        server: SocketAddr,
+        /// The name asked for (type A).
+        #[arg(long)]
+        name: String,
+        /// Source addresses in all.
+        #[arg(long, default_value_t = 100)]
+        sources: usize,
+        /// Of which inside 127.0.0.0/24 (the rest on 127.0.1.x).
+        #[arg(long, default_value_t = 50)]
+        allowed: usize,
+        /// Datagrams per second in all.
+        #[arg(long, default_value_t = 200_000)]
+        rate: u64,
+        /// Seconds of flood.
+        #[arg(long, default_value_t = 15.0)]
+        seconds: f64,
+        /// The probe's queries per second.
+        #[arg(long, default_value_t = 20)]
+        probe_rate: u64,
+        /// The responder's process (RSS).
+        #[arg(long)]
+        pid: Option<i32>,
+    },
+    /// TCP connections piled on a DNS responder, with a SOCKS5 probe through the proxy.
+    FloodTcp {
+        /// The responder's TCP address (loopback).
+        #[arg(long)]
+        responder: SocketAddr,
+        /// Connections in all.
+        #[arg(long, default_value_t = 30_000)]
+        count: usize,
+        /// Connects in flight at once.
+        #[arg(long, default_value_t = 256)]
+        parallel: usize,
+        /// The latest this many are held open (the rest closed once connected).
+        #[arg(long, default_value_t = 15_000)]
+        hold: usize,
+        /// The proxy's SOCKS listener (the probe).
+        #[arg(long)]
+        socks: SocketAddr,
+        /// What the probe asks for, `host:port` (a one-shot backend; carousel resolves it).
+        #[arg(long)]
+        probe_target: String,
+        /// The proxy's process (descriptors).
+        #[arg(long)]
+        pid: Option<i32>,
+    },
     DnsLoad {
         /// The DNS server (loopback), UDP.
         #[arg(long)]
@@ -466,6 +518,45 @@ async fn run(cmd: Cmd) -> io::Result<()> {
             timeout: Duration::from_millis(timeout_ms.max(1)),
             pid,
         }),
+        Cmd::FloodUdp {
+            server,
+            name,
+            sources,
+            allowed,
+            rate,
+            seconds,
+            probe_rate,
+            pid,
+        } => flood::udp(flood::UdpOpts {
+            server,
+            name,
+            sources,
+            allowed,
+            rate,
+            seconds: seconds.clamp(0.5, 600.0),
+            probe_rate,
+            pid,
+        }),
+        Cmd::FloodTcp {
+            responder,
+            count,
+            parallel,
+            hold,
+            socks,
+            probe_target,
+            pid,
+        } => {
+            flood::tcp(flood::TcpOpts {
+                responder,
+                count: count.min(1_000_000),
+                parallel: parallel.clamp(1, 4096),
+                hold,
+                socks,
+                probe_target,
+                pid,
+            })
+            .await
+        }
         Cmd::Latency {
             c,
             concurrency,
