@@ -5,6 +5,8 @@
 //! on to the next address.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -13,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Member;
 use crate::config::{DialSection, PreferFamily};
+use crate::metrics::metrics;
 
 /// One address to try, and the cluster member behind it if any.
 #[derive(Clone)]
@@ -32,10 +35,27 @@ pub trait Attempts {
     fn report_failure(&self, c: &Candidate, kind: FailKind, detail: &str);
     /// A connect to `c` succeeded after `took`.
     fn report_success(&self, c: &Candidate, took: Duration);
-    /// An attempt to `c` lost the race to another candidate.
+    /// An attempt to `c` lost the race to another candidate and was closed unfinished (the
+    /// watch was full, or nothing watches this plan's attempts).
     fn report_abandoned(&self, c: &Candidate);
+    /// An attempt to `c` that lost the race connected anyway, after `took`: closed, and a
+    /// success for `c` (slow, not dead).
+    fn report_late_success(&self, c: &Candidate, took: Duration);
+    /// Who reports the outcome of an attempt this plan's race leaves behind, after the request
+    /// is gone; `None`: such attempts are closed and reported abandoned.
+    fn watcher(&self) -> Option<Arc<dyn Watch>>;
     /// The cluster label of these attempts ("" outside clusters).
     fn cluster_name(&self) -> &str;
+}
+
+/// The reports of an attempt the race left behind, which it makes itself when it ends (the
+/// request that started it may be long gone).
+pub trait Watch: Send + Sync {
+    /// It failed after the race: a timeout at its own connect timeout counts as a connect
+    /// failure (`result="abandoned_timeout"`), a refusal as a refusal.
+    fn late_failure(&self, c: &Candidate, kind: FailKind, detail: &str);
+    /// It connected after the race: closed, and a success (`result="abandoned_late"`).
+    fn late_success(&self, c: &Candidate, took: Duration);
 }
 
 /// How a request's attempts are bounded.
@@ -49,6 +69,8 @@ pub struct DialSettings {
     pub max_attempts: usize,
     /// How long an attempt runs alone before the next candidate races it.
     pub attempt_delay: Duration,
+    /// Most attempts the races leave behind that the process watches at once.
+    pub max_watched: usize,
 }
 
 impl From<&DialSection> for DialSettings {
@@ -58,6 +80,7 @@ impl From<&DialSection> for DialSettings {
             deadline: Duration::from_millis(d.deadline_ms),
             max_attempts: d.max_attempts,
             attempt_delay: Duration::from_millis(d.attempt_delay_ms),
+            max_watched: d.max_watched_attempts,
         }
     }
 }
@@ -205,8 +228,36 @@ impl FailureMemory {
         turn: usize,
         prefer: PreferFamily,
     ) -> Vec<SocketAddr> {
+        self.order_parts(addrs, turn, prefer).0
+    }
+
+    /// This request's candidates as [`FailureMemory::order`] gives them, with the failovers
+    /// drawn from `failovers` (see [`NameOrder`]).
+    pub fn plan(
+        &self,
+        addrs: &[SocketAddr],
+        turn: usize,
+        prefer: PreferFamily,
+        failovers: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) -> NameOrder {
+        let (list, good_end) = self.order_parts(addrs, turn, prefer);
+        NameOrder {
+            list,
+            good_end,
+            next: 0,
+            failovers,
+        }
+    }
+
+    /// The order, and where its good addresses end (the trial and the good ones come first).
+    fn order_parts(
+        &self,
+        addrs: &[SocketAddr],
+        turn: usize,
+        prefer: PreferFamily,
+    ) -> (Vec<SocketAddr>, usize) {
         if self.failed.is_empty() {
-            return arrange(addrs, turn, prefer);
+            return (arrange(addrs, turn, prefer), addrs.len());
         }
         let now = Instant::now();
         let mut trial = None;
@@ -232,8 +283,58 @@ impl FailureMemory {
         }
         let mut out: Vec<SocketAddr> = trial.into_iter().collect();
         out.extend(arrange(&good, turn, prefer));
+        let good_end = out.len();
         out.extend(bad);
-        out
+        (out, good_end)
+    }
+}
+
+/// A plain name's candidates for one request: the rotation's first pick (or the half-open
+/// trial), then, if that one fails or stalls, the name's other good addresses starting at the
+/// name's next failover turn (each family rotated by it, the families alternating, the other one
+/// first), then the failed ones. Drawing the failover from a counter of its own, instead of
+/// taking the first pick's successor, spreads a dead address's share evenly over the others
+/// before the failure memory has noticed it (3 addresses, one blackholed: 30/30, not 40/20).
+pub struct NameOrder {
+    list: Vec<SocketAddr>,
+    good_end: usize,
+    next: usize,
+    failovers: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Iterator for NameOrder {
+    type Item = SocketAddr;
+
+    fn next(&mut self) -> Option<SocketAddr> {
+        if self.next == 1 && self.good_end > 2 {
+            let turn = self
+                .failovers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let first_v4 = self.list[0].is_ipv4();
+            let (same, other): (Vec<SocketAddr>, Vec<SocketAddr>) = self.list[1..self.good_end]
+                .iter()
+                .partition(|a| a.is_ipv4() == first_v4);
+            let rotate = |v: Vec<SocketAddr>| -> std::collections::VecDeque<SocketAddr> {
+                let n = v.len().max(1);
+                (0..v.len()).map(|i| v[(turn + i) % n]).collect()
+            };
+            let (mut same, mut other) = (rotate(same), rotate(other));
+            let mut take_other = true;
+            for slot in &mut self.list[1..self.good_end] {
+                let next = if take_other {
+                    other.pop_front().or_else(|| same.pop_front())
+                } else {
+                    same.pop_front().or_else(|| other.pop_front())
+                };
+                if let Some(a) = next {
+                    *slot = a;
+                }
+                take_other = !take_other;
+            }
+        }
+        let a = self.list.get(self.next).copied()?;
+        self.next += 1;
+        Some(a)
     }
 }
 
@@ -286,12 +387,40 @@ pub fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
     out
 }
 
+/// Attempts the race left behind that are still watched, process-wide.
+static WATCHED: AtomicUsize = AtomicUsize::new(0);
+
+/// Attempts the race left behind that are watched now.
+pub fn watched_attempts() -> usize {
+    WATCHED.load(Ordering::Relaxed)
+}
+
+/// Where one attempt stands, between its task and the race.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stand {
+    /// The race still waits for it.
+    Live,
+    /// It ended and handed its outcome to the race.
+    Done,
+    /// The race was decided without it: it reports its own outcome when it ends.
+    Watched,
+}
+
+/// One attempt's outcome, as the race receives it.
+type Outcome = (usize, Instant, Result<TcpStream, FailKind>, String);
+
 /// Connects to the first candidate of `plan` that answers, racing them (RFC 8305 §5): the next
 /// candidate starts when the previous one failed or has gone unanswered for the attempt delay,
 /// without abandoning it, and the first to connect wins. Each attempt is bounded by the
 /// per-attempt timeout and all of them by the deadline. Every failure and success is reported to
-/// the plan (failure memory, member health, metrics); attempts that lost the race are closed and
-/// reported as abandoned, which is neither for health.
+/// the plan (failure memory, member health, metrics).
+///
+/// An attempt still running when the race is decided is not cut off: it is watched to its own
+/// per-attempt timeout (at most `settings.max_watched` of them in the process), and its outcome
+/// is reported as the plan's [`Attempts::watcher`] says: a timeout as a connect failure, so a
+/// blackholed member is ejected by traffic alone and a blackholed address goes behind the
+/// others; a late connect as a success (slow, not dead), closed at once. Past the bound the
+/// attempt is closed and reported abandoned, as before, neither success nor failure.
 pub async fn dial(
     plan: &mut impl Attempts,
     settings: DialSettings,
@@ -304,9 +433,13 @@ pub async fn dial(
         detail: "no addresses to try".into(),
         cluster: plan.cluster_name().to_string(),
     };
-    let mut racing: tokio::task::JoinSet<(usize, Instant, Result<TcpStream, FailKind>, String)> =
-        tokio::task::JoinSet::new();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
+    // Per attempt: its candidate (taken when its outcome arrives), its stand and its task.
     let mut candidates: Vec<Option<Candidate>> = Vec::new();
+    let mut stands: Vec<Arc<Mutex<Stand>>> = Vec::new();
+    let mut tasks: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    let mut in_flight = 0usize;
+    let watcher = plan.watcher();
     let mut exhausted = false;
     let mut next_start = Instant::now();
     let result = loop {
@@ -320,7 +453,7 @@ pub async fn dial(
             let Some(fd) = crate::descriptors::budget().dial.try_take() else {
                 // No descriptor for another attempt: the ones running may still win.
                 exhausted = true;
-                if racing.is_empty() {
+                if in_flight == 0 {
                     last.kind = FailKind::Exhausted;
                     last.detail = "overloaded: no descriptor left for an upstream connect".into();
                     break Err(());
@@ -329,30 +462,53 @@ pub async fn dial(
             };
             match plan.next_candidate() {
                 Some(candidate) => {
-                    let addr = candidate.addr;
                     let k = candidates.len();
-                    candidates.push(Some(candidate));
+                    let stand = Arc::new(Mutex::new(Stand::Live));
+                    candidates.push(Some(candidate.clone()));
+                    stands.push(stand.clone());
                     attempts += 1;
+                    in_flight += 1;
                     let budget = settings.per_attempt.min(deadline - now);
-                    racing.spawn(async move {
+                    let (tx, watcher) = (tx.clone(), watcher.clone());
+                    tasks.push(tokio::spawn(async move {
                         let _fd = fd;
-                        let r = match tokio::time::timeout(budget, TcpStream::connect(addr)).await {
-                            Ok(Ok(s)) => Ok(s),
-                            Ok(Err(e)) => {
-                                let detail = format!("connect to {addr}: {e}");
-                                return (k, now, Err(FailKind::of(&e)), detail);
+                        let addr = candidate.addr;
+                        let (r, detail) =
+                            match tokio::time::timeout(budget, TcpStream::connect(addr)).await {
+                                Ok(Ok(s)) => (Ok(s), String::new()),
+                                Ok(Err(e)) => {
+                                    (Err(FailKind::of(&e)), format!("connect to {addr}: {e}"))
+                                }
+                                Err(_) => (
+                                    Err(FailKind::Timeout),
+                                    format!("connect to {addr}: timed out after {budget:?}"),
+                                ),
+                            };
+                        let mut stand = stand.lock().unwrap_or_else(|e| e.into_inner());
+                        if *stand == Stand::Live {
+                            // Sent under the lock: once the race sees `Done`, it is in the
+                            // channel.
+                            *stand = Stand::Done;
+                            let _ = tx.send((k, now, r, detail));
+                            return;
+                        }
+                        drop(stand);
+                        WATCHED.fetch_sub(1, Ordering::Relaxed);
+                        let Some(w) = watcher else { return };
+                        match r {
+                            Ok(stream) => {
+                                drop(stream);
+                                w.late_success(&candidate, now.elapsed());
                             }
-                            Err(_) => Err(FailKind::Timeout),
-                        };
-                        let detail = format!("connect to {addr}: timed out after {budget:?}");
-                        (k, now, r, detail)
-                    });
+                            Err(kind) => w.late_failure(&candidate, kind, &detail),
+                        }
+                    }));
                     next_start = now + settings.attempt_delay;
                 }
                 None => exhausted = true,
             }
         }
-        if racing.is_empty() {
+        if in_flight == 0 {
             if exhausted || (attempts as usize) >= settings.max_attempts {
                 break Err(());
             }
@@ -364,8 +520,9 @@ pub async fn dial(
             next_start.min(deadline)
         };
         tokio::select! {
-            done = racing.join_next() => {
-                let Some(Ok((k, started, r, detail))) = done else { continue };
+            done = rx.recv() => {
+                let Some((k, started, r, detail)) = done else { continue };
+                in_flight -= 1;
                 let Some(candidate) = candidates[k].take() else { continue };
                 match r {
                     Ok(stream) => {
@@ -392,10 +549,45 @@ pub async fn dial(
             _ = tokio::time::sleep_until(wake) => {}
         }
     };
-    // Whatever is still racing lost: close it and say so.
-    racing.abort_all();
-    for c in candidates.iter().flatten() {
-        plan.report_abandoned(c);
+    // Whatever is still running lost the race (or the deadline came): watched, within the
+    // bound, or closed now.
+    let mut late: Vec<Option<Candidate>> = vec![None; candidates.len()];
+    for (k, slot) in candidates.iter_mut().enumerate() {
+        let Some(c) = slot.take() else { continue };
+        let mut stand = stands[k].lock().unwrap_or_else(|e| e.into_inner());
+        if *stand == Stand::Done {
+            // Ended just now: its outcome waits in the channel (drained below).
+            late[k] = Some(c);
+            continue;
+        }
+        let room =
+            watcher.is_some() && WATCHED.fetch_add(1, Ordering::Relaxed) < settings.max_watched;
+        if room {
+            *stand = Stand::Watched;
+            metrics().dial_watched.inc();
+        } else {
+            if watcher.is_some() {
+                WATCHED.fetch_sub(1, Ordering::Relaxed);
+                metrics().dial_watch_full.inc();
+            }
+            tasks[k].abort();
+            plan.report_abandoned(&c);
+        }
+    }
+    drop(tx);
+    // Outcomes that arrived after the race was decided: a late connect is closed and counts as
+    // a success (slow, not dead); a failure as a failure.
+    while let Ok((k, started, r, detail)) = rx.try_recv() {
+        let Some(c) = late.get_mut(k).and_then(Option::take) else {
+            continue;
+        };
+        match r {
+            Ok(stream) => {
+                drop(stream);
+                plan.report_late_success(&c, started.elapsed());
+            }
+            Err(kind) => plan.report_failure(&c, kind, &detail),
+        }
     }
     last.attempts = attempts;
     result.map_err(|()| last)

@@ -85,6 +85,10 @@ pub struct Metrics {
     pub auth_throttled: IntCounter,
     /// Requests refused by a limit.
     pub overload: IntCounterVec,
+    /// Attempts a race left behind that are watched to their own connect timeout.
+    pub dial_watched: IntCounter,
+    /// Attempts a race left behind that were closed unfinished because the watch was full.
+    pub dial_watch_full: IntCounter,
     /// Responder answers dropped because the socket could not take them at once.
     pub dns_send_dropped: IntCounter,
     /// Responder TCP connections closed at accept, by reason (`client`, `total`, `per_client`).
@@ -203,6 +207,8 @@ impl Metrics {
             auth_failures: plain_counter(&r, "carousel_auth_failures_total", "Failed proxy authentications."),
             auth_throttled: plain_counter(&r, "carousel_auth_throttled_total", "Proxy authentications refused unchecked because the client spent its budget of failed attempts (access.max_auth_failures_per_minute)."),
             overload: counter(&r, "carousel_overload_rejections_total", "Requests refused by a limit.", &["limit"]),
+            dial_watched: plain_counter(&r, "carousel_dial_watched_attempts_total", "Connect attempts a race left behind (another candidate won, or the deadline came) that were watched to their own connect timeout."),
+            dial_watch_full: plain_counter(&r, "carousel_dial_watch_full_total", "Connect attempts a race left behind that were closed unfinished because dial.max_watched_attempts were watched already."),
             dns_send_dropped: plain_counter(&r, "carousel_dns_send_dropped_total", "DNS responder answers dropped because the socket could not take them at once."),
             dns_tcp_refused: counter(&r, "carousel_dns_tcp_refused_total", "DNS responder TCP connections closed at accept, by reason (client: outside allow_clients; total, per_client: over the responder's TCP limits).", &["reason"]),
             fd_share: gauge(&r, "carousel_fd_share", "Descriptors each share of the process's open-file budget may hold (clients, dial, checks, responder, refusals, reserved).", &["share"]),
@@ -247,6 +253,8 @@ impl Metrics {
             "unreachable",
             "error",
             "abandoned",
+            "abandoned_timeout",
+            "abandoned_late",
         ] {
             m.connect_attempts.with_label_values(&["", "", r]);
         }

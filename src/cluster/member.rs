@@ -58,6 +58,8 @@ struct MemberMetrics {
     attempts_unreachable: IntCounter,
     attempts_error: IntCounter,
     attempts_abandoned: IntCounter,
+    attempts_abandoned_timeout: IntCounter,
+    attempts_abandoned_late: IntCounter,
     checks_ok: IntCounter,
     checks_fail: IntCounter,
 }
@@ -118,6 +120,8 @@ impl Member {
             attempts_unreachable: attempt("unreachable"),
             attempts_error: attempt("error"),
             attempts_abandoned: attempt("abandoned"),
+            attempts_abandoned_timeout: attempt("abandoned_timeout"),
+            attempts_abandoned_late: attempt("abandoned_late"),
             checks_ok: mm
                 .health_checks
                 .with_label_values(&[cluster, &member, "ok"]),
@@ -226,8 +230,19 @@ impl Member {
     /// A request connected: passive state resets, a half-open trial ends the ejection. Returns
     /// whether it came back into service (the cluster then rebuilds its rotation).
     pub fn report_success(&self, now_ms: u64) -> bool {
-        self.requests.fetch_add(1, Ordering::Relaxed);
         self.m.attempts_ok.inc();
+        self.succeeded(now_ms)
+    }
+
+    /// An attempt a race left behind connected after all (closed at once): slow, not dead, so it
+    /// counts as a success for its health (`result="abandoned_late"`).
+    pub fn report_late_success(&self, now_ms: u64) -> bool {
+        self.m.attempts_abandoned_late.inc();
+        self.succeeded(now_ms)
+    }
+
+    fn succeeded(&self, now_ms: u64) -> bool {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);
         if self.trial.swap(false, Ordering::AcqRel)
             || self.ejected_until_ms.load(Ordering::Relaxed) != 0
@@ -264,6 +279,7 @@ impl Member {
             "refused" => self.m.attempts_refused.inc(),
             "timeout" => self.m.attempts_timeout.inc(),
             "unreachable" => self.m.attempts_unreachable.inc(),
+            "abandoned_timeout" => self.m.attempts_abandoned_timeout.inc(),
             _ => self.m.attempts_error.inc(),
         }
         if let Ok(mut r) = self.record.lock() {

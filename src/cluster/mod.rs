@@ -236,7 +236,16 @@ impl Cluster {
 
     /// Reports a successful connect to `member`; one back from an ejection rejoins the rotation.
     pub fn report_success(&self, member: &Member) {
-        if member.report_success(now_ms()) {
+        self.succeeded(member.report_success(now_ms()));
+    }
+
+    /// Reports that an attempt to `member` the race left behind connected after all.
+    pub fn report_late_success(&self, member: &Member) {
+        self.succeeded(member.report_late_success(now_ms()));
+    }
+
+    fn succeeded(&self, changed: bool) {
+        if changed {
             self.refresh_rotation();
             self.update_state_gauges();
         }

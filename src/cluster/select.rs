@@ -6,10 +6,14 @@
 //! survivors of three would get one third and two thirds. Health changes are rare, so on each one
 //! the cluster rebuilds the pool's usable wheels (weighted, per SRV priority) off the request path
 //! and swaps them in, as HAProxy rebuilds its map on a state change. The first pick costs one
-//! atomic increment and a load, whatever the number of members; later picks (try-next) continue
-//! in rotation order and are computed only when a connect actually fails. Ejected members wait in
-//! a short list of their own: when an ejection ends, the first request claims the one half-open
-//! trial.
+//! atomic increment and a load, whatever the number of members. Later picks (try-next, and the
+//! race against a stalled first pick) are computed only when a connect fails or stalls, and are
+//! drawn from the rotation again: each level has a second, failover counter, and a request's
+//! failover starts at that counter's next turn over the members it has not tried yet. So the
+//! share of a member that fails before anything has noticed goes to all the others evenly, not
+//! to its successor on the wheel (3 members, one blackholed: 30/30 instead of 40/20). Ejected
+//! members wait in a short list of their own: when an ejection ends, the first request claims
+//! the one half-open trial.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,6 +31,8 @@ struct Level {
     /// How many members it has.
     len: usize,
     counter: AtomicUsize,
+    /// Where failovers start: one turn per request that fails over in this level.
+    failover: AtomicUsize,
 }
 
 /// The usable members of each level, laid out on weighted wheels; rebuilt on health changes.
@@ -66,6 +72,7 @@ impl Pool {
                 first: i,
                 len: j - i,
                 counter: AtomicUsize::new(0),
+                failover: AtomicUsize::new(0),
             });
             i = j;
         }
@@ -142,9 +149,12 @@ impl Pool {
             level: 0,
             start: None,
             pos: 0,
+            rest: Vec::new(),
+            rest_level: None,
             yielded: [0; MAX_YIELD],
             n: 0,
             panic: false,
+            prefer: None,
         }
     }
 }
@@ -209,12 +219,27 @@ pub struct Picks {
     level: usize,
     start: Option<usize>,
     pos: usize,
+    /// A failover's order: the untried members of `rest_level`'s wheel, starting at the level's
+    /// failover turn (weighted entries kept), consumed from `pos`.
+    rest: Vec<u32>,
+    rest_level: Option<usize>,
     yielded: [u32; MAX_YIELD],
     n: usize,
     panic: bool,
+    /// The address family the next failover pick should have, if the caller said.
+    prefer: Option<bool>,
 }
 
 impl Picks {
+    /// The next candidate, of family `v4` if the level has an untried member of it (address
+    /// families alternate after the first pick, RFC 8305 §4).
+    pub fn next_preferring(&mut self, v4: bool) -> Option<Arc<Member>> {
+        self.prefer = Some(v4);
+        let m = self.next();
+        self.prefer = None;
+        m
+    }
+
     /// True once the selection fell back to trying every member because none was usable.
     pub fn is_panic(&self) -> bool {
         self.panic
@@ -244,30 +269,99 @@ impl Picks {
         })
     }
 
-    /// The next usable member in rotation, level by level (a lower SRV priority only when every
-    /// member of the preferred one was tried).
-    fn next_usable(&mut self) -> Option<u32> {
-        while self.level < self.usable.wheels.len() {
-            let wheel = &self.usable.wheels[self.level];
+    /// The next usable member, level by level (a lower SRV priority only when every member of
+    /// the preferred one was tried): the rotation's pick if this request has none yet, else a
+    /// failover pick (see the module docs), of family `v4` when `prefer` names one and the level
+    /// still has an untried member of it.
+    fn next_usable(&mut self, prefer: Option<bool>) -> Option<u32> {
+        // A second handle on the snapshot, not a copy of the wheel: a pick stays O(1).
+        let usable = self.usable.clone();
+        while self.level < usable.wheels.len() {
+            let wheel = &usable.wheels[self.level];
             if !wheel.is_empty() {
-                let counter = &self.pool.levels[self.level].counter;
-                let start = *self
-                    .start
-                    .get_or_insert_with(|| counter.fetch_add(1, Ordering::Relaxed));
-                while self.pos < wheel.len() {
-                    let idx = wheel[(start + self.pos) % wheel.len()];
-                    self.pos += 1;
-                    // The snapshot may trail a change by a moment: check the member itself.
-                    if !self.seen(idx) && self.healthy(idx) {
-                        return Some(idx);
+                if self.n == 0 {
+                    let counter = &self.pool.levels[self.level].counter;
+                    let start = counter.fetch_add(1, Ordering::Relaxed);
+                    for step in 0..wheel.len() {
+                        let idx = wheel[(start + step) % wheel.len()];
+                        // The snapshot may trail a change by a moment: check the member itself.
+                        if self.healthy(idx) {
+                            return Some(idx);
+                        }
                     }
+                } else if let Some(idx) = self.failover_pick(wheel, prefer) {
+                    return Some(idx);
                 }
             }
             self.level += 1;
-            self.start = None;
             self.pos = 0;
         }
         None
+    }
+
+    /// A failover pick from the current level (see [`Picks::next_usable`]).
+    fn failover_pick(&mut self, wheel: &[u32], prefer: Option<bool>) -> Option<u32> {
+        if self.rest_level != Some(self.level) {
+            // This request's first failover in this level: one turn of the level's failover
+            // counter orders the members it has not tried yet.
+            self.rest_level = Some(self.level);
+            self.pos = 0;
+            let untried: Vec<u32> = wheel.iter().copied().filter(|&i| !self.seen(i)).collect();
+            let turn = if untried.is_empty() {
+                0
+            } else {
+                self.pool.levels[self.level]
+                    .failover
+                    .fetch_add(1, Ordering::Relaxed)
+                    % untried.len()
+            };
+            self.rest = untried[turn..]
+                .iter()
+                .chain(&untried[..turn])
+                .copied()
+                .collect();
+        }
+        // Entries taken already (weighted members repeat) or no longer healthy are passed over.
+        while self.pos < self.rest.len()
+            && (self.seen(self.rest[self.pos]) || !self.healthy(self.rest[self.pos]))
+        {
+            self.pos += 1;
+        }
+        let ahead = |i: &u32| !self.seen(*i) && self.healthy(*i);
+        let wanted = prefer.and_then(|v4| {
+            self.rest[self.pos..]
+                .iter()
+                .copied()
+                .find(|i| ahead(i) && self.pool.members[*i as usize].addr.is_ipv4() == v4)
+        });
+        if let Some(idx) = wanted {
+            return Some(idx);
+        }
+        let here = *self.rest.get(self.pos)?;
+        // Least connections and random two keep their rules among the rest.
+        let load = |i: u32| {
+            let m = &self.pool.members[i as usize];
+            (m.active().max(0) as u64 * 1000) / u64::from(m.weight)
+        };
+        let pick = match self.mode {
+            Mode::RoundRobin => here,
+            Mode::LeastConnections => self.rest[self.pos..]
+                .iter()
+                .copied()
+                .filter(ahead)
+                .take(4)
+                .min_by_key(|&i| load(i))
+                .unwrap_or(here),
+            Mode::RandomTwo => {
+                let other = self.rest[self.pos + fastrand::usize(..self.rest.len() - self.pos)];
+                if ahead(&other) && load(other) < load(here) {
+                    other
+                } else {
+                    here
+                }
+            }
+        };
+        Some(pick)
     }
 
     /// For least-connections and power-of-two: the preferred first member among the usable ones
@@ -342,7 +436,8 @@ impl Iterator for Picks {
                     }
                 }
                 Phase::Usable => {
-                    if let Some(idx) = self.next_usable() {
+                    let prefer = self.prefer.take();
+                    if let Some(idx) = self.next_usable(prefer) {
                         return self.take(idx);
                     }
                     if self.n > 0 {

@@ -23,6 +23,9 @@ pub struct DialSection {
     pub failure_memory_seconds: u64,
     /// Which family a name's first attempt uses when it has both (RFC 8305 §4).
     pub prefer_family: PreferFamily,
+    /// Most attempts the races leave behind that are watched to their own connect timeout at
+    /// once (each holds a socket); past it they are closed unfinished.
+    pub max_watched_attempts: usize,
 }
 
 /// The address family a name's first connect attempt goes to when the name has addresses of
@@ -51,6 +54,7 @@ impl Default for DialSection {
             attempt_delay_ms: 250,
             failure_memory_seconds: 30,
             prefer_family: PreferFamily::Ipv6,
+            max_watched_attempts: 1024,
         }
     }
 }
@@ -126,6 +130,9 @@ impl DialSection {
         }
         if self.max_attempts == 0 {
             return invalid("dial.max_attempts", "must be at least 1");
+        }
+        if self.max_watched_attempts > 1_000_000 {
+            return invalid("dial.max_watched_attempts", "must be at most 1000000");
         }
         Ok(())
     }

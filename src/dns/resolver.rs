@@ -35,6 +35,9 @@ pub struct Resolved {
     pub start: usize,
     /// True when the set is past its TTL and served because refreshes fail.
     pub stale: bool,
+    /// The name's failover turns: a request whose first address fails or stalls takes the next
+    /// one, and starts its other addresses there (so the failed address's share spreads evenly).
+    pub failovers: Arc<AtomicUsize>,
 }
 
 impl Resolved {
@@ -77,6 +80,7 @@ struct NameEntry {
     /// past its TTL (RFC 8767), otherwise an expired set is looked up again.
     failing: AtomicBool,
     counter: AtomicUsize,
+    failovers: Arc<AtomicUsize>,
     last_used_ms: AtomicU64,
     /// Whether the name was asked for since its last lookup finished: one that was not is not
     /// refreshed. (A flag, not a comparison of timestamps: a request in the same millisecond as
@@ -93,6 +97,7 @@ impl NameEntry {
             stale_until: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             counter: AtomicUsize::new(0),
+            failovers: Arc::new(AtomicUsize::new(0)),
             last_used_ms: AtomicU64::new(0),
             asked_since_lookup: AtomicBool::new(false),
             refresher_running: AtomicBool::new(false),
@@ -256,6 +261,7 @@ impl Resolver {
                     addrs: addrs.clone(),
                     start,
                     stale,
+                    failovers: entry.failovers.clone(),
                 }))
             }
             State::Failed { error, until } => (now < *until).then(|| Err(error.clone())),

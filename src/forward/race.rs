@@ -68,6 +68,12 @@ impl Attempts for FirstThen<'_> {
     fn report_abandoned(&self, c: &Candidate) {
         self.plan.report_abandoned(c)
     }
+    fn report_late_success(&self, c: &Candidate, took: Duration) {
+        self.plan.report_late_success(c, took)
+    }
+    fn watcher(&self) -> Option<Arc<dyn dial::Watch>> {
+        self.plan.watcher()
+    }
     fn cluster_name(&self) -> &str {
         self.plan.cluster_name()
     }

@@ -179,12 +179,13 @@ impl Proxy {
                             .iter()
                             .map(|ip| SocketAddr::new(*ip, target.port))
                             .collect();
-                        let order = self.failures.order(
+                        let order = self.failures.plan(
                             &all,
                             resolved.start,
                             runtime.config.dial.prefer_family,
+                            resolved.failovers.clone(),
                         );
-                        (None, Source::List(order.into_iter()))
+                        (None, Source::Name(order))
                     }
                 }
             }

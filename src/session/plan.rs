@@ -1,14 +1,13 @@
 //! One request's candidates: where they come from (a cluster's rotation, a name's addresses, a
 //! member's own address), the policy applied to each, and what the dial reports back.
 
-use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::{Cluster, Member, Picks};
 pub use crate::dial::Candidate;
-use crate::dial::{Attempts, FailKind, FailureMemory};
+use crate::dial::{Attempts, FailKind, FailureMemory, Watch};
 use crate::metrics::metrics;
 use crate::policy::Verdict;
 
@@ -16,6 +15,8 @@ use super::runtime::Runtime;
 
 pub(super) enum Source {
     List(std::vec::IntoIter<SocketAddr>),
+    /// A plain name's addresses, with its failovers drawn from the name's own turns.
+    Name(crate::dial::NameOrder),
     Cluster(FamilyPicks),
     /// A member's own address, asked for literally: that member first (if given), then, with
     /// `rescue_member_ips`, the cluster's other members in rotation.
@@ -28,51 +29,20 @@ pub(super) enum Source {
 /// A cluster's picks with the address families alternating after the first (RFC 8305 §4): when
 /// the first member's family is broken, the next attempt, and the race against the first, go to
 /// the other family. The first pick stays the rotation's, of either family, so every member keeps
-/// its share of first attempts. The search for the other family stays within the SRV priority
-/// level of the last pick (a backup level is never reached early) and looks at most
-/// [`LOOKAHEAD`] picks ahead, so a single-family cluster costs a failover no extra walk.
+/// its share of first attempts; the failover picks prefer the other family within the SRV
+/// priority level of the last pick (a backup level is never reached early).
 pub(super) struct FamilyPicks {
     picks: Picks,
-    /// Drawn from the rotation ahead of their turn while looking for the other family.
-    held: VecDeque<Arc<Member>>,
-    /// Family and priority of the last member handed out.
-    last: Option<(bool, u16)>,
+    /// Family of the last member handed out.
+    last_v4: Option<bool>,
 }
-
-/// Most picks drawn ahead of their turn while looking for the other family.
-const LOOKAHEAD: usize = 8;
 
 impl FamilyPicks {
     pub(super) fn new(picks: Picks) -> Self {
         Self {
             picks,
-            held: VecDeque::new(),
-            last: None,
+            last_v4: None,
         }
-    }
-
-    /// The next member of family `v4` at priority `level`, drawing ahead in the rotation.
-    fn other_family(&mut self, v4: bool, level: u16) -> Option<Arc<Member>> {
-        let fits = |m: &Arc<Member>| m.addr.is_ipv4() == v4 && m.priority == level;
-        if let Some(i) = self.held.iter().position(fits) {
-            return self.held.remove(i);
-        }
-        // Drawn past the level's end already: nothing more of this level to find.
-        if self.held.iter().any(|m| m.priority != level) {
-            return None;
-        }
-        for _ in 0..LOOKAHEAD {
-            let m = self.picks.next()?;
-            if fits(&m) {
-                return Some(m);
-            }
-            let past_level = m.priority != level;
-            self.held.push_back(m);
-            if past_level {
-                return None;
-            }
-        }
-        None
     }
 }
 
@@ -80,14 +50,11 @@ impl Iterator for FamilyPicks {
     type Item = Arc<Member>;
 
     fn next(&mut self) -> Option<Arc<Member>> {
-        let m = match self.last {
+        let m = match self.last_v4 {
             None => self.picks.next(),
-            Some((last_v4, level)) => self
-                .other_family(!last_v4, level)
-                .or_else(|| self.held.pop_front())
-                .or_else(|| self.picks.next()),
+            Some(v4) => self.picks.next_preferring(!v4),
         }?;
-        self.last = Some((m.addr.is_ipv4(), m.priority));
+        self.last_v4 = Some(m.addr.is_ipv4());
         Some(m)
     }
 }
@@ -154,6 +121,7 @@ impl Attempts for Plan {
         loop {
             let c = match &mut self.source {
                 Source::List(it) => it.next().map(|addr| Candidate { addr, member: None }),
+                Source::Name(it) => it.next().map(|addr| Candidate { addr, member: None }),
                 Source::Member { first, rest } => match first.take() {
                     Some(m) => Some(Candidate {
                         addr: m.addr,
@@ -204,8 +172,63 @@ impl Attempts for Plan {
 
     /// Records a failed connect to `c`.
     fn report_failure(&self, c: &Candidate, kind: FailKind, detail: &str) {
+        self.reporter().failure(c, kind, detail, false);
+    }
+
+    /// Records an attempt to `c` given up unfinished because another candidate connected first
+    /// (and the watch was full): neither a success nor a failure. A half-open trial it held is
+    /// given back.
+    fn report_abandoned(&self, c: &Candidate) {
+        match &c.member {
+            Some(m) => m.report_abandoned(),
+            None => metrics()
+                .connect_attempts
+                .with_label_values(&["", "", "abandoned"])
+                .inc(),
+        }
+    }
+
+    /// Records a successful connect to `c` after `took`.
+    fn report_success(&self, c: &Candidate, took: Duration) {
+        self.reporter().success(c, took, false);
+    }
+
+    fn report_late_success(&self, c: &Candidate, took: Duration) {
+        self.reporter().success(c, took, true);
+    }
+
+    fn watcher(&self) -> Option<Arc<dyn Watch>> {
+        Some(Arc::new(self.reporter()))
+    }
+}
+
+impl Plan {
+    fn reporter(&self) -> Reporter {
+        Reporter {
+            failures: self.failures.clone(),
+            cluster: self.cluster.clone(),
+        }
+    }
+}
+
+/// Where a connect's outcome goes: the failure memory of plain names, the cluster member's
+/// health, the metrics. Owned (not borrowed from the plan), so an attempt the race left behind
+/// can report when it ends.
+struct Reporter {
+    failures: Arc<FailureMemory>,
+    cluster: Option<Arc<Cluster>>,
+}
+
+impl Reporter {
+    fn cluster_name(&self) -> &str {
+        self.cluster.as_ref().map_or("", |c| c.name.as_str())
+    }
+
+    /// A failed connect; `late`: of an attempt the race left behind.
+    fn failure(&self, c: &Candidate, kind: FailKind, detail: &str, late: bool) {
         self.failures.mark_failed(c.addr);
         let result = match kind {
+            FailKind::Timeout if late => "abandoned_timeout",
             FailKind::Refused => "refused",
             FailKind::Timeout => "timeout",
             FailKind::Unreachable => "unreachable",
@@ -220,38 +243,36 @@ impl Attempts for Plan {
         }
     }
 
-    /// Records an attempt to `c` given up because another candidate connected first. For a
-    /// cluster member that is neither a success nor a failure (its active checks judge it). A
-    /// plain name has no checks: an address that left a connect unanswered for the whole attempt
-    /// delay is tried last, like a failed one, with the same half-open way back, so a blackholed
-    /// address does not cost every request that starts with it the delay.
-    fn report_abandoned(&self, c: &Candidate) {
-        match &c.member {
-            Some(m) => m.report_abandoned(),
-            None => {
-                self.failures.mark_failed(c.addr);
-                metrics()
-                    .connect_attempts
-                    .with_label_values(&["", "", "abandoned"])
-                    .inc()
-            }
-        }
-    }
-
-    /// Records a successful connect to `c` after `took`.
-    fn report_success(&self, c: &Candidate, took: Duration) {
+    /// A successful connect after `took`; `late`: of an attempt the race left behind (closed).
+    fn success(&self, c: &Candidate, took: Duration, late: bool) {
         self.failures.mark_ok(c.addr);
-        match (&self.cluster, &c.member) {
-            (Some(cluster), Some(m)) => cluster.report_success(m),
-            (None, Some(m)) => {
+        match (&self.cluster, &c.member, late) {
+            (Some(cluster), Some(m), false) => cluster.report_success(m),
+            (Some(cluster), Some(m), true) => cluster.report_late_success(m),
+            (None, Some(m), false) => {
                 m.report_success(crate::cluster::now_ms());
             }
-            (_, None) => metrics()
+            (None, Some(m), true) => {
+                m.report_late_success(crate::cluster::now_ms());
+            }
+            (_, None, late) => metrics()
                 .connect_attempts
-                .with_label_values(&["", "", "ok"])
+                .with_label_values(&["", "", if late { "abandoned_late" } else { "ok" }])
                 .inc(),
         }
-        crate::metrics::connect_timer(self.cluster_name()).observe(took.as_secs_f64());
+        if !late {
+            crate::metrics::connect_timer(self.cluster_name()).observe(took.as_secs_f64());
+        }
+    }
+}
+
+impl Watch for Reporter {
+    fn late_failure(&self, c: &Candidate, kind: FailKind, detail: &str) {
+        self.failure(c, kind, detail, true);
+    }
+
+    fn late_success(&self, c: &Candidate, took: Duration) {
+        self.success(c, took, true);
     }
 }
 
