@@ -603,6 +603,39 @@ mod tests {
             .collect()
     }
 
+    /// Issue 20: a plain name's address that stalls before the failure memory knows it: the
+    /// request whose first pick it is takes its second from the name's failover turns, so the
+    /// other addresses share its load evenly (the successor took it all before: 40/20).
+    #[test]
+    fn a_failing_first_addresss_share_spreads_evenly() {
+        let m = FailureMemory::new(Duration::from_secs(30));
+        for n in [3usize, 4] {
+            let a: Vec<SocketAddr> = addrs().into_iter().take(n).collect();
+            let failovers = Arc::new(AtomicUsize::new(0));
+            let mut h = std::collections::HashMap::new();
+            for turn in 0..60 * (n - 1) {
+                let mut order = m.plan(&a, turn, PreferFamily::Any, failovers.clone());
+                let mut first = order.next().unwrap();
+                if first == a[1] {
+                    first = order.next().unwrap();
+                }
+                *h.entry(first).or_insert(0) += 1;
+            }
+            assert_eq!(h.len(), n - 1, "{h:?}");
+            assert!(h.values().all(|&c| c == 60), "{n} addresses: {h:?}");
+        }
+        // The rest of one request's order is every other address once, the failed ones last.
+        m.mark_failed(a4()[3]);
+        let got: Vec<SocketAddr> = m
+            .plan(&a4(), 0, PreferFamily::Any, Arc::new(AtomicUsize::new(1)))
+            .collect();
+        assert_eq!(got, vec![a4()[0], a4()[2], a4()[1], a4()[3]]);
+    }
+
+    fn a4() -> Vec<SocketAddr> {
+        addrs()
+    }
+
     #[test]
     fn failed_addresses_go_last_and_keep_rotation() {
         let m = FailureMemory::new(Duration::from_secs(30));

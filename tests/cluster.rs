@@ -929,3 +929,171 @@ async fn close_tunnels_cuts_a_down_members_tunnels_and_keep_does_not() {
         }
     }
 }
+
+/// `dig +short` for `name` A at `server`.
+async fn dig_a(server: SocketAddr, name: &str) -> Vec<String> {
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::process::Command::new("dig")
+            .args(["+tries=1", "+time=2", "+short"])
+            .arg(format!("@{}", server.ip()))
+            .arg(format!("-p{}", server.port()))
+            .args([name, "A"])
+            .output(),
+    )
+    .await
+    .expect("dig timed out")
+    .expect("dig runs");
+    let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `n` requests through `via` for `host`, started 50 ms apart (20/s), one after the other.
+async fn paced(via: Via, f: &Fixture, host: &str, n: usize) -> (Vec<String>, Vec<String>) {
+    let (mut ok, mut err) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let started = Instant::now();
+        match who(via, &f.proxy, host, f.port).await {
+            Ok(name) => ok.push(name),
+            Err(e) => err.push(e),
+        }
+        tokio::time::sleep(Duration::from_millis(50).saturating_sub(started.elapsed())).await;
+    }
+    (ok, err)
+}
+
+/// Issue 20: a blackholed member, the checks effectively off (every 10 min), so only the
+/// request path can see it. Its share goes to both survivors evenly from the first request (the
+/// race's second candidate comes from the failover turns, not the successor on the wheel: before,
+/// 40/20 every run), no request fails, and the attempts the races leave behind are watched to
+/// their own timeout: after `consecutive_failures` of them the member is ejected and leaves the
+/// DNS responder's answer (before: it stayed in rotation, and in DNS, for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_members_share_spreads_evenly_before_any_check_and_traffic_ejects_it() {
+    let dns = DnsServer::start().await;
+    dns.set_a(NAME, &[ip4(11), ip4(12), ip4(13)], 30);
+    let ips: Vec<IpAddr> = [11, 12, 13].iter().map(|&i| IpAddr::V4(ip4(i))).collect();
+    let (port, backends) = Backend::start_set(&ips, &["b11", "b12", "b13"]).await;
+    let responder: SocketAddr = format!("127.0.0.1:{}", support::proxy::free_port())
+        .parse()
+        .unwrap();
+    let extra = format!(
+        "[responder]\nlisten = [\"{responder}\"]\n\
+         [[cluster]]\nname = \"{NAME}\"\nports = [{port}]\n\
+         [cluster.health]\ninterval_ms = 600000\ntimeout_ms = 500\nrise = 1\nfall = 1\n\
+         [cluster.outlier]\nconsecutive_failures = 3\n"
+    );
+    let f = Fixture::ready(dns, port, backends, &extra).await;
+    assert_eq!(dig_a(responder, NAME).await.len(), 3);
+    f.backends[0].stop();
+    let _hole =
+        carousel::testbed::blackhole::Blackhole::new(SocketAddr::new(IpAddr::V4(ip4(11)), port))
+            .unwrap();
+    reload_dial(
+        &f,
+        &extra,
+        "connect_timeout_ms = 500\nattempt_delay_ms = 100",
+    )
+    .await;
+    for via in [Via::Connect, Via::Socks5, Via::Forward] {
+        let (served, errors) = paced(via, &f, NAME, 60).await;
+        assert!(errors.is_empty(), "{via:?}: {errors:?}");
+        let c = counts(&served, &["b11", "b12", "b13"]);
+        println!("{via:?}: {c:?}");
+        assert_eq!(c[0], 0, "{via:?}: {c:?}");
+        assert!(
+            c[1].abs_diff(30) <= 3 && c[2].abs_diff(30) <= 3,
+            "{via:?}: survivors got {c:?}"
+        );
+    }
+    assert!(f.attempts(11, "abandoned_timeout").await >= 3.0);
+    assert!(f.metric("carousel_member_ejections_total", 11).await >= 1.0);
+    // Ejected now (the last ejection lasts 5 s or more): gone from the DNS answer.
+    assert_eq!(dig_a(responder, NAME).await, ["127.0.0.12", "127.0.0.13"]);
+}
+
+/// Issue 20, a plain name (no [[cluster]]): the same even split (before: 6/24, 26/4, 27/3), and
+/// after the first watched timeouts the address goes behind the others (the failure memory),
+/// so few requests start with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_address_of_a_plain_names_share_spreads_evenly() {
+    let f = Fixture::new(30, "", SLOW_HEALTH, NO_EJECT).await;
+    const PLAIN: &str = "plain.cluster.test";
+    f.dns.set_a(PLAIN, &[ip4(11), ip4(12), ip4(13)], 30);
+    f.backends[0].stop();
+    let _hole =
+        carousel::testbed::blackhole::Blackhole::new(SocketAddr::new(IpAddr::V4(ip4(11)), f.port))
+            .unwrap();
+    let extra = format!(
+        "[[cluster]]\nname = \"{NAME}\"\nports = [{}]\n[cluster.health]\n{SLOW_HEALTH}\n[cluster.outlier]\n{NO_EJECT}\n",
+        f.port
+    );
+    reload_dial(
+        &f,
+        &extra,
+        "connect_timeout_ms = 500\nattempt_delay_ms = 100",
+    )
+    .await;
+    for via in [Via::Connect, Via::Socks5, Via::Forward] {
+        let (served, errors) = paced(via, &f, PLAIN, 60).await;
+        assert!(errors.is_empty(), "{via:?}: {errors:?}");
+        let c = counts(&served, &["b11", "b12", "b13"]);
+        println!("{via:?}: {c:?}");
+        assert!(
+            c[0] == 0 && c[1].abs_diff(30) <= 3 && c[2].abs_diff(30) <= 3,
+            "{via:?}: {c:?}"
+        );
+    }
+    let timeouts = f
+        .proxy
+        .metric(
+            r#"carousel_connect_attempts_total{cluster="",member="",result="abandoned_timeout"}"#,
+        )
+        .await;
+    let watched = f.proxy.metric("carousel_dial_watched_attempts_total").await;
+    println!("plain name: {watched} attempts left behind, {timeouts} timed out");
+    assert!(timeouts >= 1.0);
+    // 180 requests, a third of them first at the blackhole without the failure memory.
+    assert!(
+        watched <= 20.0,
+        "{watched} requests started at the blackhole"
+    );
+}
+
+/// Issue 20: a member too busy to accept for 400 ms loses the races that start with it, but
+/// the attempt left behind connects later (on the SYN retransmission) and counts as a success:
+/// not ejected, even with `consecutive_failures = 1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_accepts_after_400_ms_loses_races_but_is_not_ejected() {
+    let f = Fixture::new(30, "", SLOW_HEALTH, "consecutive_failures = 1\n").await;
+    let extra = format!(
+        "[[cluster]]\nname = \"{NAME}\"\nports = [{}]\n[cluster.health]\n{SLOW_HEALTH}\n[cluster.outlier]\nconsecutive_failures = 1\n",
+        f.port
+    );
+    reload_dial(
+        &f,
+        &extra,
+        "connect_timeout_ms = 3000\nattempt_delay_ms = 100",
+    )
+    .await;
+    f.backends[0].stop();
+    let hole =
+        carousel::testbed::blackhole::Blackhole::new(SocketAddr::new(IpAddr::V4(ip4(11)), f.port))
+            .unwrap();
+    let (served, errors) = paced(Via::Socks5, &f, NAME, 6).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(served.iter().all(|s| s != "b11"), "{served:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _late = Backend::serve(hole.into_listener(), "b11-late").unwrap();
+    f.wait_until("the late connects", Duration::from_secs(5), || async {
+        f.attempts(11, "abandoned_late").await >= 1.0
+    })
+    .await;
+    assert_eq!(f.metric("carousel_member_ejections_total", 11).await, 0.0);
+    assert_eq!(f.attempts(11, "abandoned_timeout").await, 0.0);
+    assert_eq!(f.metric("carousel_member_ejected", 11).await, 0.0);
+}

@@ -76,6 +76,13 @@ COUNTERS_GAUGES = {
     "carousel_auth_failures_total",
     "carousel_auth_throttled_total",
     "carousel_overload_rejections_total",
+    "carousel_dial_watched_attempts_total",
+    "carousel_dial_watch_full_total",
+    "carousel_dns_send_dropped_total",
+    "carousel_dns_tcp_refused_total",
+    "carousel_fd_share",
+    "carousel_fd_share_used",
+    "carousel_fd_share_exhausted_total",
 }
 HISTOGRAMS = {
     "carousel_connect_duration_seconds",

@@ -538,6 +538,31 @@ mod tests {
         }
     }
 
+    /// Issue 20: a member that stalls or fails before anything noticed (still usable): the
+    /// request whose first pick it is takes its second from the level's failover turns, so its
+    /// share goes to every survivor evenly. The first pick's successor (before) gave 40/20.
+    #[test]
+    fn a_failing_first_picks_share_spreads_evenly_in_every_mode() {
+        for (n, dead) in [(3usize, 2usize), (4, 1), (5, 0)] {
+            for mode in [Mode::RoundRobin, Mode::LeastConnections, Mode::RandomTwo] {
+                let p = pool(&vec![(1, 0); n]);
+                let dead_addr = p.members[dead].addr;
+                let mut h: HashMap<String, usize> = HashMap::new();
+                let requests = 60 * (n - 1);
+                for _ in 0..requests {
+                    let mut picks = p.select(mode, 0);
+                    let mut m = picks.next().unwrap();
+                    if m.addr == dead_addr {
+                        m = picks.next().unwrap();
+                    }
+                    *h.entry(m.addr.to_string()).or_insert(0) += 1;
+                }
+                assert_eq!(h.len(), n - 1, "{mode:?}: {h:?}");
+                assert!(h.values().all(|&c| c == 60), "{mode:?}, {n} members: {h:?}");
+            }
+        }
+    }
+
     #[test]
     fn try_next_continues_in_rotation_order_over_survivors() {
         let p = pool(&[(1, 0); 4]);
