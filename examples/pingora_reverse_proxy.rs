@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use carousel::plugin::{Candidates, Outcome, Upstream, UpstreamConfig};
+use pingora::apps::http_app::ServeHttp;
 use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::{background_service, BackgroundService};
-use pingora_core::apps::http_app::ServeHttp;
-use pingora_core::protocols::http::ServerSession;
 
 struct Proxy(Arc<Upstream>);
 
@@ -68,7 +68,7 @@ impl ProxyHttp for Proxy {
         reused: bool,
         peer: &HttpPeer,
         _fd: std::os::unix::io::RawFd,
-        _d: Option<&pingora_core::protocols::Digest>,
+        _d: Option<&pingora::protocols::Digest>,
         _ctx: &mut Ctx,
     ) -> Result<()> {
         match peer._address.as_inet() {

@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::cluster::Member;
 use crate::config::{DialSection, PreferFamily};
 use crate::metrics::metrics;
+use crate::recent::Recent;
 
 /// One address to try, and the cluster member behind it if any.
 #[derive(Clone)]
@@ -145,8 +145,8 @@ pub struct Connected {
     pub cluster: String,
 }
 
-/// Size at which expired failure entries are swept.
-const PRUNE_AT: usize = 10_000;
+/// Addresses the failure memory keeps at least (clients choose them; see [`Recent`]).
+const REMEMBERED: usize = 16_384;
 
 /// The first back-off of a failed address before one request may try it again.
 pub const FIRST_RETRY: Duration = Duration::from_secs(2);
@@ -166,7 +166,7 @@ struct Failed {
 /// failed trial up to `dial.failure_memory_seconds`) one request tries it first: a success puts
 /// it back in rotation with its full share.
 pub struct FailureMemory {
-    failed: DashMap<SocketAddr, Failed>,
+    failed: Recent<SocketAddr, Failed>,
     longest: Duration,
 }
 
@@ -174,7 +174,7 @@ impl FailureMemory {
     /// A memory whose back-off grows up to `longest`.
     pub fn new(longest: Duration) -> Self {
         Self {
-            failed: DashMap::new(),
+            failed: Recent::new(REMEMBERED),
             longest: longest.max(FIRST_RETRY),
         }
     }
@@ -182,22 +182,22 @@ impl FailureMemory {
     /// Records a failed connect to `addr`.
     pub fn mark_failed(&self, addr: SocketAddr) {
         let now = Instant::now();
-        // Clients choose the addresses: entries long past their back-off are swept before the
-        // map grows large.
-        if self.failed.len() >= PRUNE_AT {
-            let longest = self.longest;
-            self.failed.retain(|_, f| now < f.until + longest);
-        }
-        let mut e = self.failed.entry(addr).or_insert(Failed {
-            until: now,
-            backoff: Duration::ZERO,
-        });
-        e.backoff = if e.backoff.is_zero() {
-            FIRST_RETRY
-        } else {
-            (e.backoff * 2).min(self.longest)
-        };
-        e.until = now + e.backoff;
+        let longest = self.longest;
+        self.failed.with(
+            &addr,
+            || Failed {
+                until: now,
+                backoff: Duration::ZERO,
+            },
+            |e| {
+                e.backoff = if e.backoff.is_zero() {
+                    FIRST_RETRY
+                } else {
+                    (e.backoff * 2).min(longest)
+                };
+                e.until = now + e.backoff;
+            },
+        );
     }
 
     /// Records a successful connect: `addr` is good again.
@@ -213,8 +213,8 @@ impl FailureMemory {
             return false;
         }
         self.failed
-            .get(addr)
-            .is_some_and(|f| Instant::now() < f.until)
+            .with_existing(addr, |f| Instant::now() < f.until)
+            .unwrap_or(false)
     }
 
     /// Orders this request's candidates: a failed address due for its half-open trial first (at
@@ -263,22 +263,33 @@ impl FailureMemory {
         let mut trial = None;
         let mut good = Vec::with_capacity(addrs.len());
         let mut bad = Vec::new();
+        enum Seen {
+            Good,
+            Trial,
+            Forgotten,
+            Bad,
+        }
+        let longest = self.longest;
         for &a in addrs {
-            match self.failed.get_mut(&a) {
-                None => good.push(a),
-                Some(mut f)
-                    if trial.is_none() && now >= f.until && now < f.until + self.longest =>
-                {
+            let seen = self.failed.with_existing(&a, |f| {
+                if trial.is_none() && now >= f.until && now < f.until + longest {
                     // Claim the trial: until its outcome is known, it counts as failed again.
                     f.until = now + f.backoff;
-                    trial = Some(a);
+                    Seen::Trial
+                } else if now >= f.until + longest {
+                    Seen::Forgotten
+                } else {
+                    Seen::Bad
                 }
-                Some(f) if now >= f.until + self.longest => {
-                    drop(f);
+            });
+            match seen.unwrap_or(Seen::Good) {
+                Seen::Good => good.push(a),
+                Seen::Trial => trial = Some(a),
+                Seen::Forgotten => {
                     self.failed.remove(&a);
                     good.push(a);
                 }
-                Some(_) => bad.push(a),
+                Seen::Bad => bad.push(a),
             }
         }
         let mut out: Vec<SocketAddr> = trial.into_iter().collect();

@@ -273,19 +273,16 @@ impl Upstream {
 }
 
 #[async_trait]
-impl pingora_load_balancing::discovery::ServiceDiscovery for Upstream {
+impl pingora::lb::discovery::ServiceDiscovery for Upstream {
     async fn discover(
         &self,
-    ) -> pingora_error::Result<(
-        BTreeSet<pingora_load_balancing::Backend>,
-        HashMap<u64, bool>,
-    )> {
+    ) -> pingora::Result<(BTreeSet<pingora::lb::Backend>, HashMap<u64, bool>)> {
         let now = now_ms();
         let mut backends = BTreeSet::new();
         let mut enabled = HashMap::new();
         for m in &self.cluster.snapshot().members {
-            let b = pingora_load_balancing::Backend {
-                addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(m.addr),
+            let b = pingora::lb::Backend {
+                addr: pingora::protocols::l4::socket::SocketAddr::Inet(m.addr),
                 weight: m.weight as usize,
                 ext: Default::default(),
             };

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Shards: enough that two worker threads rarely meet on one lock.
@@ -25,6 +26,9 @@ pub struct Recent<K, V> {
     shards: Box<[Mutex<Shard<K, V>>]>,
     per_shard: usize,
     hasher: RandomState,
+    /// Keys held in all shards, kept exact, so `is_empty` costs one load (the failure memory
+    /// asks it on every request).
+    held: AtomicUsize,
 }
 
 impl<K: Hash + Eq + Clone, V> Recent<K, V> {
@@ -43,6 +47,7 @@ impl<K: Hash + Eq + Clone, V> Recent<K, V> {
             shards,
             per_shard,
             hasher: RandomState::new(),
+            held: AtomicUsize::new(0),
         }
     }
 
@@ -55,10 +60,17 @@ impl<K: Hash + Eq + Clone, V> Recent<K, V> {
     pub fn with<R>(&self, key: &K, init: impl FnOnce() -> V, f: impl FnOnce(&mut V) -> R) -> R {
         let mut s = self.shard(key);
         if !s.current.contains_key(key) {
-            let v = s.previous.remove(key).unwrap_or_else(init);
+            let v = match s.previous.remove(key) {
+                Some(v) => v,
+                None => {
+                    self.held.fetch_add(1, Ordering::Relaxed);
+                    init()
+                }
+            };
             if s.current.len() >= self.per_shard {
                 let full = std::mem::take(&mut s.current);
-                s.previous = full;
+                let gone = std::mem::replace(&mut s.previous, full).len();
+                self.held.fetch_sub(gone, Ordering::Relaxed);
             }
             s.current.insert(key.clone(), v);
         }
@@ -80,31 +92,28 @@ impl<K: Hash + Eq + Clone, V> Recent<K, V> {
     /// Forgets `key`.
     pub fn remove(&self, key: &K) {
         let mut s = self.shard(key);
-        s.current.remove(key);
-        s.previous.remove(key);
+        let gone = usize::from(s.current.remove(key).is_some())
+            + usize::from(s.previous.remove(key).is_some());
+        self.held.fetch_sub(gone, Ordering::Relaxed);
     }
 
     /// Forgets every key.
     pub fn clear(&self) {
         for s in self.shards.iter() {
             let mut s = s.lock().unwrap_or_else(|e| e.into_inner());
+            let gone = s.current.len() + s.previous.len();
             s.current.clear();
             s.previous.clear();
+            self.held.fetch_sub(gone, Ordering::Relaxed);
         }
     }
 
     /// Keys held now (the current and previous generations).
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                let s = s.lock().unwrap_or_else(|e| e.into_inner());
-                s.current.len() + s.previous.len()
-            })
-            .sum()
+        self.held.load(Ordering::Relaxed)
     }
 
-    /// Whether no key is held.
+    /// Whether no key is held: one load, no lock.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -131,6 +140,16 @@ mod tests {
             }
             assert!(t.len() <= t.bound(), "{} > {}", t.len(), t.bound());
         }
+        // The count is exact: it is what the shards hold.
+        let counted: usize = t
+            .shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap();
+                s.current.len() + s.previous.len()
+            })
+            .sum();
+        assert_eq!(t.len(), counted);
         assert_eq!(t.with_existing(&7, |v| *v), Some(42));
         // An old key nobody touched is gone.
         assert_eq!(t.with_existing(&1_000_000, |v| *v), None);

@@ -305,7 +305,7 @@ pub fn build(
     server.bootstrap();
     let resources = crate::resources::Resources::load(&config)?;
     let proxy = Proxy::new(config.clone(), resources)?;
-    let forwarder = Arc::new(pingora_proxy::http_proxy(
+    let forwarder = Arc::new(pingora::proxy::http_proxy(
         &server.configuration,
         Forwarder::new(proxy.clone()),
     ));

@@ -1097,3 +1097,51 @@ async fn a_member_that_accepts_after_400_ms_loses_races_but_is_not_ejected() {
     assert_eq!(f.attempts(11, "abandoned_timeout").await, 0.0);
     assert_eq!(f.metric("carousel_member_ejected", 11).await, 0.0);
 }
+
+/// Issue 21: `cluster.tunnel_idle_timeout_seconds` was validated and documented but never read.
+/// A cluster's 2 s closes its idle tunnel, while the global timeout (30 s here) keeps another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clusters_tunnel_idle_timeout_applies_to_its_tunnels_only() {
+    let f = Fixture::new(30, "tunnel_idle_timeout_seconds = 2", SLOW_HEALTH, NO_EJECT).await;
+    let open = |host: String| {
+        let (socks, port) = (f.proxy.socks, f.port);
+        async move {
+            let mut s = TcpStream::connect(socks).await.unwrap();
+            s.write_all(&[5, 1, 0]).await.unwrap();
+            let mut m = [0u8; 2];
+            s.read_exact(&mut m).await.unwrap();
+            s.write_all(&support::socks5_connect(&host, port))
+                .await
+                .unwrap();
+            let mut r = [0u8; 10];
+            s.read_exact(&mut r).await.unwrap();
+            assert_eq!(r[1], 0, "{host}");
+            s.write_all(b"ECHO\nx").await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            s
+        }
+    };
+    let mut clustered = open(NAME.to_string()).await;
+    let mut other = open("127.0.0.14".to_string()).await;
+    let started = Instant::now();
+    let mut b = [0u8; 1];
+    let n = timeout(Duration::from_secs(10), clustered.read(&mut b))
+        .await
+        .expect("the cluster's tunnel did not idle out")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the cluster's tunnel carried a byte");
+    let idle = started.elapsed();
+    assert!(
+        idle >= Duration::from_millis(1500) && idle < Duration::from_secs(5),
+        "closed after {idle:?}"
+    );
+    // The other tunnel (global timeout) still echoes.
+    other.write_all(b"y").await.unwrap();
+    timeout(Duration::from_secs(2), other.read_exact(&mut b))
+        .await
+        .expect("the other tunnel stalled")
+        .expect("the other tunnel closed");
+    assert_eq!(&b, b"y");
+    assert!(f.proxy.wait_log("outcome=idle_timeout").await);
+}

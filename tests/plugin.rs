@@ -77,7 +77,7 @@ async fn the_public_api_rotates_ejects_follows_dns_and_serves_stale() {
     assert!(u.members().contains(&(dead, false)));
     // Pingora's LoadBalancer can use it too: the members with their usability (checked while the
     // 5 s ejection certainly lasts).
-    use pingora_load_balancing::discovery::ServiceDiscovery;
+    use pingora::lb::discovery::ServiceDiscovery;
     let (backends, enabled) = u.discover().await.unwrap();
     assert_eq!(backends.len(), 3);
     assert_eq!(

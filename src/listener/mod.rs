@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::Stream;
+use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
-use pingora_proxy::HttpProxy;
 use tokio::time::Instant;
 
 use crate::access_log::Entry;

@@ -71,7 +71,7 @@ impl Listener {
         let _member = up.member.as_ref().map(|mb| mb.open_connection());
         let active = m.active_tunnels.with_label_values(&[req.protocol.as_str()]);
         active.inc();
-        let opts = self.proxy.tunnel_options();
+        let opts = self.proxy.tunnel_options(&up.cluster);
         // A member marked down closes its tunnels when its cluster says so.
         let mut down = up
             .member

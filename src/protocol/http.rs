@@ -211,7 +211,7 @@ pub struct ForwardTarget {
 /// userinfo; a `Host` that differs from the target's authority (say, only in case) is replaced by
 /// it, as §3.2.2 tells a proxy to do.
 pub fn forward_target(head: &Head) -> Result<ForwardTarget, Error> {
-    use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
+    use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
     // A fragment is the client's business: it is never sent (RFC 9110 §4.2.4), and Pingora's
     // parser drops it too, so both read the same target.
     let target = head.target.split('#').next().unwrap_or_default();

@@ -114,9 +114,19 @@ impl Proxy {
         self.runtime.load().config.clone()
     }
 
-    /// How a tunnel opened now moves bytes and when it idles out.
-    pub fn tunnel_options(&self) -> crate::tunnel::Options {
-        self.runtime.load().tunnel
+    /// How a tunnel opened now to `cluster` ("" outside clusters) moves bytes and when it idles
+    /// out: the cluster's `tunnel_idle_timeout_seconds` if it sets one, else `[tunnel]`'s.
+    pub fn tunnel_options(&self, cluster: &str) -> crate::tunnel::Options {
+        let mut opts = self.runtime.load().tunnel;
+        if let Some(secs) = self
+            .clusters
+            .load()
+            .get(cluster)
+            .and_then(|c| c.cfg.tunnel_idle_timeout_seconds)
+        {
+            opts.idle = std::time::Duration::from_secs(secs);
+        }
+        opts
     }
 
     /// Whether `client` may connect at all.
