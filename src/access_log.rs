@@ -1,10 +1,15 @@
 //! The access log: one line per request or tunnel, as text or JSON, to stdout or a file, for the
 //! people who answer "who went where, through which member, and what happened". Credentials never
 //! reach it: only the authenticated user name.
+//!
+//! The proxy's workers never write it themselves: a line is formatted and handed to a bounded
+//! queue, and one thread of its own writes the queue out (buffered, flushed whenever the queue
+//! runs dry, and at shutdown). A disk that stalls costs lines, counted in
+//! `carousel_access_log_dropped_total`, never a stalled proxy thread.
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
@@ -45,10 +50,18 @@ pub struct Entry {
     pub status: u16,
 }
 
+/// Lines waiting for the writer at most; past it they are dropped (counted).
+pub const QUEUE: usize = 65_536;
+
+enum Msg {
+    Line(String),
+    /// Write everything before this, then say so.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
 enum Sink {
     Off,
-    Stdout,
-    File(Mutex<std::io::LineWriter<std::fs::File>>),
+    Queue(SyncSender<Msg>),
 }
 
 /// Where access lines go.
@@ -57,23 +70,64 @@ pub struct AccessLog {
     format: AccessFormat,
 }
 
+/// The writer thread: writes lines as they come, flushes when the queue runs dry.
+fn write_out(rx: Receiver<Msg>, out: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    loop {
+        let msg = match rx.try_recv() {
+            Ok(m) => m,
+            Err(TryRecvError::Empty) => {
+                let _ = out.flush();
+                match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                }
+            }
+            Err(TryRecvError::Disconnected) => break,
+        };
+        match msg {
+            Msg::Line(line) => {
+                let _ = out.write_all(line.as_bytes());
+                let _ = out.write_all(b"\n");
+            }
+            Msg::Flush(ack) => {
+                let _ = out.flush();
+                let _ = ack.send(());
+            }
+        }
+    }
+    let _ = out.flush();
+}
+
 impl AccessLog {
     /// Opens the configured destination.
     pub fn new(cfg: &LogSection) -> std::io::Result<Self> {
-        let sink = match cfg.access.as_str() {
-            "off" => Sink::Off,
-            "stdout" => Sink::Stdout,
-            path => {
-                let f = std::fs::OpenOptions::new()
+        let out: Box<dyn Write + Send> = match cfg.access.as_str() {
+            "off" => return Ok(Self::off()),
+            "stdout" => Box::new(std::io::stdout()),
+            path => Box::new(
+                std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(path)?;
-                Sink::File(Mutex::new(std::io::LineWriter::new(f)))
-            }
+                    .open(path)?,
+            ),
         };
+        Self::to_writer(out, QUEUE, cfg.access_format)
+    }
+
+    /// A log written to `out` by a thread of its own, with a queue of `queue` lines.
+    pub fn to_writer(
+        out: Box<dyn Write + Send>,
+        queue: usize,
+        format: AccessFormat,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(queue);
+        std::thread::Builder::new()
+            .name("carousel access log".into())
+            .spawn(move || write_out(rx, out))?;
         Ok(Self {
-            sink,
-            format: cfg.access_format,
+            sink: Sink::Queue(tx),
+            format,
         })
     }
 
@@ -85,24 +139,27 @@ impl AccessLog {
         }
     }
 
-    /// Writes one entry.
+    /// Queues one entry for the writer; never waits (a full queue drops it, counted).
     pub fn write(&self, e: &Entry) {
-        if matches!(self.sink, Sink::Off) {
-            return;
-        }
+        let Sink::Queue(tx) = &self.sink else { return };
         let line = self.format_line(e);
-        match &self.sink {
-            Sink::Off => {}
-            Sink::Stdout => {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{line}");
-            }
-            Sink::File(f) => {
-                if let Ok(mut f) = f.lock() {
-                    let _ = writeln!(f, "{line}");
-                }
-            }
+        if let Err(TrySendError::Full(_)) = tx.try_send(Msg::Line(line)) {
+            crate::metrics::metrics().access_log_dropped.inc();
         }
+    }
+
+    /// Waits (at most `limit`) until every line queued so far is written and flushed: at
+    /// shutdown, and before a reloaded log replaces this one.
+    pub fn flush(&self, limit: Duration) -> bool {
+        let Sink::Queue(tx) = &self.sink else {
+            return true;
+        };
+        let (ack, done) = std::sync::mpsc::channel();
+        // A full queue: wait for room (this is no proxy thread).
+        if tx.send(Msg::Flush(ack)).is_err() {
+            return false;
+        }
+        done.recv_timeout(limit).is_ok()
     }
 
     fn format_line(&self, e: &Entry) -> String {
@@ -181,11 +238,71 @@ fn humantime_rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     #[test]
     fn time_format() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
         assert_eq!(humantime_rfc3339(t), "2026-11-18T11:06:40.123Z");
+    }
+
+    /// A writer that says when it is in a write and blocks there until told to go on, like a
+    /// stalled disk.
+    struct Stalled {
+        entered: std::sync::mpsc::Sender<()>,
+        go: std::sync::mpsc::Receiver<()>,
+        got: std::sync::Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.entered.send(());
+            let _ = self.go.recv();
+            self.got.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Issue 21: the log was written with blocking writes on the proxy's threads. Now a stalled
+    /// writer costs lines (counted), never a caller's wait, and a flush writes what was queued.
+    #[test]
+    fn a_stalled_writer_drops_lines_counted_and_never_blocks_the_caller() {
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let got = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let out = Stalled {
+            entered: entered_tx,
+            go: go_rx,
+            got: got.clone(),
+        };
+        let log = AccessLog::to_writer(Box::new(out), 4, AccessFormat::Text).unwrap();
+        let dropped = || crate::metrics::metrics().access_log_dropped.get();
+        let e = Entry {
+            target: "a:1".into(),
+            ..Default::default()
+        };
+        // One line, and the writer is stuck writing it.
+        log.write(&e);
+        entered.recv_timeout(Duration::from_secs(10)).unwrap();
+        let before = dropped();
+        let started = std::time::Instant::now();
+        for _ in 0..100 {
+            log.write(&e);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the caller waited"
+        );
+        // The queue holds four; the other 96 are dropped and counted.
+        assert_eq!(dropped() - before, 96);
+        // Let it write: a flush returns once everything queued is out.
+        std::thread::spawn(move || while go.send(()).is_ok() {});
+        assert!(log.flush(Duration::from_secs(10)));
+        let text = String::from_utf8(got.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 5);
     }
 
     #[test]

@@ -17,6 +17,36 @@ use dashmap::DashMap;
 use crate::config::LimitsSection;
 use crate::metrics::metrics;
 
+/// Which connection limit refused a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Limit {
+    /// Open connections in all (`limits.max_connections`, or the descriptor budget's share).
+    #[error("overloaded: global connection limit reached")]
+    Global,
+    /// Open connections of one client address.
+    #[error("overloaded: per_client connection limit reached")]
+    PerClient,
+    /// Connections of one client address still in their handshake.
+    #[error("overloaded: handshakes_per_client connection limit reached")]
+    HandshakesPerClient,
+}
+
+impl Limit {
+    /// The `limit` label of `carousel_overload_rejections_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Global => "global",
+            Limit::PerClient => "per_client",
+            Limit::HandshakesPerClient => "handshakes_per_client",
+        }
+    }
+
+    fn count(self) -> Self {
+        metrics().overload.with_label_values(&[self.as_str()]).inc();
+        self
+    }
+}
+
 /// Refusals one client address may have in progress at once; past it its connections are closed
 /// without an answer, so clients that hold refused connections open (idle, never sending their
 /// request) cannot take the refusals' descriptors from everyone else.
@@ -51,13 +81,13 @@ impl Drop for Handshake {
 }
 
 /// Holds one refusal in progress: a descriptor of the refusals' share and the client's place.
-pub struct Refusal {
+pub struct RefusalSlot {
     _descriptor: crate::descriptors::Held,
     table: Arc<DashMap<IpAddr, usize>>,
     client: Option<IpAddr>,
 }
 
-impl Drop for Refusal {
+impl Drop for RefusalSlot {
     fn drop(&mut self) {
         let Some(ip) = self.client else { return };
         if let dashmap::Entry::Occupied(mut e) = self.table.entry(ip) {
@@ -115,19 +145,12 @@ impl Limits {
 
     /// Counts one more connection of `client` in its handshake, or names the limit it breaks;
     /// the guard is dropped when the request is complete.
-    pub fn handshake(
-        self: &Arc<Self>,
-        client: Option<IpAddr>,
-    ) -> Result<Option<Handshake>, &'static str> {
+    pub fn handshake(self: &Arc<Self>, client: Option<IpAddr>) -> Result<Option<Handshake>, Limit> {
         let Some(ip) = client else { return Ok(None) };
         let mut n = self.handshakes.entry(ip).or_insert(0);
         if *n >= self.max_handshakes.load(Ordering::Relaxed) {
             drop(n);
-            metrics()
-                .overload
-                .with_label_values(&["handshakes_per_client"])
-                .inc();
-            return Err("handshakes_per_client");
+            return Err(Limit::HandshakesPerClient.count());
         }
         *n += 1;
         Ok(Some(Handshake {
@@ -139,7 +162,7 @@ impl Limits {
     /// A place to answer a refused connection of `client` in its protocol, or `None`: the
     /// refusals' descriptor share is spent, or the client has [`REFUSALS_PER_CLIENT`] in progress
     /// (the connection is then closed at once).
-    pub fn refusal(&self, client: Option<IpAddr>) -> Option<Refusal> {
+    pub fn refusal(&self, client: Option<IpAddr>) -> Option<RefusalSlot> {
         let descriptor = crate::descriptors::budget().refusals.try_take()?;
         if let Some(ip) = client {
             let mut n = self.refusing.entry(ip).or_insert(0);
@@ -148,7 +171,7 @@ impl Limits {
             }
             *n += 1;
         }
-        Some(Refusal {
+        Some(RefusalSlot {
             _descriptor: descriptor,
             table: self.refusing.clone(),
             client,
@@ -164,7 +187,7 @@ impl Limits {
     /// limit is `max_connections` or what the descriptor budget's client share holds, whichever
     /// is lower, so a client past it gets a clear refusal before the process runs out of
     /// descriptors.
-    pub fn admit(self: &Arc<Self>, client: Option<IpAddr>) -> Result<Admitted, &'static str> {
+    pub fn admit(self: &Arc<Self>, client: Option<IpAddr>) -> Result<Admitted, Limit> {
         let descriptors = crate::descriptors::budget()
             .clients
             .try_take_n(crate::descriptors::PER_CLIENT);
@@ -174,8 +197,7 @@ impl Limits {
             if descriptors.is_some() {
                 self.total.fetch_sub(1, Ordering::Relaxed);
             }
-            metrics().overload.with_label_values(&["global"]).inc();
-            return Err("global");
+            return Err(Limit::Global.count());
         }
         let cap = self.max_per_client.load(Ordering::Relaxed);
         if let Some(ip) = client.filter(|_| cap > 0) {
@@ -183,8 +205,7 @@ impl Limits {
             if *n >= cap {
                 drop(n);
                 self.total.fetch_sub(1, Ordering::Relaxed);
-                metrics().overload.with_label_values(&["per_client"]).inc();
-                return Err("per_client");
+                return Err(Limit::PerClient.count());
             }
             *n += 1;
         }
@@ -212,15 +233,15 @@ mod tests {
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         let g1 = l.admit(Some(a)).unwrap();
         let _g2 = l.admit(Some(a)).unwrap();
-        assert_eq!(l.admit(Some(a)).err(), Some("per_client"));
+        assert_eq!(l.admit(Some(a)).err(), Some(Limit::PerClient));
         let _g3 = l.admit(Some(b)).unwrap();
-        assert_eq!(l.admit(Some(b)).err(), Some("global"));
+        assert_eq!(l.admit(Some(b)).err(), Some(Limit::Global));
         drop(g1);
         assert!(l.admit(Some(a)).is_ok());
         assert_eq!(l.open(), 2);
         // One handshake at a time per client here; a finished one frees its place.
         let h = l.handshake(Some(a)).unwrap();
-        assert_eq!(l.handshake(Some(a)).err(), Some("handshakes_per_client"));
+        assert_eq!(l.handshake(Some(a)).err(), Some(Limit::HandshakesPerClient));
         assert!(l.handshake(Some(b)).is_ok());
         drop(h);
         assert!(l.handshake(Some(a)).is_ok());

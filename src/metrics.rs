@@ -85,6 +85,8 @@ pub struct Metrics {
     pub auth_throttled: IntCounter,
     /// Requests refused by a limit.
     pub overload: IntCounterVec,
+    /// Access-log lines dropped because the writer's queue was full.
+    pub access_log_dropped: IntCounter,
     /// Attempts a race left behind that are watched to their own connect timeout.
     pub dial_watched: IntCounter,
     /// Attempts a race left behind that were closed unfinished because the watch was full.
@@ -207,6 +209,7 @@ impl Metrics {
             auth_failures: plain_counter(&r, "carousel_auth_failures_total", "Failed proxy authentications."),
             auth_throttled: plain_counter(&r, "carousel_auth_throttled_total", "Proxy authentications refused unchecked because the client spent its budget of failed attempts (access.max_auth_failures_per_minute)."),
             overload: counter(&r, "carousel_overload_rejections_total", "Requests refused by a limit.", &["limit"]),
+            access_log_dropped: plain_counter(&r, "carousel_access_log_dropped_total", "Access-log lines dropped because the writer's queue was full (the disk or stdout could not keep up)."),
             dial_watched: plain_counter(&r, "carousel_dial_watched_attempts_total", "Connect attempts a race left behind (another candidate won, or the deadline came) that were watched to their own connect timeout."),
             dial_watch_full: plain_counter(&r, "carousel_dial_watch_full_total", "Connect attempts a race left behind that were closed unfinished because dial.max_watched_attempts were watched already."),
             dns_send_dropped: plain_counter(&r, "carousel_dns_send_dropped_total", "DNS responder answers dropped because the socket could not take them at once."),

@@ -46,17 +46,54 @@ impl Rule {
     }
 }
 
-/// The verdict's label for a name that only address rules can allow: decided per resolved
-/// address, which then names its rule.
-pub const PENDING: &str = "pending address rules";
+/// Why the policy (or the client gate) refuses a request: one typed cause per kind, worded only
+/// where it is shown (the reply's body, the access log's `error`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A deny rule matched.
+    #[error("denied by {0}")]
+    ByRule(String),
+    /// No rule allows it.
+    #[error("no rule allows it")]
+    NoRule,
+    /// `0.0.0.0/8` or `::`, which Linux connects to this host.
+    #[error("{0} means this host, never a destination")]
+    ThisHost(SocketAddr),
+    /// A guarded address (loopback, link-local, carousel's own ports) the allowing rule does not
+    /// name explicitly.
+    #[error("{addr} is {what}; {rule} does not name it explicitly")]
+    Guarded {
+        /// The address.
+        addr: SocketAddr,
+        /// What it is.
+        what: &'static str,
+        /// The rule that would have allowed it.
+        rule: String,
+    },
+    /// Every address the name resolved to was refused.
+    #[error("no allowed address for {0}")]
+    NoAllowedAddress(String),
+    /// The client is outside `access.allow_clients`.
+    #[error("client {0} is not allowed")]
+    Client(IpAddr),
+    /// The client's address is not known (no peer address).
+    #[error("client address unknown")]
+    UnknownClient,
+    /// Port 0 is never a destination.
+    #[error("port 0")]
+    PortZero,
+}
 
 /// What the policy says about a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Allowed by the named rule.
     Allow(String),
-    /// Refused; the reason names the rule (or says none allowed it).
-    Deny(String),
+    /// A name that only address rules can allow: decided for each address it resolves to,
+    /// which then names its rule.
+    ByAddress,
+    /// Refused.
+    Deny(Refusal),
     /// Refused, but a rule would allow it for an authenticated user: ask for credentials.
     AuthRequired,
 }
@@ -158,7 +195,7 @@ impl Policy {
                         Some(true) if by_name => {
                             return match r.action {
                                 Action::Allow => Verdict::Allow(r.label.clone()),
-                                Action::Deny => Verdict::Deny(format!("denied by {}", r.label)),
+                                Action::Deny => Verdict::Deny(Refusal::ByRule(r.label.clone())),
                             };
                         }
                         Some(true) if has_cidr => pending_cidr = true,
@@ -169,11 +206,11 @@ impl Policy {
                     }
                 }
                 if pending_cidr {
-                    Verdict::Allow(PENDING.into())
+                    Verdict::ByAddress
                 } else if auth_would_help && user.is_none() {
                     Verdict::AuthRequired
                 } else {
-                    Verdict::Deny("no rule allows it".into())
+                    Verdict::Deny(Refusal::NoRule)
                 }
             }
         }
@@ -192,7 +229,7 @@ impl Policy {
     ) -> Verdict {
         let client = address::client(client);
         if address::is_unspecified(addr.ip()) {
-            return Verdict::Deny(format!("{addr} means this host, never a destination"));
+            return Verdict::Deny(Refusal::ThisHost(addr));
         }
         let ip = address::destination(addr.ip());
         let addr = SocketAddr::new(ip, addr.port());
@@ -222,7 +259,7 @@ impl Policy {
                 None => continue,
             }
             if r.action == Action::Deny {
-                return Verdict::Deny(format!("denied by {}", r.label));
+                return Verdict::Deny(Refusal::ByRule(r.label.clone()));
             }
             if guarded {
                 // Any of the rule's networks that names the guarded range (or this very
@@ -242,10 +279,11 @@ impl Policy {
                     } else {
                         "a protected address"
                     };
-                    return Verdict::Deny(format!(
-                        "{addr} is {what}; {} does not name it explicitly",
-                        r.label
-                    ));
+                    return Verdict::Deny(Refusal::Guarded {
+                        addr,
+                        what,
+                        rule: r.label.clone(),
+                    });
                 }
             }
             return Verdict::Allow(r.label.clone());
@@ -253,7 +291,7 @@ impl Policy {
         if auth_would_help && user.is_none() {
             Verdict::AuthRequired
         } else {
-            Verdict::Deny("no rule allows it".into())
+            Verdict::Deny(Refusal::NoRule)
         }
     }
 }
@@ -296,7 +334,7 @@ mod tests {
             &TargetHost::Name("example.com".into()),
             443,
         );
-        assert_eq!(v, Verdict::Deny("no rule allows it".into()));
+        assert_eq!(v, Verdict::Deny(Refusal::NoRule));
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 use crate::dial::FailKind;
 use crate::dns::ResolveError;
-use crate::outcome::Outcome;
 use crate::protocol::{http, socks4, socks5};
 use crate::session::OpenError;
 
@@ -15,8 +14,11 @@ pub fn http_status(e: &OpenError) -> u16 {
     match e {
         OpenError::Denied(_) => 403,
         OpenError::AuthRequired => 407,
+        OpenError::BadRequest(_) => 400,
+        OpenError::ResponseTimeout(_) => 504,
+        OpenError::BadResponse(_) => 502,
         OpenError::Overloaded(_) | OpenError::Dns(ResolveError::Overloaded) => 503,
-        OpenError::Dns(_) | OpenError::NoMembers(_) => 502,
+        OpenError::Dns(_) | OpenError::NoMembers { .. } => 502,
         OpenError::Dial(d) if d.kind == FailKind::Timeout => 504,
         OpenError::Dial(d) if d.kind == FailKind::Exhausted => 503,
         OpenError::Dial(_) => 502,
@@ -67,10 +69,12 @@ pub fn socks5_reply(e: &OpenError) -> socks5::Reply {
     use socks5::Reply;
     match e {
         OpenError::Denied(_) | OpenError::AuthRequired => Reply::NotAllowed,
-        OpenError::Overloaded(_) | OpenError::Dns(ResolveError::Overloaded) => {
-            Reply::GeneralFailure
-        }
-        OpenError::Dns(_) | OpenError::NoMembers(_) => Reply::HostUnreachable,
+        OpenError::Overloaded(_)
+        | OpenError::Dns(ResolveError::Overloaded)
+        | OpenError::BadRequest(_)
+        | OpenError::ResponseTimeout(_)
+        | OpenError::BadResponse(_) => Reply::GeneralFailure,
+        OpenError::Dns(_) | OpenError::NoMembers { .. } => Reply::HostUnreachable,
         OpenError::Dial(d) => match d.kind {
             FailKind::Refused => Reply::ConnectionRefused,
             FailKind::Unreachable => Reply::HostUnreachable,
@@ -85,11 +89,74 @@ pub fn socks4_failure() -> [u8; 8] {
     socks4::reply(false)
 }
 
-/// The SOCKS5 reply code for a refusal before any request was read, by outcome.
-pub fn socks5_refusal(outcome: Outcome) -> socks5::Reply {
-    match outcome {
-        Outcome::Denied | Outcome::AuthFailed => socks5::Reply::NotAllowed,
-        _ => socks5::Reply::GeneralFailure,
+/// What a client is sent, and the code the access log records for it: the HTTP status, the
+/// SOCKS5 reply code (0-8) or the SOCKS4 one (90-91).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The bytes written to the client.
+    pub bytes: Vec<u8>,
+    /// The status or reply code they carry.
+    pub status: u16,
+}
+
+impl Answer {
+    /// An HTTP error that closes the connection, `line` its body.
+    pub fn http(status: u16, line: &str) -> Self {
+        Self {
+            bytes: http_error(status, line),
+            status,
+        }
+    }
+
+    /// The HTTP answer to a failed open (see [`http_open_failure`]).
+    pub fn http_open(e: &OpenError, realm: &str) -> Self {
+        Self {
+            bytes: http_open_failure(e, realm),
+            status: http_status(e),
+        }
+    }
+
+    /// 407 with a Basic challenge.
+    pub fn auth_required(realm: &str) -> Self {
+        Self {
+            bytes: proxy_auth_required(realm),
+            status: 407,
+        }
+    }
+
+    /// A CONNECT tunnel established.
+    pub fn connect_established() -> Self {
+        Self {
+            bytes: http::connect_established().to_vec(),
+            status: 200,
+        }
+    }
+
+    /// A SOCKS5 reply with `code` (and the bound address on success).
+    pub fn socks5(code: socks5::Reply, bound: Option<std::net::SocketAddr>) -> Self {
+        Self {
+            bytes: socks5::reply(code, bound).to_vec(),
+            status: code as u16,
+        }
+    }
+
+    /// The SOCKS5 answer to a failed open.
+    pub fn socks5_open(e: &OpenError) -> Self {
+        Self::socks5(socks5_reply(e), None)
+    }
+
+    /// A SOCKS4 grant (0x5A) or refusal (0x5B).
+    pub fn socks4(granted: bool) -> Self {
+        Self {
+            bytes: socks4::reply(granted).to_vec(),
+            status: if granted { 0x5A } else { 0x5B },
+        }
+    }
+
+    /// Protocol bytes that are not a final answer with a code (a SOCKS5 method or
+    /// authentication reply that refuses): logged with status 0.
+    pub fn raw(bytes: Vec<u8>) -> Self {
+        Self { bytes, status: 0 }
     }
 }
 
@@ -121,11 +188,18 @@ mod tests {
                 Reply::HostUnreachable,
             ),
             (
-                OpenError::NoMembers("c".into()),
+                OpenError::NoMembers {
+                    cluster: "c".into(),
+                    dns: None,
+                },
                 502,
                 Reply::HostUnreachable,
             ),
-            (OpenError::Denied("r".into()), 403, Reply::NotAllowed),
+            (
+                OpenError::Denied(crate::policy::Refusal::NoRule),
+                403,
+                Reply::NotAllowed,
+            ),
             (OpenError::AuthRequired, 407, Reply::NotAllowed),
             (
                 OpenError::Dns(ResolveError::Overloaded),

@@ -209,13 +209,16 @@ pub struct Carousel {
 }
 
 impl Carousel {
-    /// Runs until a shutdown signal has been fully handled (see `Drain`).
+    /// Runs until a shutdown signal has been fully handled (see `Drain`), then writes out the
+    /// access lines still queued.
     pub fn run(self) {
+        let proxy = self.proxy.clone();
         let shutdown_signal = Box::new(Drain {
             proxy: self.proxy,
             grace: self.grace,
         });
         self.server.run(RunArgs { shutdown_signal });
+        proxy.access_log.load().flush(Duration::from_secs(2));
     }
 }
 

@@ -277,10 +277,25 @@ async fn only_listed_destinations_pass_and_protected_ones_need_explicit_rules() 
     ])
     .await;
     assert!(out.stdout_str().ends_with("403"), "{}", out.stdout_str());
-    // The access log says which rule decided.
+    // The access log says which rule decided, and what the client was sent (issue 21: a denied
+    // CONNECT was logged `status=0` while the client got 403).
     for needle in [
         "denied by rule 0 (block-other)",
         "rule=\"rule 1 (cluster)\"",
+        &format!(
+            "connect other.test:{} cluster=- member=- attempts=0 outcome=denied status=403",
+            f.port
+        ),
+        &format!(
+            "socks5 other.test:{} cluster=- member=- attempts=0 outcome=denied status=2",
+            f.port
+        ),
+        &format!(
+            "socks4 other.test:{} cluster=- member=- attempts=0 outcome=denied status=91",
+            f.port
+        ),
+        "outcome=denied status=403 up=0 down=0 ms=",
+        "error=\"denied: no allowed address for meta.cluster.test\"",
     ] {
         assert!(
             f.proxy.wait_log(needle).await,

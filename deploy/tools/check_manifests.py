@@ -77,6 +77,7 @@ COUNTERS_GAUGES = {
     "carousel_auth_throttled_total",
     "carousel_overload_rejections_total",
     "carousel_dial_watched_attempts_total",
+    "carousel_access_log_dropped_total",
     "carousel_dial_watch_full_total",
     "carousel_dns_send_dropped_total",
     "carousel_dns_tcp_refused_total",

@@ -84,13 +84,13 @@ pub struct Ctx {
     single_use: bool,
     attempts: u32,
     deadline: Option<Instant>,
-    failure: Option<(FailKind, String)>,
+    /// Why the request failed, as far as this module knows: what the client is answered
+    /// through `reply`, and the outcome.
+    error: Option<OpenError>,
     outcome: Option<Outcome>,
     why: String,
     /// Informational (1xx) responses relayed so far, and their heads' bytes.
     informational: (usize, usize),
-    /// Why the upstream's response was refused (too many 1xx, a head too large): a 502.
-    bad_response: Option<String>,
     _active: Option<ActiveGuard>,
 }
 
@@ -112,6 +112,9 @@ fn head_size(resp: &ResponseHeader) -> usize {
         .sum::<usize>()
 }
 
+/// Writes the answer `reply` chose (`status`, `line` as its body) through pingora's session: the
+/// same status, reason and body the listener writes as raw bytes (`reply::http_error`), in the
+/// form pingora's response writer takes.
 async fn reply(session: &mut Session, status: u16, line: &str) {
     let mut resp = match ResponseHeader::build(status, Some(4)) {
         Ok(r) => r,
@@ -166,9 +169,10 @@ impl ProxyHttp for Forwarder {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         if ctx.plan.is_none() {
             // Every request reaches pingora-proxy through the listener, which admits it first.
-            ctx.outcome = Some(Outcome::BadRequest);
-            ctx.why = "request was not admitted".into();
-            reply(session, 400, "bad request: not admitted").await;
+            let err = OpenError::BadRequest("request was not admitted".into());
+            ctx.outcome = Some(err.outcome());
+            ctx.why = err.to_string();
+            reply(session, http_status(&err), &ctx.why).await;
             return Ok(true);
         }
         Ok(false)
@@ -179,10 +183,12 @@ impl ProxyHttp for Forwarder {
         let deadline = ctx.deadline.unwrap_or(now);
         let dial = ctx.dial.unwrap_or_else(|| self.proxy.runtime().dial);
         if now >= deadline {
-            ctx.failure = Some((
-                FailKind::Timeout,
-                format!("deadline of {:?} reached", dial.deadline),
-            ));
+            ctx.error = Some(OpenError::Dial(DialFailure {
+                kind: FailKind::Timeout,
+                attempts: ctx.attempts,
+                detail: format!("deadline of {:?} reached", dial.deadline),
+                cluster: String::new(),
+            }));
             return Err(Error::explain(ErrorType::ConnectError, "deadline reached"));
         }
         let Some(mut plan) = ctx.plan.take() else {
@@ -194,11 +200,10 @@ impl ProxyHttp for Forwarder {
             None
         };
         let Some(first) = next else {
-            ctx.plan = Some(plan);
-            if ctx.attempts == 0 {
-                ctx.failure = Some((FailKind::Other, "no allowed address".into()));
-                ctx.outcome = Some(Outcome::Denied);
+            if let Some(r) = plan.refusal() {
+                ctx.error = Some(OpenError::Denied(r));
             }
+            ctx.plan = Some(plan);
             return Err(Error::explain(
                 ErrorType::ConnectError,
                 "no candidates left",
@@ -233,24 +238,26 @@ impl ProxyHttp for Forwarder {
         if plan.is_some() {
             ctx.plan = plan;
         }
-        match ended {
+        let failure = match ended {
             Some(Ended::Failed(f)) => {
                 ctx.attempts += f.attempts;
-                ctx.failure = Some((f.kind, f.detail));
+                f
             }
             // pingora failed before or after the connector (not a connect of ours): say so.
             _ => {
-                let kind = match e.etype() {
-                    ErrorType::ConnectTimedout => FailKind::Timeout,
-                    ErrorType::ConnectRefused => FailKind::Refused,
-                    ErrorType::ConnectNoRoute => FailKind::Unreachable,
-                    _ => FailKind::Other,
-                };
                 ctx.attempts += 1;
-                let detail = format!("connect to {}: {}", peer._address, e.etype().as_str());
-                ctx.failure = Some((kind, detail));
+                DialFailure {
+                    kind: race::fail_kind(e.etype()),
+                    attempts: 1,
+                    detail: format!("connect to {}: {}", peer._address, e.etype().as_str()),
+                    cluster: String::new(),
+                }
             }
-        }
+        };
+        ctx.error = Some(OpenError::Dial(DialFailure {
+            attempts: ctx.attempts,
+            ..failure
+        }));
         // The race already tried every candidate it could within the budget.
         e.set_retry(false);
         e
@@ -338,12 +345,12 @@ impl ProxyHttp for Forwarder {
                 let line = format!(
                     "upstream sent more than {MAX_INFORMATIONAL} informational (1xx) responses or {MAX_RESPONSE_HEAD} bytes of them"
                 );
-                ctx.bad_response = Some(line.clone());
+                ctx.error = Some(OpenError::BadResponse(line.clone()));
                 return Err(Error::explain(ErrorType::InvalidHTTPHeader, line));
             }
         } else if size > MAX_RESPONSE_HEAD {
             let line = format!("upstream response head larger than {MAX_RESPONSE_HEAD} bytes");
-            ctx.bad_response = Some(line.clone());
+            ctx.error = Some(OpenError::BadResponse(line.clone()));
             return Err(Error::explain(ErrorType::InvalidHTTPHeader, line));
         }
         resp.append_header("Via", "1.1 carousel")?;
@@ -403,48 +410,18 @@ impl ProxyHttp for Forwarder {
                 can_reuse_downstream: false,
             };
         }
-        let (status, line) = match (&ctx.failure, e.esource()) {
-            _ if ctx.bad_response.is_some() => (502, ctx.bad_response.clone().unwrap_or_default()),
-            (_, ErrorSource::Upstream) if e.etype() == &ErrorType::ReadTimedout => {
-                ctx.outcome = Some(Outcome::Timeout);
-                (
-                    504,
-                    format!(
-                        "upstream sent no response within {:?}",
-                        ctx.response_timeout
-                    ),
-                )
+        // The cause, as this module recorded it, or as pingora's error says.
+        let err = ctx.error.take().unwrap_or_else(|| match e.esource() {
+            ErrorSource::Upstream if e.etype() == &ErrorType::ReadTimedout => {
+                OpenError::ResponseTimeout(ctx.response_timeout)
             }
-            (Some((FailKind::Other, detail)), _) if ctx.attempts == 0 => (
-                403,
-                format!(
-                    "denied: {detail} for {}",
-                    ctx.target
-                        .as_ref()
-                        .map(|t| t.to_string())
-                        .unwrap_or_default()
-                ),
-            ),
-            (Some((kind, detail)), _) => {
-                let err = OpenError::Dial(DialFailure {
-                    kind: *kind,
-                    attempts: ctx.attempts,
-                    detail: detail.clone(),
-                    cluster: String::new(),
-                });
-                ctx.outcome = Some(err.outcome());
-                (http_status(&err), err.to_string())
-            }
-            (None, ErrorSource::Downstream) => {
-                ctx.outcome = Some(Outcome::BadRequest);
-                (400, format!("bad request: {}", e.etype().as_str()))
-            }
-            (None, _) => (502, format!("upstream error: {}", e.etype().as_str())),
-        };
+            ErrorSource::Downstream => OpenError::BadRequest(e.etype().as_str().to_string()),
+            _ => OpenError::BadResponse(format!("upstream error: {}", e.etype().as_str())),
+        });
+        let status = http_status(&err);
+        let line = err.to_string();
+        ctx.outcome = Some(err.outcome());
         tracing::info!(target = ?ctx.target.as_ref().map(|t| t.to_string()), status, error = %line, "forward failed");
-        if ctx.outcome.is_none() || ctx.outcome == Some(Outcome::Ok) {
-            ctx.outcome = Some(Outcome::Error);
-        }
         ctx.why = line.clone();
         if let Some(sent) = session
             .response_written()

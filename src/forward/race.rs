@@ -102,6 +102,17 @@ impl Race {
     }
 }
 
+/// The failure kind of a connect error pingora raised itself (not one of the race's), the
+/// inverse of [`error_type`]: the two maps live together so they cannot drift apart.
+pub fn fail_kind(e: &ErrorType) -> FailKind {
+    match e {
+        ErrorType::ConnectTimedout => FailKind::Timeout,
+        ErrorType::ConnectRefused => FailKind::Refused,
+        ErrorType::ConnectNoRoute => FailKind::Unreachable,
+        _ => FailKind::Other,
+    }
+}
+
 /// The pingora error type a failed race is reported as.
 fn error_type(kind: FailKind) -> ErrorType {
     match kind {

@@ -8,7 +8,7 @@ use super::io::write_reply;
 use super::{Listener, Request};
 use crate::outcome::Outcome;
 use crate::protocol::http;
-use crate::reply;
+use crate::reply::Answer;
 
 impl Listener {
     pub(super) async fn connect(&self, mut stream: Stream, mut buf: BytesMut, mut req: Request) {
@@ -20,7 +20,7 @@ impl Listener {
             let target = http::connect_target(&head.target)?;
             Ok(Some(((head, target), used)))
         };
-        let refusal = |e: &http::Error| Some(reply::http_error(e.status(), &e.to_string()));
+        let refusal = |e: &http::Error| Some(Answer::http(e.status(), &e.to_string()));
         let Some(((head, target), used)) = self
             .read_message(&mut stream, &mut buf, &req, parse, refusal)
             .await
@@ -30,8 +30,9 @@ impl Listener {
         req.handshake_done();
         let early = buf.split_off(used);
         if let Err(why) = self.authenticate(&head, &mut req.who).await {
-            self.finish_refused(&req, Some(&target), Outcome::AuthFailed, why.into());
-            write_reply(&mut stream, &reply::proxy_auth_required(&self.realm())).await;
+            let answer = Answer::auth_required(&self.realm());
+            self.finish_refused(&req, Some(&target), Outcome::AuthFailed, why.into(), 407);
+            write_reply(&mut stream, &answer.bytes).await;
             return;
         }
         let realm = self.realm();
@@ -40,8 +41,8 @@ impl Listener {
             stream,
             &target,
             early,
-            |_| http::connect_established().to_vec(),
-            |e| reply::http_open_failure(e, &realm),
+            |_| Answer::connect_established(),
+            |e| Answer::http_open(e, &realm),
         )
         .await;
     }

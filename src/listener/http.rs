@@ -19,7 +19,7 @@ use super::{Listener, Request, KEEPALIVE};
 use crate::forward::Admitted;
 use crate::outcome::Outcome;
 use crate::protocol::http;
-use crate::reply;
+use crate::reply::Answer;
 
 impl Listener {
     /// Serves one forwarded request; returns the connection for the next one, if it stays open.
@@ -30,7 +30,7 @@ impl Listener {
         mut req: Request,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let refusal = |e: &http::Error| Some(reply::http_error(e.status(), &e.to_string()));
+        let refusal = |e: &http::Error| Some(Answer::http(e.status(), &e.to_string()));
         let (forward, used) = self
             .read_message(&mut stream, &mut buf, &req, http::parse_forward, refusal)
             .await?;
@@ -41,16 +41,18 @@ impl Listener {
         req.handshake_done();
         let target = forward.target.clone();
         if let Err(why) = self.authenticate(&head, &mut req.who).await {
-            self.finish_refused(&req, Some(&target), Outcome::AuthFailed, why.into());
-            write_reply(&mut stream, &reply::proxy_auth_required(&self.realm())).await;
+            let answer = Answer::auth_required(&self.realm());
+            self.finish_refused(&req, Some(&target), Outcome::AuthFailed, why.into(), 407);
+            write_reply(&mut stream, &answer.bytes).await;
             return None;
         }
         let plan = match self.proxy.plan(&req.who, &target).await {
             Ok(plan) => plan,
             Err(e) => {
                 tracing::info!(%target, error = %e, "forward refused");
-                self.finish_refused(&req, Some(&target), e.outcome(), e.to_string());
-                write_reply(&mut stream, &reply::http_open_failure(&e, &self.realm())).await;
+                let answer = Answer::http_open(&e, &self.realm());
+                self.refuse(&mut stream, &req, Some(&target), &e, answer)
+                    .await;
                 return None;
             }
         };
@@ -79,7 +81,7 @@ impl Listener {
             reused = self.forwarder.process_new_http(session, shutdown) => reused,
             _ = deadline => {
                 let why = "closed by the shutdown: still in flight at its timeout".to_string();
-                self.finish_refused(&req, Some(&target), Outcome::Shutdown, why);
+                self.finish_refused(&req, Some(&target), Outcome::Shutdown, why, 0);
                 return None;
             }
         };
@@ -87,7 +89,7 @@ impl Listener {
             // Pingora refused the head before any hook ran: the checks above missed a rule of
             // its parser. Still one line and one count.
             let why = "refused by the HTTP/1 parser".to_string();
-            self.finish_refused(&req, Some(&target), Outcome::BadRequest, why);
+            self.finish_refused(&req, Some(&target), Outcome::BadRequest, why, 0);
         }
         let (next, _settings) = reused?.consume();
         Some(next)

@@ -32,8 +32,8 @@ use crate::limits::Handshake;
 use crate::metrics;
 use crate::outcome::{ClientProtocol, Outcome};
 use crate::protocol::{self, proxy_header, Target};
-use crate::reply;
-use crate::session::{Proxy, Requester};
+use crate::reply::Answer;
+use crate::session::{OpenError, Proxy, Requester};
 use io::{read_more, write_reply};
 
 /// How long a keep-alive HTTP connection may wait for its next request.
@@ -139,15 +139,13 @@ impl ServerApp for Listener {
         let (_admitted, mut first_handshake) = match (admitted, in_handshake) {
             (Ok(a), Ok(h)) => (a, h),
             (Err(limit), _) | (_, Err(limit)) => {
-                let why = format!("overloaded: {limit} connection limit reached");
-                self.refuse_early(stream, who, Outcome::Overload, why, handshake)
+                self.refuse_early(stream, who, OpenError::Overloaded(limit), handshake)
                     .await;
                 return None;
             }
         };
         if let Err(e) = self.proxy.check_client(client) {
-            self.refuse_early(stream, who, Outcome::Denied, e.to_string(), handshake)
-                .await;
+            self.refuse_early(stream, who, e, handshake).await;
             return None;
         }
         let mut wait = handshake;
@@ -187,9 +185,9 @@ impl ServerApp for Listener {
                 }
                 0x04 | 0x05 => return None,
                 _ if !self.http => {
-                    let why = "this port speaks SOCKS only";
-                    self.finish_refused(&req, None, Outcome::BadRequest, why.into());
-                    write_reply(&mut stream, &reply::http_error(400, why)).await;
+                    let e = OpenError::BadRequest("this port speaks SOCKS only".into());
+                    let answer = Answer::http_open(&e, &self.realm());
+                    self.refuse(&mut stream, &req, None, &e, answer).await;
                     return None;
                 }
                 _ => {}
@@ -244,11 +242,10 @@ impl Listener {
         &self,
         mut stream: Stream,
         who: Requester,
-        outcome: Outcome,
-        why: String,
+        err: OpenError,
         handshake: Duration,
     ) {
-        tracing::debug!(client = ?who.client, %why, "connection refused early");
+        tracing::debug!(client = ?who.client, error = %err, "connection refused early");
         // A refusal holds its descriptor while it answers: past the refusals' share, or past a
         // few in progress for this client, the connection is closed without an answer, so
         // refusing never exhausts the budget either. (Counted by the limit that refused it; no
@@ -262,11 +259,8 @@ impl Listener {
         if read_more(&mut stream, &mut buf, deadline).await.is_err() {
             return;
         }
-        let protocol = match buf[0] {
-            4 => {
-                write_reply(&mut stream, &reply::socks4_failure()).await;
-                ClientProtocol::Socks4
-            }
+        let (protocol, answer) = match buf[0] {
+            4 => (ClientProtocol::Socks4, Answer::socks4(false)),
             5 => {
                 // Answer the greeting, then the request (which an optimistic client may have sent
                 // in the same write), with the refusal code.
@@ -291,24 +285,17 @@ impl Listener {
                         protocol::socks5::parse_request,
                     )
                     .await;
-                    let code = reply::socks5_refusal(outcome);
-                    write_reply(&mut stream, &protocol::socks5::reply(code, None)).await;
                 }
-                ClientProtocol::Socks5
+                (ClientProtocol::Socks5, Answer::socks5_open(&err))
             }
             _ => {
                 let connect = is_connect(&mut stream, &mut buf, deadline).await == Some(true);
-                let status = if outcome == Outcome::Overload {
-                    503
-                } else {
-                    403
-                };
-                write_reply(&mut stream, &reply::http_error(status, &why)).await;
-                if connect {
+                let protocol = if connect {
                     ClientProtocol::Connect
                 } else {
                     ClientProtocol::Http
-                }
+                };
+                (protocol, Answer::http_open(&err, &self.realm()))
             }
         };
         let req = Request {
@@ -319,7 +306,20 @@ impl Listener {
             handshake: None,
             shutdown: tokio::sync::watch::channel(false).1,
         };
-        self.finish_refused(&req, None, outcome, why);
+        self.refuse(&mut stream, &req, None, &err, answer).await;
+    }
+
+    /// Answers a refused request with `answer`, then logs and counts it with what was sent.
+    async fn refuse(
+        &self,
+        stream: &mut Stream,
+        req: &Request,
+        target: Option<&Target>,
+        err: &OpenError,
+        answer: Answer,
+    ) {
+        self.finish_refused(req, target, err.outcome(), err.to_string(), answer.status);
+        write_reply(stream, &answer.bytes).await;
     }
 
     /// Reads one protocol message with `parse` under the request's deadline. A malformed one is
@@ -331,7 +331,7 @@ impl Listener {
         buf: &mut BytesMut,
         req: &Request,
         parse: impl Fn(&[u8]) -> Result<Option<(T, usize)>, E>,
-        refusal: impl FnOnce(&E) -> Option<Vec<u8>>,
+        refusal: impl FnOnce(&E) -> Option<Answer>,
     ) -> Option<(T, usize)> {
         match io::read_until(stream, buf, req.deadline, parse)
             .await
@@ -339,9 +339,11 @@ impl Listener {
         {
             Ok(done) => Some(done),
             Err(e) => {
-                self.finish_refused(req, None, Outcome::BadRequest, e.to_string());
-                if let Some(bytes) = refusal(&e) {
-                    write_reply(stream, &bytes).await;
+                let answer = refusal(&e);
+                let status = answer.as_ref().map_or(0, |a| a.status);
+                self.finish_refused(req, None, Outcome::BadRequest, e.to_string(), status);
+                if let Some(a) = answer {
+                    write_reply(stream, &a.bytes).await;
                 }
                 None
             }
@@ -416,13 +418,15 @@ impl Listener {
         }
     }
 
-    /// Logs and counts a request that ended before a tunnel opened or a request was forwarded.
+    /// Logs and counts a request that ended before a tunnel opened or a request was forwarded;
+    /// `status` is what the client was sent (HTTP status, SOCKS reply code; 0: nothing).
     fn finish_refused(
         &self,
         req: &Request,
         target: Option<&Target>,
         outcome: Outcome,
         why: String,
+        status: u16,
     ) {
         metrics::request(req.protocol, outcome);
         self.proxy.log(&Entry {
@@ -433,6 +437,7 @@ impl Listener {
             outcome,
             error: why,
             duration: req.started.elapsed(),
+            status,
             ..Default::default()
         });
     }

@@ -12,6 +12,7 @@ use crate::dial::Connected;
 use crate::metrics;
 use crate::outcome::Outcome;
 use crate::protocol::Target;
+use crate::reply::Answer;
 use crate::session::OpenError;
 use crate::tunnel;
 
@@ -25,18 +26,21 @@ impl Listener {
         mut stream: Stream,
         target: &Target,
         early: BytesMut,
-        ok: impl FnOnce(&Connected) -> Vec<u8>,
-        fail: impl FnOnce(&OpenError) -> Vec<u8>,
+        ok: impl FnOnce(&Connected) -> Answer,
+        fail: impl FnOnce(&OpenError) -> Answer,
     ) {
         match self.proxy.open(&req.who, target).await {
             Ok((up, rule)) => {
                 // (Counted when it ends, with the outcome the access line gives it.)
-                write_reply(&mut stream, &ok(&up)).await;
-                self.tunnel(req, stream, up, rule, &early, target).await;
+                let answer = ok(&up);
+                write_reply(&mut stream, &answer.bytes).await;
+                self.tunnel(req, stream, up, rule, &early, target, answer.status)
+                    .await;
             }
             Err(e) => {
                 tracing::info!(%target, error = %e, protocol = req.protocol.as_str(), "request failed");
                 metrics::request(req.protocol, e.outcome());
+                let answer = fail(&e);
                 let (cluster, attempts) = match &e {
                     OpenError::Dial(d) => (d.cluster.clone(), d.attempts),
                     _ => (String::new(), 0),
@@ -51,9 +55,10 @@ impl Listener {
                     outcome: e.outcome(),
                     error: e.to_string(),
                     duration: req.started.elapsed(),
+                    status: answer.status,
                     ..Default::default()
                 });
-                write_reply(&mut stream, &fail(&e)).await;
+                write_reply(&mut stream, &answer.bytes).await;
             }
         }
     }
@@ -66,6 +71,7 @@ impl Listener {
         rule: String,
         early: &[u8],
         target: &Target,
+        status: u16,
     ) {
         let m = metrics::metrics();
         let _member = up.member.as_ref().map(|mb| mb.open_connection());
@@ -148,7 +154,7 @@ impl Listener {
             bytes_up: stats.up,
             bytes_down: stats.down,
             duration: req.started.elapsed(),
-            status: 0,
+            status,
         });
     }
 }

@@ -4,15 +4,14 @@
 use bytes::BytesMut;
 use pingora::protocols::Stream;
 
-use super::io::write_reply;
 use super::{Listener, Request};
-use crate::outcome::Outcome;
 use crate::protocol::socks4;
-use crate::reply;
+use crate::reply::Answer;
+use crate::session::OpenError;
 
 impl Listener {
     pub(super) async fn socks4(&self, mut stream: Stream, mut buf: BytesMut, mut req: Request) {
-        let refusal = |_: &_| Some(reply::socks4_failure().to_vec());
+        let refusal = |_: &_| Some(Answer::socks4(false));
         let Some((request, used)) = self
             .read_message(&mut stream, &mut buf, &req, socks4::parse_request, refusal)
             .await
@@ -22,9 +21,10 @@ impl Listener {
         req.handshake_done();
         let early = buf.split_off(used);
         if request.command != socks4::CONNECT {
-            let why = "only CONNECT is supported".to_string();
-            self.finish_refused(&req, Some(&request.target), Outcome::BadRequest, why);
-            write_reply(&mut stream, &reply::socks4_failure()).await;
+            let e = OpenError::BadRequest("only CONNECT is supported".into());
+            let answer = Answer::socks4(false);
+            self.refuse(&mut stream, &req, Some(&request.target), &e, answer)
+                .await;
             return;
         }
         self.open_and_tunnel(
@@ -32,8 +32,8 @@ impl Listener {
             stream,
             &request.target,
             early,
-            |_| socks4::reply(true).to_vec(),
-            |_| reply::socks4_failure().to_vec(),
+            |_| Answer::socks4(true),
+            |_| Answer::socks4(false),
         )
         .await;
     }

@@ -9,12 +9,17 @@ use super::{Listener, Request};
 use crate::auth::Check;
 use crate::outcome::Outcome;
 use crate::protocol::socks5;
-use crate::reply;
+use crate::reply::Answer;
+use crate::session::OpenError;
 
 impl Listener {
     pub(super) async fn socks5(&self, mut stream: Stream, mut buf: BytesMut, mut req: Request) {
         // No method offered: "no acceptable methods" is the answer RFC 1928 has.
-        let no_method = |_: &_| Some(socks5::method_reply(socks5::NO_ACCEPTABLE).to_vec());
+        let no_method = |_: &_| {
+            Some(Answer::raw(
+                socks5::method_reply(socks5::NO_ACCEPTABLE).to_vec(),
+            ))
+        };
         let Some((methods, used)) = self
             .read_message(
                 &mut stream,
@@ -34,7 +39,7 @@ impl Listener {
             socks5::NO_AUTH
         } else {
             let why = "no acceptable authentication method".to_string();
-            self.finish_refused(&req, None, Outcome::BadRequest, why);
+            self.finish_refused(&req, None, Outcome::BadRequest, why, 0);
             write_reply(&mut stream, &socks5::method_reply(socks5::NO_ACCEPTABLE)).await;
             return;
         };
@@ -66,13 +71,13 @@ impl Listener {
                 } else {
                     "invalid credentials"
                 };
-                self.finish_refused(&req, None, Outcome::AuthFailed, why.into());
+                self.finish_refused(&req, None, Outcome::AuthFailed, why.into(), 0);
                 write_reply(&mut stream, &socks5::user_pass_reply(false)).await;
                 return;
             }
             write_reply(&mut stream, &socks5::user_pass_reply(true)).await;
         }
-        let refusal = |e: &socks5::Error| e.reply().map(|code| socks5::reply(code, None));
+        let refusal = |e: &socks5::Error| e.reply().map(|code| Answer::socks5(code, None));
         let Some((request, used)) = self
             .read_message(&mut stream, &mut buf, &req, socks5::parse_request, refusal)
             .await
@@ -82,10 +87,10 @@ impl Listener {
         req.handshake_done();
         let early = buf.split_off(used);
         if request.command != socks5::Command::Connect {
-            let why = "only CONNECT is supported".to_string();
-            self.finish_refused(&req, Some(&request.target), Outcome::BadRequest, why);
-            let code = socks5::Reply::CommandNotSupported;
-            write_reply(&mut stream, &socks5::reply(code, None)).await;
+            let e = OpenError::BadRequest("only CONNECT is supported".into());
+            let answer = Answer::socks5(socks5::Reply::CommandNotSupported, None);
+            self.refuse(&mut stream, &req, Some(&request.target), &e, answer)
+                .await;
             return;
         }
         self.open_and_tunnel(
@@ -93,8 +98,8 @@ impl Listener {
             stream,
             &request.target,
             early,
-            |up| socks5::reply(socks5::Reply::Succeeded, up.stream.local_addr().ok()),
-            |e| socks5::reply(reply::socks5_reply(e), None),
+            |up| Answer::socks5(socks5::Reply::Succeeded, up.stream.local_addr().ok()),
+            Answer::socks5_open,
         )
         .await;
     }

@@ -1,8 +1,12 @@
 //! Why a request, or the proxy itself, could not be set up.
 
+use std::time::Duration;
+
 use crate::dial::{DialFailure, FailKind};
 use crate::dns::ResolveError;
+use crate::limits::Limit;
 use crate::outcome::Outcome;
+use crate::policy::Refusal;
 
 /// Why the shared state could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -21,9 +25,9 @@ pub enum SetupError {
 /// Why a request could not be given an upstream connection.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OpenError {
-    /// The policy refused the request.
+    /// The policy (or the client gate) refused the request.
     #[error("denied: {0}")]
-    Denied(String),
+    Denied(Refusal),
     /// A rule would allow it for an authenticated user, and the client gave no valid credentials.
     #[error("proxy authentication required")]
     AuthRequired,
@@ -31,14 +35,30 @@ pub enum OpenError {
     #[error("DNS: {0}")]
     Dns(#[from] ResolveError),
     /// A configured cluster has no members to offer.
-    #[error("cluster {0}: no members available")]
-    NoMembers(String),
-    /// A limit refused the request (too many lookups in flight).
-    #[error("overloaded: {0}")]
-    Overloaded(String),
+    #[error("cluster {cluster}: no members available{}", dns.as_ref().map(|e| format!(" (DNS: {e})")).unwrap_or_default())]
+    NoMembers {
+        /// The cluster.
+        cluster: String,
+        /// Why discovery found none, if it failed.
+        dns: Option<String>,
+    },
+    /// A connection limit refused the client.
+    #[error("{0}")]
+    Overloaded(#[from] Limit),
     /// Every candidate failed to connect.
     #[error("connect failed: {0}")]
     Dial(#[from] DialFailure),
+    /// The request did not follow the protocol's rules (the port speaks another protocol, or
+    /// pingora's parser refused the head).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The upstream accepted a forwarded request and sent no response head in time.
+    #[error("upstream sent no response within {0:?}")]
+    ResponseTimeout(Duration),
+    /// The upstream's response broke the forward path's bounds (too many 1xx, a head too
+    /// large) or the upstream failed mid-response.
+    #[error("{0}")]
+    BadResponse(String),
 }
 
 impl OpenError {
@@ -46,11 +66,14 @@ impl OpenError {
     pub fn outcome(&self) -> Outcome {
         match self {
             OpenError::Denied(_) => Outcome::Denied,
+            OpenError::BadRequest(_) => Outcome::BadRequest,
+            OpenError::ResponseTimeout(_) => Outcome::Timeout,
+            OpenError::BadResponse(_) => Outcome::Error,
             OpenError::AuthRequired => Outcome::AuthFailed,
             OpenError::Dns(ResolveError::Overloaded) | OpenError::Overloaded(_) => {
                 Outcome::Overload
             }
-            OpenError::Dns(_) | OpenError::NoMembers(_) => Outcome::DnsError,
+            OpenError::Dns(_) | OpenError::NoMembers { .. } => Outcome::DnsError,
             OpenError::Dial(d) if d.kind == FailKind::Timeout => Outcome::Timeout,
             OpenError::Dial(d) if d.kind == FailKind::Exhausted => Outcome::Overload,
             OpenError::Dial(_) => Outcome::ConnectError,

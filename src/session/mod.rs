@@ -26,7 +26,7 @@ pub use crate::dial::Candidate;
 use crate::dial::{self, Connected, FailureMemory};
 use crate::dns::Resolver;
 use crate::limits::Limits;
-use crate::policy::Verdict;
+use crate::policy::{Refusal, Verdict};
 use crate::protocol::{Target, TargetHost};
 use crate::resources::Resources;
 use crate::tls::Acceptor;
@@ -133,8 +133,8 @@ impl Proxy {
     pub fn check_client(&self, client: Option<IpAddr>) -> Result<(), OpenError> {
         match client {
             Some(ip) if self.runtime.load().policy.allows_client(ip) => Ok(()),
-            Some(ip) => Err(OpenError::Denied(format!("client {ip} is not allowed"))),
-            None => Err(OpenError::Denied("client address unknown".into())),
+            Some(ip) => Err(OpenError::Denied(Refusal::Client(ip))),
+            None => Err(OpenError::Denied(Refusal::UnknownClient)),
         }
     }
 
@@ -155,7 +155,7 @@ impl Proxy {
     /// before resolution and to every candidate address after it.
     pub async fn plan(&self, who: &Requester, target: &Target) -> Result<Plan, OpenError> {
         if target.port == 0 {
-            return Err(OpenError::Denied("port 0".into()));
+            return Err(OpenError::Denied(Refusal::PortZero));
         }
         let runtime = self.runtime();
         let client = who.client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
@@ -166,6 +166,8 @@ impl Proxy {
             target.port,
         ) {
             Verdict::Allow(rule) => rule,
+            // Decided per address (`Plan::allowed` names the rule then).
+            Verdict::ByAddress => String::new(),
             Verdict::Deny(why) => return Err(OpenError::Denied(why)),
             Verdict::AuthRequired => return Err(OpenError::AuthRequired),
         };
@@ -235,6 +237,7 @@ impl Proxy {
             source,
             pinned,
             tried: 0,
+            refused: 0,
             panic_counted: false,
             runtime,
             failures: self.failures.clone(),
@@ -254,13 +257,12 @@ impl Proxy {
         if !cluster.is_discovered() {
             cluster.wait_discovered(runtime.dial.deadline).await;
         }
-        let sel = cluster.select(target.port).ok_or_else(|| {
-            let snap = cluster.snapshot();
-            match &snap.dns_error {
-                Some(e) => OpenError::NoMembers(format!("{} (DNS: {e})", cluster.name)),
-                None => OpenError::NoMembers(cluster.name.clone()),
-            }
-        })?;
+        let sel = cluster
+            .select(target.port)
+            .ok_or_else(|| OpenError::NoMembers {
+                cluster: cluster.name.clone(),
+                dns: cluster.snapshot().dns_error.clone(),
+            })?;
         Ok(Source::Cluster(plan::FamilyPicks::new(sel)))
     }
 
@@ -274,10 +276,10 @@ impl Proxy {
         let dial = plan.runtime.dial;
         match dial::dial(&mut plan, dial).await {
             Ok(c) => Ok((c, plan.rule)),
-            Err(e) if e.attempts == 0 && plan.tried == 0 => Err(OpenError::Denied(format!(
-                "no address of {target} is allowed"
-            ))),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(match plan.refusal() {
+                Some(r) => OpenError::Denied(r),
+                None => e.into(),
+            }),
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::cluster::{Cluster, Member, Picks};
 pub use crate::dial::Candidate;
 use crate::dial::{Attempts, FailKind, FailureMemory, Watch};
 use crate::metrics::metrics;
-use crate::policy::Verdict;
+use crate::policy::{Refusal, Verdict};
 
 use super::runtime::Runtime;
 
@@ -78,6 +78,8 @@ pub struct Plan {
     /// The member address a literal request named, skipped when its cluster rescues it.
     pub(super) pinned: Option<SocketAddr>,
     pub(super) tried: u32,
+    /// Candidates the policy refused.
+    pub(super) refused: u32,
     pub(super) panic_counted: bool,
     pub(super) runtime: Arc<Runtime>,
     pub(super) failures: Arc<FailureMemory>,
@@ -97,16 +99,25 @@ impl Plan {
             addr,
         ) {
             Verdict::Allow(rule) => {
-                if self.rule == crate::policy::PENDING {
+                if self.rule.is_empty() {
                     self.rule = rule;
                 }
                 true
             }
             other => {
                 tracing::info!(%addr, name = ?self.name, verdict = ?other, "candidate address refused by policy");
+                self.refused += 1;
                 false
             }
         }
+    }
+
+    /// Why this request had nothing to try, if the policy refused every candidate it had: a
+    /// name whose every address is guarded or denied.
+    pub fn refusal(&self) -> Option<Refusal> {
+        (self.tried == 0 && self.refused > 0).then(|| {
+            Refusal::NoAllowedAddress(self.name.clone().unwrap_or_else(|| "the target".into()))
+        })
     }
 }
 
