@@ -16,6 +16,13 @@ use crate::reply::Answer;
 use crate::session::OpenError;
 use crate::tunnel;
 
+/// What the open decided, for the tunnel's access line: the rule that allowed it and the status
+/// (or reply code) the client was sent.
+struct Sent {
+    rule: String,
+    status: u16,
+}
+
 impl Listener {
     /// Opens `target` for `req` and answers with `ok` / `fail` (which build the protocol's
     /// reply); on success the tunnel runs until either side closes. `early` are bytes the client
@@ -34,8 +41,11 @@ impl Listener {
                 // (Counted when it ends, with the outcome the access line gives it.)
                 let answer = ok(&up);
                 write_reply(&mut stream, &answer.bytes).await;
-                self.tunnel(req, stream, up, rule, &early, target, answer.status)
-                    .await;
+                let sent = Sent {
+                    rule,
+                    status: answer.status,
+                };
+                self.tunnel(req, stream, up, sent, &early, target).await;
             }
             Err(e) => {
                 tracing::info!(%target, error = %e, protocol = req.protocol.as_str(), "request failed");
@@ -68,11 +78,11 @@ impl Listener {
         req: Request,
         mut client: Stream,
         mut up: Connected,
-        rule: String,
+        sent: Sent,
         early: &[u8],
         target: &Target,
-        status: u16,
     ) {
+        let Sent { rule, status } = sent;
         let m = metrics::metrics();
         let _member = up.member.as_ref().map(|mb| mb.open_connection());
         let active = m.active_tunnels.with_label_values(&[req.protocol.as_str()]);
