@@ -85,37 +85,7 @@ impl From<&DialSection> for DialSettings {
     }
 }
 
-/// Why one connect attempt (or a whole request's attempts) failed, in the categories a client
-/// reply can express.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailKind {
-    /// The peer answered with a reset: nothing listens there.
-    Refused,
-    /// No route to the host or network.
-    Unreachable,
-    /// The attempt (or the whole deadline) ran out of time.
-    Timeout,
-    /// Anything else (invalid address, an error the categories above do not name).
-    Other,
-    /// carousel had no descriptor left for the attempt (the dial share of the open-file budget
-    /// was spent): nothing was tried, and nothing counts against the member.
-    Exhausted,
-}
-
-impl FailKind {
-    /// Classifies an I/O error from `connect`.
-    pub fn of(e: &std::io::Error) -> Self {
-        use std::io::ErrorKind as K;
-        match e.kind() {
-            K::ConnectionRefused | K::ConnectionReset => FailKind::Refused,
-            K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => {
-                FailKind::Unreachable
-            }
-            K::TimedOut => FailKind::Timeout,
-            _ => FailKind::Other,
-        }
-    }
-}
+pub use crate::outcome::FailKind;
 
 /// Every attempt of a request failed.
 #[derive(Debug, Clone, thiserror::Error)]

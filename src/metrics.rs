@@ -249,17 +249,8 @@ impl Metrics {
                 m.active_tunnels.with_label_values(&[p.as_str()]);
             }
         }
-        for r in [
-            "ok",
-            "refused",
-            "timeout",
-            "unreachable",
-            "error",
-            "abandoned",
-            "abandoned_timeout",
-            "abandoned_late",
-        ] {
-            m.connect_attempts.with_label_values(&["", "", r]);
+        for a in crate::outcome::Attempt::ALL {
+            m.connect_attempts.with_label_values(&["", "", a.as_str()]);
         }
         m.connect_duration.with_label_values(&[""]);
         m.failovers.with_label_values(&[""]);

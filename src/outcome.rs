@@ -97,6 +97,105 @@ impl Outcome {
     }
 }
 
+/// Why one connect attempt (or a whole request's attempts) failed, in the categories a client
+/// reply can express.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    /// The peer answered with a reset: nothing listens there.
+    Refused,
+    /// No route to the host or network.
+    Unreachable,
+    /// The attempt (or the whole deadline) ran out of time.
+    Timeout,
+    /// Anything else (invalid address, an error the categories above do not name).
+    Other,
+    /// carousel had no descriptor left for the attempt (the dial share of the open-file budget
+    /// was spent): nothing was tried, and nothing counts against the member.
+    Exhausted,
+}
+
+impl FailKind {
+    /// Classifies an I/O error from `connect`.
+    pub fn of(e: &std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        match e.kind() {
+            K::ConnectionRefused | K::ConnectionReset => FailKind::Refused,
+            K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => {
+                FailKind::Unreachable
+            }
+            K::TimedOut => FailKind::Timeout,
+            _ => FailKind::Other,
+        }
+    }
+}
+
+/// What one upstream connect attempt came to: the `result` label of
+/// `carousel_connect_attempts_total`, one word per case, used from the dial to the member's
+/// counters and the metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Connected (and won the race, if there was one).
+    Ok,
+    /// Refused.
+    Refused,
+    /// Timed out.
+    Timeout,
+    /// No route.
+    Unreachable,
+    /// Any other failure.
+    Error,
+    /// Lost a race and was closed unfinished (the watch was full): neither success nor failure.
+    Abandoned,
+    /// Lost a race, was watched and timed out at its own connect timeout: a failure.
+    AbandonedTimeout,
+    /// Lost a race, was watched and connected later: closed, a success (slow, not dead).
+    AbandonedLate,
+}
+
+impl Attempt {
+    /// Every result, for metric series made at zero.
+    pub const ALL: [Attempt; 8] = [
+        Self::Ok,
+        Self::Refused,
+        Self::Timeout,
+        Self::Unreachable,
+        Self::Error,
+        Self::Abandoned,
+        Self::AbandonedTimeout,
+        Self::AbandonedLate,
+    ];
+
+    /// The `result` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Refused => "refused",
+            Self::Timeout => "timeout",
+            Self::Unreachable => "unreachable",
+            Self::Error => "error",
+            Self::Abandoned => "abandoned",
+            Self::AbandonedTimeout => "abandoned_timeout",
+            Self::AbandonedLate => "abandoned_late",
+        }
+    }
+
+    /// The result of a failed attempt of `kind`; `late`: one a race left behind, watched.
+    pub fn failed(kind: FailKind, late: bool) -> Self {
+        match kind {
+            FailKind::Timeout if late => Self::AbandonedTimeout,
+            FailKind::Refused => Self::Refused,
+            FailKind::Timeout => Self::Timeout,
+            FailKind::Unreachable => Self::Unreachable,
+            FailKind::Other | FailKind::Exhausted => Self::Error,
+        }
+    }
+
+    /// Its place in [`Attempt::ALL`].
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|a| *a == self).unwrap_or(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

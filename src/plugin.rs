@@ -241,18 +241,20 @@ impl Upstream {
         let Some(m) = self.cluster.member_at(addr) else {
             return;
         };
-        let result = match outcome {
+        use crate::outcome::{Attempt, FailKind};
+        let kind = match outcome {
             Outcome::Connected => {
                 self.cluster.report_success(&m);
                 return;
             }
-            Outcome::Refused => "refused",
-            Outcome::TimedOut => "timeout",
-            Outcome::Unreachable => "unreachable",
-            Outcome::Failed => "error",
+            Outcome::Refused => FailKind::Refused,
+            Outcome::TimedOut => FailKind::Timeout,
+            Outcome::Unreachable => FailKind::Unreachable,
+            Outcome::Failed => FailKind::Other,
         };
-        self.cluster
-            .report_failure(&m, result, &format!("connect to {addr}: {result}"));
+        let result = Attempt::failed(kind, false);
+        let detail = format!("connect to {addr}: {}", result.as_str());
+        self.cluster.report_failure(&m, result, &detail);
     }
 
     /// The members now, with whether each is usable.

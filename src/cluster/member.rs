@@ -11,6 +11,7 @@ use prometheus::{IntCounter, IntGauge};
 
 use crate::config::OutlierSection;
 use crate::metrics::metrics;
+use crate::outcome::Attempt;
 
 /// What the selection may do with a member right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,14 +53,8 @@ struct MemberMetrics {
     ejected: IntGauge,
     ejections: IntCounter,
     active: IntGauge,
-    attempts_ok: IntCounter,
-    attempts_refused: IntCounter,
-    attempts_timeout: IntCounter,
-    attempts_unreachable: IntCounter,
-    attempts_error: IntCounter,
-    attempts_abandoned: IntCounter,
-    attempts_abandoned_timeout: IntCounter,
-    attempts_abandoned_late: IntCounter,
+    /// `carousel_connect_attempts_total`, by [`Attempt::index`].
+    attempts: [IntCounter; Attempt::ALL.len()],
     checks_ok: IntCounter,
     checks_fail: IntCounter,
 }
@@ -100,6 +95,10 @@ pub struct Member {
 }
 
 impl Member {
+    fn count(&self, a: Attempt) {
+        self.m.attempts[a.index()].inc();
+    }
+
     /// A new member, up until a check says otherwise (so discovery never delays traffic).
     pub fn new(cluster: &str, addr: SocketAddr, weight: u32, priority: u16) -> Self {
         let mm = metrics();
@@ -114,14 +113,7 @@ impl Member {
             ejected: mm.member_ejected.with_label_values(&l),
             ejections: mm.member_ejections.with_label_values(&l),
             active: mm.member_active.with_label_values(&l),
-            attempts_ok: attempt("ok"),
-            attempts_refused: attempt("refused"),
-            attempts_timeout: attempt("timeout"),
-            attempts_unreachable: attempt("unreachable"),
-            attempts_error: attempt("error"),
-            attempts_abandoned: attempt("abandoned"),
-            attempts_abandoned_timeout: attempt("abandoned_timeout"),
-            attempts_abandoned_late: attempt("abandoned_late"),
+            attempts: Attempt::ALL.map(|a| attempt(a.as_str())),
             checks_ok: mm
                 .health_checks
                 .with_label_values(&[cluster, &member, "ok"]),
@@ -230,14 +222,14 @@ impl Member {
     /// A request connected: passive state resets, a half-open trial ends the ejection. Returns
     /// whether it came back into service (the cluster then rebuilds its rotation).
     pub fn report_success(&self, now_ms: u64) -> bool {
-        self.m.attempts_ok.inc();
+        self.count(Attempt::Ok);
         self.succeeded(now_ms)
     }
 
     /// An attempt a race left behind connected after all (closed at once): slow, not dead, so it
     /// counts as a success for its health (`result="abandoned_late"`).
     pub fn report_late_success(&self, now_ms: u64) -> bool {
-        self.m.attempts_abandoned_late.inc();
+        self.count(Attempt::AbandonedLate);
         self.succeeded(now_ms)
     }
 
@@ -255,19 +247,20 @@ impl Member {
     /// An attempt raced against another that connected first: neither a success nor a failure
     /// for its health. A half-open trial it held is given back, so another request may make it.
     pub fn report_abandoned(&self) {
-        self.m.attempts_abandoned.inc();
+        self.count(Attempt::Abandoned);
         if self.availability(super::now_ms()) == Availability::HalfOpen {
             self.trial.store(false, Ordering::Release);
         }
     }
 
-    /// A request failed to connect (`result`: refused, timeout, unreachable, error). Ejects after
+    /// A request failed to connect (`result`: refused, timeout, unreachable, error, or a watched
+    /// attempt's timeout). Ejects after
     /// `consecutive_failures`, or at once when a half-open trial fails; `may_eject` says whether
     /// the cluster's ejection budget (`max_ejection_percent`) allows another ejection. Returns
     /// whether it left service.
     pub fn report_failure(
         &self,
-        result: &str,
+        result: Attempt,
         error: &str,
         outlier: &OutlierSection,
         now_ms: u64,
@@ -275,13 +268,7 @@ impl Member {
     ) -> bool {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.failures.fetch_add(1, Ordering::Relaxed);
-        match result {
-            "refused" => self.m.attempts_refused.inc(),
-            "timeout" => self.m.attempts_timeout.inc(),
-            "unreachable" => self.m.attempts_unreachable.inc(),
-            "abandoned_timeout" => self.m.attempts_abandoned_timeout.inc(),
-            _ => self.m.attempts_error.inc(),
-        }
+        self.count(result);
         if let Ok(mut r) = self.record.lock() {
             r.last_error = error.to_string();
             r.last_error_unix = unix_now();
@@ -421,9 +408,9 @@ mod tests {
     fn ejection_backs_off_and_half_open_trial_decides() {
         let m = Member::new("t", "127.0.0.1:1".parse().unwrap(), 1, 0);
         let o = outlier();
-        m.report_failure("refused", "x", &o, 0, || true);
+        m.report_failure(Attempt::Refused, "x", &o, 0, || true);
         assert_eq!(m.availability(0), Availability::Healthy);
-        m.report_failure("refused", "x", &o, 0, || true);
+        m.report_failure(Attempt::Refused, "x", &o, 0, || true);
         assert_eq!(m.availability(50), Availability::Ejected);
         assert_eq!(m.ejected_until_ms(), 100);
         // Ejection over: half-open, and only one trial at a time.
@@ -431,10 +418,10 @@ mod tests {
         assert!(m.try_claim_trial());
         assert!(!m.try_claim_trial());
         // The trial fails: ejected again for twice as long.
-        m.report_failure("refused", "x", &o, 100, || true);
+        m.report_failure(Attempt::Refused, "x", &o, 100, || true);
         assert_eq!(m.ejected_until_ms(), 300);
         assert!(m.try_claim_trial());
-        m.report_failure("refused", "x", &o, 300, || true);
+        m.report_failure(Attempt::Refused, "x", &o, 300, || true);
         assert_eq!(m.ejected_until_ms(), 700);
         // A successful trial ends it.
         assert!(m.try_claim_trial());
@@ -448,7 +435,7 @@ mod tests {
         let m = Member::new("t", "127.0.0.1:2".parse().unwrap(), 1, 0);
         let o = outlier();
         for _ in 0..5 {
-            m.report_failure("refused", "x", &o, 0, || false);
+            m.report_failure(Attempt::Refused, "x", &o, 0, || false);
         }
         assert_eq!(m.availability(0), Availability::Healthy);
     }
@@ -481,8 +468,8 @@ mod tests {
     fn passing_check_ends_an_ejection() {
         let m = Member::new("t", "127.0.0.1:5".parse().unwrap(), 1, 0);
         let o = outlier();
-        m.report_failure("refused", "x", &o, 0, || true);
-        m.report_failure("refused", "x", &o, 0, || true);
+        m.report_failure(Attempt::Refused, "x", &o, 0, || true);
+        m.report_failure(Attempt::Refused, "x", &o, 0, || true);
         assert_eq!(m.availability(10), Availability::Ejected);
         m.report_check(true, "", 2, 2, 10);
         assert_eq!(m.availability(10), Availability::Healthy);

@@ -224,7 +224,7 @@ impl Cluster {
     }
 
     /// Reports a failed connect to `member` (passive outlier detection).
-    pub fn report_failure(&self, member: &Member, result: &str, error: &str) {
+    pub fn report_failure(&self, member: &Member, result: crate::outcome::Attempt, error: &str) {
         let left = member.report_failure(result, error, &self.cfg.outlier, now_ms(), || {
             self.may_eject()
         });

@@ -637,7 +637,7 @@ mod tests {
             max_ejection_ms: 1000,
             max_ejection_percent: 100,
         };
-        p.members[0].report_failure("refused", "x", &o, 0, || true);
+        p.members[0].report_failure(crate::outcome::Attempt::Refused, "x", &o, 0, || true);
         p.refresh(0);
         let h = firsts(&p, Mode::RoundRobin, 30);
         assert!(h.values().all(|&c| c == 15), "{h:?}");

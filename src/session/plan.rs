@@ -9,6 +9,7 @@ use crate::cluster::{Cluster, Member, Picks};
 pub use crate::dial::Candidate;
 use crate::dial::{Attempts, FailKind, FailureMemory, Watch};
 use crate::metrics::metrics;
+use crate::outcome::Attempt;
 use crate::policy::{Refusal, Verdict};
 
 use super::runtime::Runtime;
@@ -192,10 +193,7 @@ impl Attempts for Plan {
     fn report_abandoned(&self, c: &Candidate) {
         match &c.member {
             Some(m) => m.report_abandoned(),
-            None => metrics()
-                .connect_attempts
-                .with_label_values(&["", "", "abandoned"])
-                .inc(),
+            None => unclustered(Attempt::Abandoned),
         }
     }
 
@@ -222,6 +220,14 @@ impl Plan {
     }
 }
 
+/// Counts an attempt outside any cluster (empty cluster and member labels).
+fn unclustered(result: Attempt) {
+    metrics()
+        .connect_attempts
+        .with_label_values(&["", "", result.as_str()])
+        .inc();
+}
+
 /// Where a connect's outcome goes: the failure memory of plain names, the cluster member's
 /// health, the metrics. Owned (not borrowed from the plan), so an attempt the race left behind
 /// can report when it ends.
@@ -238,19 +244,10 @@ impl Reporter {
     /// A failed connect; `late`: of an attempt the race left behind.
     fn failure(&self, c: &Candidate, kind: FailKind, detail: &str, late: bool) {
         self.failures.mark_failed(c.addr);
-        let result = match kind {
-            FailKind::Timeout if late => "abandoned_timeout",
-            FailKind::Refused => "refused",
-            FailKind::Timeout => "timeout",
-            FailKind::Unreachable => "unreachable",
-            FailKind::Other | FailKind::Exhausted => "error",
-        };
+        let result = Attempt::failed(kind, late);
         match (&self.cluster, &c.member) {
             (Some(cluster), Some(m)) => cluster.report_failure(m, result, detail),
-            _ => metrics()
-                .connect_attempts
-                .with_label_values(&["", "", result])
-                .inc(),
+            _ => unclustered(result),
         }
     }
 
@@ -266,10 +263,11 @@ impl Reporter {
             (None, Some(m), true) => {
                 m.report_late_success(crate::cluster::now_ms());
             }
-            (_, None, late) => metrics()
-                .connect_attempts
-                .with_label_values(&["", "", if late { "abandoned_late" } else { "ok" }])
-                .inc(),
+            (_, None, late) => unclustered(if late {
+                Attempt::AbandonedLate
+            } else {
+                Attempt::Ok
+            }),
         }
         if !late {
             crate::metrics::connect_timer(self.cluster_name()).observe(took.as_secs_f64());
