@@ -142,8 +142,8 @@ fn status(admin: std::net::SocketAddr, watch: bool, json: bool) -> anyhow::Resul
         if json {
             println!("{body}");
         } else {
-            let v: serde_json::Value =
-                serde_json::from_str(&body).context("/status is not JSON")?;
+            let v: carousel::admin::status::Status =
+                serde_json::from_str(&body).context("/status is not carousel's status document")?;
             if watch && tty {
                 print!("\x1b[2J\x1b[H");
             }

@@ -46,8 +46,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::cluster::{now_ms, Availability, Cluster, Picks};
-use crate::config::Config;
+use crate::cluster::{now_ms, Cluster, Picks};
+use crate::config::{ClusterSection, DnsSection};
 use crate::dns::Resolver;
 
 /// What an [`Upstream`] is: a DNS name and how to watch it.
@@ -118,31 +118,32 @@ impl UpstreamConfig {
         self
     }
 
-    /// The TOML carousel's own configuration would say for this upstream.
-    fn toml(&self) -> String {
-        let servers: Vec<String> = self
-            .nameservers
-            .iter()
-            .map(|s| format!("\"{s}\""))
-            .collect();
-        format!(
-            "[[listener]]\naddress = \"127.0.0.1:1\"\nprotocols = [\"http\"]\n\
-             [dns]\nnameservers = [{}]\nmin_ttl_seconds = {}\nmax_ttl_seconds = {}\n\
-             [[cluster]]\nname = {}\nports = [{}]\n{}serve_stale_seconds = {}\n\
-             [cluster.health]\ninterval_ms = {}\n[cluster.outlier]\nconsecutive_failures = {}\n",
-            servers.join(", "),
-            self.ttl_clamp.0.as_secs().max(1),
-            self.ttl_clamp.1.as_secs().max(1),
-            serde_json::Value::String(self.name.clone()),
-            self.port,
-            self.srv
-                .as_ref()
-                .map(|s| format!("srv = {}\n", serde_json::Value::String(s.clone())))
-                .unwrap_or_default(),
-            self.serve_stale.as_secs(),
-            self.check_interval.as_millis().max(1),
-            self.consecutive_failures.max(1),
-        )
+    /// The cluster and DNS sections carousel's own configuration would have for this
+    /// upstream, built directly. TTLs and serve-stale are whole seconds in carousel (a DNS TTL
+    /// is), so a sub-second value is rounded up, never down to zero; the check interval keeps
+    /// its milliseconds.
+    fn sections(&self) -> Result<(ClusterSection, DnsSection), PluginError> {
+        let secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        let dns = DnsSection {
+            nameservers: self.nameservers.clone(),
+            min_ttl_seconds: secs(self.ttl_clamp.0).max(1),
+            max_ttl_seconds: secs(self.ttl_clamp.1).max(1),
+            ..DnsSection::default()
+        };
+        let mut cluster = ClusterSection::new(self.name.clone(), vec![self.port]);
+        if let Some(srv) = &self.srv {
+            cluster = cluster.with_srv(srv.clone());
+        }
+        cluster.serve_stale_seconds = secs(self.serve_stale);
+        cluster.health.interval_ms = (self.check_interval.as_millis() as u64).max(1);
+        cluster.outlier.consecutive_failures = self.consecutive_failures.max(1);
+        cluster.check().map_err(PluginError::Invalid)?;
+        if dns.min_ttl_seconds > dns.max_ttl_seconds {
+            return Err(PluginError::Invalid(
+                "ttl_clamp: the minimum is above the maximum".into(),
+            ));
+        }
+        Ok((cluster, dns))
     }
 }
 
@@ -197,18 +198,12 @@ pub struct Upstream {
 impl Upstream {
     /// An upstream for `config`; nothing runs until [`Upstream::start`].
     pub fn new(config: UpstreamConfig) -> Result<Self, PluginError> {
-        let parsed = Config::parse(&config.toml(), "upstream")
-            .map_err(|e| PluginError::Invalid(e.to_string()))?;
-        let section = parsed
-            .clusters
-            .into_iter()
-            .next()
-            .ok_or_else(|| PluginError::Invalid("no cluster".into()))?;
-        let resolver = Resolver::new(&parsed.dns, 16)?;
+        let (section, dns) = config.sections()?;
+        let resolver = Resolver::new(&dns, 16)?;
         Ok(Self {
             cluster: Cluster::new(section),
             resolver,
-            dns: parsed.dns,
+            dns,
             port: config.port,
         })
     }
@@ -264,7 +259,7 @@ impl Upstream {
             .snapshot()
             .members
             .iter()
-            .map(|m| (m.addr, m.availability(now) == Availability::Healthy))
+            .map(|m| (m.addr, m.usable(now)))
             .collect()
     }
 
@@ -290,7 +285,7 @@ impl pingora::lb::discovery::ServiceDiscovery for Upstream {
             };
             let mut h = std::collections::hash_map::DefaultHasher::new();
             b.hash(&mut h);
-            enabled.insert(h.finish(), m.availability(now) == Availability::Healthy);
+            enabled.insert(h.finish(), m.usable(now));
             backends.insert(b);
         }
         Ok((backends, enabled))

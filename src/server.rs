@@ -186,7 +186,7 @@ impl BackgroundService for DnsResponder {
             allow_clients,
         };
         let sockets = std::mem::take(&mut *self.sockets.lock().unwrap_or_else(|e| e.into_inner()));
-        let zone: Arc<dyn crate::dns::responder::Zone> = self.proxy.clone();
+        let zone: Arc<dyn crate::dns::responder::Zone> = self.proxy.clusters.clone();
         let responder = Arc::new(Responder::new(zone, settings));
         let share = crate::descriptors::budget().responder.clone();
         let _loops = match serve(responder, sockets, limits, share) {

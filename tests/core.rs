@@ -623,40 +623,42 @@ async fn dns_changes_are_followed_within_the_ttl() {
     ));
     f.dns.set_a(NAME, &[ip4(12), ip4(13), ip4(14)], TTL);
     let changed = Instant::now();
-    let mut last_old: Option<Duration> = None;
+    let ttl = Duration::from_secs(TTL as u64);
+    let slack = Duration::from_millis(500);
     let mut first_new: Option<Duration> = None;
+    // Who answered once the TTL (plus slack) is over: never the removed member.
+    let mut after = Vec::new();
     // Poll for twice the TTL plus a margin, bounded in count.
     for _ in 0..200 {
         let t = changed.elapsed();
         if t > Duration::from_secs(2 * TTL as u64 + 2) {
             break;
         }
-        match socks5_who(f.proxy.socks, NAME, f.port)
-            .await
-            .unwrap()
-            .as_str()
-        {
-            "b11" => last_old = Some(t),
-            "b14" => {
-                first_new.get_or_insert(t);
-            }
-            _ => {}
+        let who = socks5_who(f.proxy.socks, NAME, f.port).await.unwrap();
+        if who == "b14" {
+            first_new.get_or_insert(t);
+        }
+        if t > ttl + slack {
+            after.push(who);
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let first_new = first_new.expect("the added address was never used");
-    let ttl = Duration::from_secs(TTL as u64);
-    let slack = Duration::from_millis(500);
     assert!(
         first_new <= ttl + slack,
         "new address first used after {first_new:?}"
     );
-    if let Some(old) = last_old {
-        assert!(
-            old <= ttl + slack,
-            "removed address still used after {old:?}"
-        );
-    }
+    assert!(
+        after.len() >= 10,
+        "only {} requests after the TTL",
+        after.len()
+    );
+    assert!(
+        after
+            .iter()
+            .all(|w| ["b12", "b13", "b14"].contains(&w.as_str())),
+        "the removed member was used after the TTL: {after:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -724,7 +726,9 @@ async fn malformed_input_gets_an_answer_and_changes_nothing() {
         .await,
     )
     .unwrap();
-    assert!(r.is_empty() || r.starts_with("HTTP/1.1 400"), "{r}");
+    // A TLS ClientHello on the plain port: a 400 that says so (the client will not read it, an
+    // operator's curl will).
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
 
     // Truncated heads and a client slower than the handshake timeout (1 s here): closed, no reply.
     let slow = Instant::now();

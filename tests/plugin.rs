@@ -103,11 +103,32 @@ async fn the_public_api_rotates_ejects_follows_dns_and_serves_stale() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // DNS goes away: the last good set keeps serving.
+    // Waits for the refresh that failed (the cluster says it serves stale), not for a fixed time.
     dns.set_mode(DnsMode::ServFail);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stale = format!("carousel_cluster_dns_stale{{cluster=\"{NAME}\"}}");
+    let start = Instant::now();
+    while support::metric_in(&Upstream::metrics_text(), &stale) != 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no failed refresh: {}",
+            Upstream::metrics_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(u.members().len(), 4);
     assert!(u.select().next().is_some());
-    assert!(Upstream::metrics_text().contains("carousel_member_up{cluster=\"app.plugin.test\""));
+    // One `carousel_member_up` series per member; those never failed read 1.
+    let text = Upstream::metrics_text();
+    let series = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("carousel_member_up{{cluster=\"{NAME}\"")))
+        .count();
+    assert_eq!(series, 4, "{text}");
+    for last in [11, 13] {
+        let up =
+            format!("carousel_member_up{{cluster=\"{NAME}\",member=\"127.0.0.{last}:{port}\"}}");
+        assert_eq!(support::metric_in(&text, &up), 1.0, "{up}: {text}");
+    }
     // Pingora's LoadBalancer sees the members DNS last gave.
     let (backends, _) = u.discover().await.unwrap();
     assert_eq!(backends.len(), 4);
@@ -192,8 +213,22 @@ async fn the_example_reverse_proxy_rotates_and_fails_over() {
     }
     assert!(reached, "the added member was never used");
     // The DNS server stops answering: the last good set keeps serving.
+    // Waits for the refresh that failed (the example's own metrics say it serves stale).
     dns.set_mode(DnsMode::Drop);
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    let metrics_url = format!("http://{metrics}/metrics");
+    let stale = format!("carousel_cluster_dns_stale{{cluster=\"{NAME}\"}}");
+    let start = Instant::now();
+    loop {
+        let m = support::curl(&[&metrics_url]).await.stdout_str();
+        if support::metric_in(&m, &stale) == 1.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no failed refresh: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for _ in 0..6 {
         let out = support::curl(&["-f", &url]).await;
         assert_eq!(out.status, 0, "served stale: {}", out.stderr);

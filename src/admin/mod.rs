@@ -6,7 +6,7 @@
 mod pac;
 mod page;
 pub mod sampler;
-mod status;
+pub mod status;
 pub mod table;
 
 pub use pac::pac;
@@ -65,7 +65,11 @@ impl ServeHttp for Admin {
                 "text/html; charset=utf-8",
                 page::render(&self.status(), &self.proxy.history),
             ),
-            "/status" => respond(200, "application/json", self.status().to_string()),
+            "/status" => respond(
+                200,
+                "application/json",
+                serde_json::to_string(&self.status()).unwrap_or_default(),
+            ),
             "/proxy.pac" | "/wpad.dat" => respond(
                 200,
                 "application/x-ns-proxy-autoconfig",

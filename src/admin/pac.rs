@@ -29,11 +29,7 @@ pub fn pac(config: &Config, clusters: Vec<String>) -> String {
     } else {
         route.join("; ")
     };
-    let default = config
-        .pac
-        .default
-        .clone()
-        .unwrap_or_else(|| "DIRECT".into());
+    let default = config.pac.default.clone();
     let mut conds: Vec<String> = clusters
         .iter()
         .map(|n| format!("host == {}", js(n)))

@@ -7,9 +7,8 @@
 
 use std::fmt::Write;
 
-use serde_json::Value;
-
 use super::sampler::key;
+use super::status::{Health, MemberStatus, Status};
 use crate::history::{History, SAMPLES};
 
 /// Escapes text for HTML.
@@ -20,13 +19,13 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => esc(s),
-        Value::Null => "-".into(),
-        Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(", "),
-        other => esc(&other.to_string()),
-    }
+/// A list for the page: escaped, comma-separated.
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|i| esc(&i.to_string()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// An inline SVG sparkline of `req` (green) and `fail` (red), both on the same scale.
@@ -81,36 +80,38 @@ pub const ERROR_FADES_AFTER_SECONDS: u64 = 600;
 /// A member's last error as the page shows it: with its age, faded (`true`) once the member is
 /// healthy again, and gone when it is older than [`ERROR_FADES_AFTER_SECONDS`] on a healthy
 /// member, so an old error does not read as current.
-pub fn last_error(m: &Value, now: u64) -> Option<(String, bool)> {
-    let err = m["last_error"].as_str().filter(|e| !e.is_empty())?;
-    let at = m["last_error_unix"].as_u64().unwrap_or(0);
-    let healthy = m["health"].as_str() == Some("healthy");
-    if healthy && now.saturating_sub(at) > ERROR_FADES_AFTER_SECONDS {
+pub fn last_error(m: &MemberStatus, now: u64) -> Option<(String, bool)> {
+    if m.last_error.is_empty() {
         return None;
     }
-    Some((format!("{err} ({})", age(at, now)), healthy))
+    let healthy = m.health == Health::Healthy;
+    if healthy && now.saturating_sub(m.last_error_unix) > ERROR_FADES_AFTER_SECONDS {
+        return None;
+    }
+    Some((
+        format!("{} ({})", m.last_error, age(m.last_error_unix, now)),
+        healthy,
+    ))
 }
 
 /// The member state as the page says it: `healthy`, `down`, `ejected until …`, `half-open`,
 /// `draining`.
-fn state(m: &Value, now_ms: u64) -> (String, &'static str) {
-    let h = m["health"].as_str().unwrap_or("unknown");
-    match h {
-        "healthy" => ("healthy".into(), "ok"),
-        "down" => ("down".into(), "down"),
-        "halfopen" => ("half-open".into(), "warn"),
-        "draining" => ("draining".into(), "drain"),
-        "ejected" => {
-            let until = m["ejected_until_unix_ms"].as_u64().unwrap_or(0);
+fn state(m: &MemberStatus, now_ms: u64) -> (String, &'static str) {
+    match m.health {
+        Health::Healthy => ("healthy".into(), "ok"),
+        Health::Down => ("down".into(), "down"),
+        Health::Halfopen => ("half-open".into(), "warn"),
+        Health::Draining => ("draining".into(), "drain"),
+        Health::Ejected => {
+            let until = m.ejected_until_unix_ms.unwrap_or(0);
             let left = until.saturating_sub(now_ms) / 1000;
             (format!("ejected, {left} s left"), "warn")
         }
-        other => (esc(other), "warn"),
     }
 }
 
 /// The whole page for `status`.
-pub fn render(status: &Value, history: &History) -> String {
+pub fn render(status: &Status, history: &History) -> String {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -120,20 +121,19 @@ pub fn render(status: &Value, history: &History) -> String {
     let _ = write!(
         body,
         "<header><h1>carousel {}</h1><p class=\"meta\">config <code>{}</code> · last load {} ({}){}</p></header>",
-        text(&status["version"]),
-        text(&status["config"]),
-        age(status["reload"]["last_unix"].as_u64().unwrap_or(0), now),
-        text(&status["reload"]["result"]),
-        if status["draining"].as_bool() == Some(true) {
+        esc(&status.version),
+        esc(&status.config),
+        age(status.reload.last_unix, now),
+        esc(&status.reload.result),
+        if status.draining {
             " · <strong class=\"down\">draining</strong>"
         } else {
             ""
         }
     );
-    for c in status["clusters"].as_array().into_iter().flatten() {
-        let name = c["name"].as_str().unwrap_or("");
-        let dns = match c["dns_answer"]["addresses"].as_array() {
-            Some(a) => a.iter().map(text).collect::<Vec<_>>().join(", "),
+    for c in &status.clusters {
+        let dns = match &c.dns_answer {
+            Some(a) => list(&a.addresses),
             None => "-".into(),
         };
         let _ = write!(
@@ -141,43 +141,36 @@ pub fn render(status: &Value, history: &History) -> String {
             "<section class=\"cluster\"><h2>{}</h2><p class=\"meta\">{} · ports {} · DNS {}{}{}</p>\
              <table><thead><tr><th>member</th><th>state</th><th>last check</th><th>active</th>\
              <th>req/s · fail/s (1 min)</th><th>requests</th><th>failures</th><th>ejections</th><th>last error</th></tr></thead><tbody>",
-            esc(name),
-            text(&c["selection"]),
-            text(&c["ports"]),
+            esc(&c.name),
+            c.selection.as_str(),
+            list(&c.ports),
             dns,
-            if c["dns_stale"].as_bool() == Some(true) {
+            if c.dns_stale {
                 " · <span class=\"warn\">stale</span>"
             } else {
                 ""
             },
-            match c["dns_error"].as_str() {
+            match &c.dns_error {
                 Some(e) => format!(" · <span class=\"down\">{}</span>", esc(e)),
                 None => String::new(),
             }
         );
-        for m in c["members"].as_array().into_iter().flatten() {
-            let addr: std::net::SocketAddr = match (m["address"].as_str(), m["port"].as_u64()) {
-                (Some(a), Some(p)) => match a.parse::<std::net::IpAddr>() {
-                    Ok(ip) => std::net::SocketAddr::new(ip, p as u16),
-                    Err(_) => continue,
-                },
-                _ => continue,
+        for m in &c.members {
+            let Ok(ip) = m.address.parse::<std::net::IpAddr>() else {
+                continue;
             };
+            let addr = std::net::SocketAddr::new(ip, m.port);
             let (st, class) = state(m, now_ms);
             let (err, err_class) = match last_error(m, now) {
                 Some((e, true)) => (e, "err faded"),
                 Some((e, false)) => (e, "err"),
                 None => (String::new(), "err"),
             };
-            let check = if m["checked"].as_bool() == Some(true) {
+            let check = if m.checked {
                 format!(
                     "{} · {}",
-                    if m["last_check_ok"].as_bool() == Some(true) {
-                        "pass"
-                    } else {
-                        "fail"
-                    },
-                    age(m["last_check_unix"].as_u64().unwrap_or(0), now)
+                    if m.last_check_ok { "pass" } else { "fail" },
+                    age(m.last_check_unix, now)
                 )
             } else {
                 "not yet".into()
@@ -186,65 +179,58 @@ pub fn render(status: &Value, history: &History) -> String {
                 body,
                 "<tr class=\"{class}\" data-member=\"{addr}\" data-state=\"{}\"><td><code>{addr}</code></td><td class=\"state\">{st}</td>\
                  <td>{check}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"{err_class}\">{}</td></tr>",
-                esc(m["health"].as_str().unwrap_or("")),
-                text(&m["active_connections"]),
+                m.health.as_str(),
+                m.active_connections,
                 sparkline(
-                    &history.read(&key("req", name, addr)),
-                    &history.read(&key("fail", name, addr))
+                    &history.read(&key("req", &c.name, addr)),
+                    &history.read(&key("fail", &c.name, addr))
                 ),
-                text(&m["requests"]),
-                text(&m["connect_failures"]),
-                text(&m["ejections"]),
+                m.requests,
+                m.connect_failures,
+                m.ejections,
                 esc(&err),
             );
         }
         body.push_str("</tbody></table></section>");
     }
     body.push_str("<section><h2>Listeners</h2><table><thead><tr><th>address</th><th>protocols</th><th>open</th></tr></thead><tbody>");
-    for l in status["listeners"].as_array().into_iter().flatten() {
+    for l in &status.listeners {
         let _ = write!(
             body,
             "<tr><td><code>{}</code></td><td>{}{}</td><td>{}</td></tr>",
-            text(&l["address"]),
-            text(&l["protocols"]),
-            if l["tls"].as_bool() == Some(true) {
-                " (TLS)"
-            } else {
-                ""
-            },
-            text(&l["open_connections"])
+            esc(&l.address),
+            list(&l.protocols),
+            if l.tls { " (TLS)" } else { "" },
+            l.open_connections
         );
     }
     body.push_str("</tbody></table><h2>Requests by outcome</h2><table><thead><tr><th>protocol</th><th>outcomes</th></tr></thead><tbody>");
-    if let Some(reqs) = status["requests"].as_object() {
-        for (proto, outcomes) in reqs {
-            let mut parts: Vec<String> = outcomes
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
-                .map(|(o, n)| format!("{} {}", esc(o), n))
-                .collect();
-            if parts.is_empty() {
-                parts.push("none yet".into());
-            }
-            let _ = write!(
-                body,
-                "<tr><td>{}</td><td>{}</td></tr>",
-                esc(proto),
-                parts.join(" · ")
-            );
+    for (proto, outcomes) in &status.requests {
+        let mut parts: Vec<String> = outcomes
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(o, n)| format!("{} {}", esc(o), n))
+            .collect();
+        if parts.is_empty() {
+            parts.push("none yet".into());
         }
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td></tr>",
+            esc(proto),
+            parts.join(" · ")
+        );
     }
     let _ = write!(
         body,
         "</tbody></table><h2>DNS</h2><p>{} cluster names · {} other names cached · {} lookups in flight · responder {}</p></section>",
-        text(&status["dns"]["cluster_names"]),
-        text(&status["dns"]["plain_names_cached"]),
-        text(&status["dns"]["lookups_in_flight"]),
-        match status["dns"]["responder"].as_array() {
-            Some(a) if !a.is_empty() => a.iter().map(text).collect::<Vec<_>>().join(", "),
-            _ => "off".into(),
+        status.dns.cluster_names,
+        status.dns.plain_names_cached,
+        status.dns.lookups_in_flight,
+        if status.dns.responder.is_empty() {
+            "off".into()
+        } else {
+            list(&status.dns.responder)
         }
     );
     body.push_str("<footer>This page, like the whole admin port, has no authentication: keep it on loopback or a management network. Raw data: <a href=\"/status\">/status</a> · <a href=\"/metrics\">/metrics</a></footer>");
@@ -276,7 +262,12 @@ mod tests {
     #[test]
     fn a_last_error_shows_its_age_and_fades_once_the_member_is_healthy() {
         let now = 1_000_000;
-        let m = |health: &str, age: u64| json!({"health": health, "last_error": "connect: refused", "last_error_unix": now - age});
+        let m = |health: &str, age: u64| -> MemberStatus {
+            serde_json::from_value(
+                json!({"health": health, "last_error": "connect: refused", "last_error_unix": now - age}),
+            )
+            .unwrap()
+        };
         assert_eq!(
             last_error(&m("down", 5), now),
             Some(("connect: refused (5 s ago)".into(), false))
@@ -291,10 +282,9 @@ mod tests {
             None
         );
         assert!(last_error(&m("down", ERROR_FADES_AFTER_SECONDS + 1), now).is_some());
-        assert_eq!(
-            last_error(&json!({"health": "down", "last_error": ""}), now),
-            None
-        );
+        let clean: MemberStatus =
+            serde_json::from_value(json!({"health": "down", "last_error": ""})).unwrap();
+        assert_eq!(last_error(&clean, now), None);
     }
 
     #[test]
@@ -314,6 +304,7 @@ mod tests {
             &key("req", "chat<x>", "127.0.0.11:5222".parse().unwrap()),
             3.0,
         );
+        let status: Status = serde_json::from_value(status).unwrap();
         let page = render(&status, &h);
         assert!(
             page.contains("data-member=\"127.0.0.12:5222\" data-state=\"down\""),

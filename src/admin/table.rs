@@ -1,21 +1,21 @@
 //! `carousel status`: the status page as an aligned terminal table (coloured on a terminal),
 //! rendered from the same `/status` document.
 
-use serde_json::Value;
+use super::status::{Health, Status};
 
 /// ANSI colours, or none.
 struct Paint(bool);
 
 impl Paint {
-    fn state(&self, s: &str, health: &str) -> String {
+    fn state(&self, s: &str, health: Health) -> String {
         if !self.0 {
             return s.to_string();
         }
         let code = match health {
-            "healthy" => "32",
-            "down" => "1;31",
-            "draining" => "2",
-            _ => "33",
+            Health::Healthy => "32",
+            Health::Down => "1;31",
+            Health::Draining => "2",
+            Health::Ejected | Health::Halfopen => "33",
         };
         format!("\x1b[{code}m{s}\x1b[0m")
     }
@@ -28,39 +28,29 @@ impl Paint {
     }
 }
 
-fn cell(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
 /// The table for `status`; `colour` adds ANSI colours (only for a terminal).
-pub fn render(status: &Value, colour: bool) -> String {
+pub fn render(status: &Status, colour: bool) -> String {
     let paint = Paint(colour);
     let mut out = String::new();
     out.push_str(&paint.bold(&format!(
         "carousel {}  config {}  last load: {}{}\n",
-        cell(&status["version"]),
-        cell(&status["config"]),
-        cell(&status["reload"]["result"]),
-        if status["draining"].as_bool() == Some(true) {
-            "  DRAINING"
-        } else {
-            ""
-        }
+        status.version,
+        status.config,
+        status.reload.result,
+        if status.draining { "  DRAINING" } else { "" }
     )));
-    for c in status["clusters"].as_array().into_iter().flatten() {
-        let dns = c["dns_answer"]["addresses"]
-            .as_array()
-            .map(|a| a.iter().map(cell).collect::<Vec<_>>().join(","))
+    for c in &status.clusters {
+        let dns = c
+            .dns_answer
+            .as_ref()
+            .map(|a| a.addresses.join(","))
             .unwrap_or_else(|| "-".into());
+        let ports: Vec<String> = c.ports.iter().map(|p| p.to_string()).collect();
         out.push_str(&format!(
-            "\n{}  ({}, ports {}, DNS answer {})\n",
-            paint.bold(&cell(&c["name"])),
-            cell(&c["selection"]),
-            cell(&c["ports"]),
+            "\n{}  ({}, ports [{}], DNS answer {})\n",
+            paint.bold(&c.name),
+            c.selection.as_str(),
+            ports.join(","),
             dns
         ));
         let header = [
@@ -74,30 +64,25 @@ pub fn render(status: &Value, colour: bool) -> String {
             "FAILURES",
             "EJECTIONS",
         ];
-        let mut rows: Vec<(String, [String; 9])> = Vec::new();
-        for m in c["members"].as_array().into_iter().flatten() {
-            let health = m["health"].as_str().unwrap_or("").to_string();
-            let check = if m["checked"].as_bool() == Some(true) {
-                if m["last_check_ok"].as_bool() == Some(true) {
-                    "pass"
-                } else {
-                    "fail"
-                }
-            } else {
-                "-"
+        let mut rows: Vec<(Health, [String; 9])> = Vec::new();
+        for m in &c.members {
+            let check = match (m.checked, m.last_check_ok) {
+                (false, _) => "-",
+                (true, true) => "pass",
+                (true, false) => "fail",
             };
             rows.push((
-                health.clone(),
+                m.health,
                 [
-                    format!("{}:{}", cell(&m["address"]), cell(&m["port"])),
-                    health,
+                    format!("{}:{}", m.address, m.port),
+                    m.health.as_str().to_string(),
                     check.into(),
-                    cell(&m["active_connections"]),
-                    cell(&m["requests_per_second"]),
-                    cell(&m["failures_per_second"]),
-                    cell(&m["requests"]),
-                    cell(&m["connect_failures"]),
-                    cell(&m["ejections"]),
+                    m.active_connections.to_string(),
+                    m.requests_per_second.to_string(),
+                    m.failures_per_second.to_string(),
+                    m.requests.to_string(),
+                    m.connect_failures.to_string(),
+                    m.ejections.to_string(),
                 ],
             ));
         }
@@ -119,22 +104,17 @@ pub fn render(status: &Value, colour: bool) -> String {
         out.push_str(&line(h.clone(), &h));
         for (health, r) in rows {
             let mut cells = r.to_vec();
-            cells[1] = paint.state(&r[1], &health);
+            cells[1] = paint.state(&r[1], health);
             out.push_str(&line(cells, &r));
         }
     }
     out.push_str("\nlisteners:");
-    for l in status["listeners"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            " {} ({} open)",
-            cell(&l["address"]),
-            cell(&l["open_connections"])
-        ));
+    for l in &status.listeners {
+        out.push_str(&format!(" {} ({} open)", l.address, l.open_connections));
     }
     out.push_str(&format!(
         "\ndns: {} cluster names, {} other names cached\n",
-        cell(&status["dns"]["cluster_names"]),
-        cell(&status["dns"]["plain_names_cached"])
+        status.dns.cluster_names, status.dns.plain_names_cached
     ));
     out
 }

@@ -148,6 +148,14 @@ impl Member {
     }
 
     /// Whether requests may use it now (`now_ms`: milliseconds on the cluster clock).
+    /// Whether requests may be sent to it now: up, not ejected, not retired. The one
+    /// definition the rotation, the DNS responder, the state gauges, `/status` and the plugin
+    /// all use (a half-open member is not usable: only its one claimed trial goes to it).
+    pub fn usable(&self, now_ms: u64) -> bool {
+        !self.is_retired() && self.availability(now_ms) == Availability::Healthy
+    }
+
+    /// Where it stands in its state machine now.
     pub fn availability(&self, now_ms: u64) -> Availability {
         if !self.up.load(Ordering::Relaxed) {
             return Availability::Down;

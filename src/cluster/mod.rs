@@ -367,10 +367,14 @@ impl Cluster {
         let now = now_ms();
         let (mut healthy, mut unhealthy, mut ejected) = (0, 0, 0);
         for m in &snap.members {
-            match m.availability(now) {
-                Availability::Healthy | Availability::HalfOpen => healthy += 1,
-                Availability::Down => unhealthy += 1,
-                Availability::Ejected => ejected += 1,
+            // Healthy means usable, as the rotation and the DNS answer have it: a half-open
+            // member (only its one trial goes to it) counts as ejected.
+            if m.usable(now) {
+                healthy += 1;
+            } else if m.availability(now) == Availability::Down {
+                unhealthy += 1;
+            } else {
+                ejected += 1;
             }
         }
         let g = &metrics().cluster_members;

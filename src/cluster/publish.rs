@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use super::{now_ms, Availability, Cluster, ClusterTable, Member};
+use super::{now_ms, Cluster, ClusterTable, Member};
 use crate::dns::responder::{Answer, Lookup, SrvAnswer};
 
 /// The target name of `m` in `cluster`'s SRV answers.
@@ -18,6 +18,13 @@ fn target_name(m: &Member, cluster: &str) -> String {
         .map(|c| if c == '.' || c == ':' { '-' } else { c })
         .collect();
     format!("{label}.{cluster}")
+}
+
+/// The responder's zone: the cluster table in force, read at each query (a reload swaps it).
+impl crate::dns::responder::Zone for arc_swap::ArcSwap<ClusterTable> {
+    fn lookup(&self, name: &str) -> Lookup {
+        self.load().publish(name)
+    }
 }
 
 impl ClusterTable {
@@ -71,11 +78,8 @@ impl Cluster {
         let now = now_ms();
         let live: Vec<&std::sync::Arc<Member>> =
             snap.members.iter().filter(|m| !m.is_retired()).collect();
-        let usable: Vec<&std::sync::Arc<Member>> = live
-            .iter()
-            .copied()
-            .filter(|m| m.availability(now) == Availability::Healthy)
-            .collect();
+        let usable: Vec<&std::sync::Arc<Member>> =
+            live.iter().copied().filter(|m| m.usable(now)).collect();
         let all_down = usable.is_empty();
         let chosen = if all_down { &live } else { &usable };
         let mut addrs: Vec<IpAddr> = Vec::new();

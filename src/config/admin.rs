@@ -58,7 +58,7 @@ impl Default for AdminSection {
 }
 
 /// Inputs of the generated PAC file.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PacSection {
     /// `host:port` clients use for the HTTP proxy, one or a list in order of preference (for
@@ -71,7 +71,18 @@ pub struct PacSection {
     /// Domain suffixes (`.example.com`) or host names sent through carousel besides the clusters.
     pub domains: Vec<String>,
     /// What everything else gets, for example `DIRECT` or `PROXY other:8080`.
-    pub default: Option<String>,
+    pub default: String,
+}
+
+impl Default for PacSection {
+    fn default() -> Self {
+        Self {
+            http_proxy: Vec::new(),
+            socks_proxy: Vec::new(),
+            domains: Vec::new(),
+            default: "DIRECT".into(),
+        }
+    }
 }
 
 /// A string or a list of strings.

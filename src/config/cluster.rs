@@ -20,6 +20,17 @@ pub enum Selection {
     RandomTwo,
 }
 
+impl Selection {
+    /// The configuration's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Selection::RoundRobin => "round_robin",
+            Selection::LeastConnections => "least_connections",
+            Selection::RandomTwo => "random_two",
+        }
+    }
+}
+
 /// What happens to a member's open tunnels when the active checks mark it down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -164,6 +175,54 @@ pub struct ClusterSection {
 
 fn default_serve_stale() -> u64 {
     300
+}
+
+impl Default for ClusterSection {
+    /// The defaults a `[[cluster]]` table gets for every key it leaves out (no name, no ports).
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            ports: Vec::new(),
+            srv: None,
+            static_members: Vec::new(),
+            selection: Selection::default(),
+            serve_stale_seconds: default_serve_stale(),
+            serve_stale_nxdomain: false,
+            rescue_member_ips: false,
+            tunnel_idle_timeout_seconds: None,
+            on_member_down: OnMemberDown::default(),
+            response_timeout_ms: None,
+            min_ttl_seconds: None,
+            max_ttl_seconds: None,
+            health: HealthSection::default(),
+            outlier: OutlierSection::default(),
+        }
+    }
+}
+
+impl ClusterSection {
+    /// A cluster for `name` on `ports` with every other key at its default: what a program
+    /// embedding carousel (the Pingora plugin) builds instead of writing TOML.
+    pub fn new(name: impl Into<String>, ports: Vec<u16>) -> Self {
+        Self {
+            name: name.into(),
+            ports,
+            ..Self::default()
+        }
+    }
+
+    /// Discovers the members from this SRV record.
+    pub fn with_srv(mut self, record: impl Into<String>) -> Self {
+        self.srv = Some(record.into());
+        self
+    }
+
+    /// Checks what a configuration file's `[[cluster]]` would be checked for; the error names
+    /// the key and why.
+    pub fn check(&self) -> Result<(), String> {
+        self.validate(0)
+            .map_err(|(key, why)| format!("{key}: {why}"))
+    }
 }
 
 /// Parses a static member: `ip` (port `None`: every cluster port) or `ip:port` / `[v6]:port`.

@@ -362,6 +362,78 @@ mod tests {
         assert_eq!(c.server.grace_period_seconds, 5);
     }
 
+    /// Issue 21: defaults in one place. Every section the embedded file writes out equals what
+    /// a file that leaves the section out gets (the file shows the defaults; it must not
+    /// become a second, drifting copy of them). Listeners and rules are the exception the
+    /// file exists for: it adds them.
+    #[test]
+    fn an_empty_config_has_the_embedded_files_values() {
+        let embedded = Config::embedded();
+        let empty = Config::parse(
+            "[[listener]]\naddress = \"127.0.0.1:3128\"\nprotocols = [\"http\"]\n",
+            "empty.toml",
+        )
+        .unwrap();
+        let same = |what: &str, a: String, b: String| assert_eq!(a, b, "[{what}] differs");
+        same(
+            "server",
+            format!("{:?}", embedded.server),
+            format!("{:?}", empty.server),
+        );
+        same(
+            "dns",
+            format!("{:?}", embedded.dns),
+            format!("{:?}", empty.dns),
+        );
+        same(
+            "dial",
+            format!("{:?}", embedded.dial),
+            format!("{:?}", empty.dial),
+        );
+        same(
+            "forward",
+            format!("{:?}", embedded.forward),
+            format!("{:?}", empty.forward),
+        );
+        same(
+            "tunnel",
+            format!("{:?}", embedded.tunnel),
+            format!("{:?}", empty.tunnel),
+        );
+        same(
+            "limits",
+            format!("{:?}", embedded.limits),
+            format!("{:?}", empty.limits),
+        );
+        same(
+            "log",
+            format!("{:?}", embedded.log),
+            format!("{:?}", empty.log),
+        );
+        same(
+            "admin",
+            format!("{:?}", embedded.admin),
+            format!("{:?}", empty.admin),
+        );
+        same(
+            "pac",
+            format!("{:?}", embedded.pac),
+            format!("{:?}", empty.pac),
+        );
+        same(
+            "responder",
+            format!("{:?}", embedded.responder),
+            format!("{:?}", empty.responder),
+        );
+        let mut access = embedded.access.clone();
+        access.rules.clear();
+        same(
+            "access",
+            format!("{access:?}"),
+            format!("{:?}", empty.access),
+        );
+    }
+
     #[test]
     fn unknown_key_is_reported_with_key_and_line() {
         let text = "[server]\nthreads = 2\n\n[dial]\nconect_timeout_ms = 5\n";

@@ -8,6 +8,18 @@
 //! connect itself when none is pooled (`race`: the tunnels' racing dial, one budget for every
 //! attempt), the origin-form rewrite, `Via`, the bound on the wait for the upstream's response,
 //! and the access line.
+//!
+//! Why each head is parsed twice and the request enters through `on_connection_reuse`: pingora
+//! 0.9's only public entry into `HttpProxy` is `HttpServerApp::process_new_http`, which reads
+//! and parses the head itself (`handle_new_request`); `process_request`, which takes a parsed
+//! session, is private, and no hook runs before pingora's parser. The listener has to judge the
+//! head first (limits, hygiene, authentication, policy: a refusal must never reach an upstream
+//! and must be logged, even one pingora's parser would also refuse), so it parses with
+//! `httparse`, replays the bytes to pingora, and hands the verdict over through the one channel
+//! pingora carries from the caller to the hooks: the session's connection user context, which it
+//! gives to `on_connection_reuse` before any other hook. The second parse costs a few hundred
+//! nanoseconds per head (bench: `cargo bench --bench protocol`); the day pingora exposes an entry
+//! with a parsed head, both go.
 
 mod race;
 

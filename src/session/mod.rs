@@ -37,7 +37,7 @@ pub struct Proxy {
     /// The shared resolver.
     pub resolver: Arc<Resolver>,
     /// Configured clusters (swapped whole by a reload).
-    pub clusters: ArcSwap<ClusterTable>,
+    pub clusters: Arc<ArcSwap<ClusterTable>>,
     /// Recently failed upstream addresses.
     pub failures: Arc<FailureMemory>,
     /// Credentials.
@@ -68,7 +68,7 @@ impl Proxy {
             failures: Arc::new(FailureMemory::new(Duration::from_secs(
                 config.dial.failure_memory_seconds,
             ))),
-            clusters: ArcSwap::from_pointee(ClusterTable::new(clusters)),
+            clusters: Arc::new(ArcSwap::from_pointee(ClusterTable::new(clusters))),
             auth: Authenticator::new(
                 users,
                 Duration::from_secs(config.access.auth_cache_seconds),
@@ -281,12 +281,6 @@ impl Proxy {
                 None => e.into(),
             }),
         }
-    }
-}
-
-impl crate::dns::responder::Zone for Proxy {
-    fn lookup(&self, name: &str) -> crate::dns::responder::Lookup {
-        self.clusters.load().publish(name)
     }
 }
 
