@@ -76,10 +76,10 @@ pub struct DialSettings {
 impl From<&DialSection> for DialSettings {
     fn from(d: &DialSection) -> Self {
         Self {
-            per_attempt: Duration::from_millis(d.connect_timeout_ms),
-            deadline: Duration::from_millis(d.deadline_ms),
+            per_attempt: d.connect_timeout,
+            deadline: d.deadline,
             max_attempts: d.max_attempts,
-            attempt_delay: Duration::from_millis(d.attempt_delay_ms),
+            attempt_delay: d.attempt_delay,
             max_watched: d.max_watched_attempts,
         }
     }

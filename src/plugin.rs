@@ -119,26 +119,26 @@ impl UpstreamConfig {
     }
 
     /// The cluster and DNS sections carousel's own configuration would have for this
-    /// upstream, built directly. TTLs and serve-stale are whole seconds in carousel (a DNS TTL
-    /// is), so a sub-second value is rounded up, never down to zero; the check interval keeps
-    /// its milliseconds.
+    /// upstream, built directly. A TTL clamp is whole seconds (a DNS TTL is), so a sub-second
+    /// value is rounded up, never down to zero; serve-stale and the check interval keep their
+    /// precision.
     fn sections(&self) -> Result<(ClusterSection, DnsSection), PluginError> {
-        let secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        let secs = |d: Duration| Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0));
         let dns = DnsSection {
             nameservers: self.nameservers.clone(),
-            min_ttl_seconds: secs(self.ttl_clamp.0).max(1),
-            max_ttl_seconds: secs(self.ttl_clamp.1).max(1),
+            min_ttl: secs(self.ttl_clamp.0).max(Duration::from_secs(1)),
+            max_ttl: secs(self.ttl_clamp.1).max(Duration::from_secs(1)),
             ..DnsSection::default()
         };
         let mut cluster = ClusterSection::new(self.name.clone(), vec![self.port]);
         if let Some(srv) = &self.srv {
             cluster = cluster.with_srv(srv.clone());
         }
-        cluster.serve_stale_seconds = secs(self.serve_stale);
-        cluster.health.interval_ms = (self.check_interval.as_millis() as u64).max(1);
+        cluster.serve_stale = self.serve_stale;
+        cluster.health.interval = self.check_interval.max(Duration::from_millis(1));
         cluster.outlier.consecutive_failures = self.consecutive_failures.max(1);
         cluster.check().map_err(PluginError::Invalid)?;
-        if dns.min_ttl_seconds > dns.max_ttl_seconds {
+        if dns.min_ttl > dns.max_ttl {
             return Err(PluginError::Invalid(
                 "ttl_clamp: the minimum is above the maximum".into(),
             ));

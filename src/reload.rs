@@ -138,8 +138,8 @@ fn reconcile_clusters(proxy: &Arc<Proxy>, new: &Config) {
     let current = proxy.clusters.load_full();
     let mut next = Vec::new();
     for section in &new.clusters {
-        let name = section.name.trim_end_matches('.').to_ascii_lowercase();
-        match current.get(&name) {
+        let name = &section.name;
+        match current.get(name) {
             Some(old) if format!("{:?}", old.cfg) == format!("{:?}", section) => {
                 next.push(old.clone())
             }

@@ -62,7 +62,7 @@ pub fn server_conf(config: &Config) -> ServerConf {
     ServerConf {
         threads: s.threads,
         work_stealing: s.work_stealing,
-        grace_period_seconds: Some(s.graceful_shutdown_timeout_seconds + 1),
+        grace_period_seconds: Some(s.graceful_shutdown_timeout.as_secs() + 1),
         graceful_shutdown_timeout_seconds: Some(1),
         pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
@@ -182,7 +182,7 @@ impl BackgroundService for DnsResponder {
         };
         let limits = TcpLimits {
             per_client: r.max_tcp_connections_per_client,
-            idle: r.tcp_idle_timeout(),
+            idle: r.tcp_idle_timeout,
             allow_clients,
         };
         let sockets = std::mem::take(&mut *self.sockets.lock().unwrap_or_else(|e| e.into_inner()));
@@ -368,6 +368,6 @@ pub fn build(
     Ok(Carousel {
         server,
         proxy,
-        grace: Duration::from_secs(config.server.grace_period_seconds),
+        grace: config.server.grace_period,
     })
 }

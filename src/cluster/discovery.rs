@@ -9,15 +9,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{health, Cluster, MemberSpec};
-use crate::config::{parse_member, DnsSection};
+use crate::config::{DnsSection, StaticMember};
 use crate::dns::{ResolveError, Resolver};
 
 /// Runs discovery (and starts health checks) for `cluster` until it is retired.
 pub async fn run(cluster: Arc<Cluster>, resolver: Arc<Resolver>, dns: DnsSection) {
-    let min_ttl = Duration::from_secs(cluster.cfg.min_ttl_seconds.unwrap_or(dns.min_ttl_seconds));
-    let max_ttl = Duration::from_secs(cluster.cfg.max_ttl_seconds.unwrap_or(dns.max_ttl_seconds))
-        .max(min_ttl);
-    let serve_stale = Duration::from_secs(cluster.cfg.serve_stale_seconds);
+    let min_ttl = cluster.cfg.min_ttl.unwrap_or(dns.min_ttl);
+    let max_ttl = cluster.cfg.max_ttl.unwrap_or(dns.max_ttl).max(min_ttl);
+    let serve_stale = cluster.cfg.serve_stale;
     let mut good_until: Option<Instant> = None;
     while !cluster.is_retired() {
         let wait = match discover(&cluster, &resolver).await {
@@ -66,10 +65,7 @@ pub async fn run(cluster: Arc<Cluster>, resolver: Arc<Resolver>, dns: DnsSection
 
 fn static_specs(cluster: &Cluster) -> Vec<MemberSpec> {
     let mut out = Vec::new();
-    for s in &cluster.cfg.static_members {
-        let Some((ip, port)) = parse_member(s) else {
-            continue;
-        };
+    for &StaticMember { ip, port } in &cluster.cfg.static_members {
         match port {
             Some(p) => out.push(MemberSpec {
                 addr: SocketAddr::new(ip, p),

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -15,7 +14,7 @@ use crate::config::{HealthKind, HealthSection};
 pub fn spawn(cluster: Arc<Cluster>, member: Arc<Member>) {
     tokio::spawn(async move {
         let h = cluster.cfg.health.clone();
-        let interval = Duration::from_millis(h.interval_ms);
+        let interval = h.interval;
         let server_name = if h.tls_server_name.is_empty() {
             cluster.name.clone()
         } else {
@@ -67,7 +66,7 @@ fn is_local(e: &std::io::Error) -> bool {
 
 /// One check of `addr`.
 pub async fn check(h: &HealthSection, addr: SocketAddr, server_name: &str) -> Result<(), Failed> {
-    let timeout = Duration::from_millis(h.timeout_ms);
+    let timeout = h.timeout;
     let work = async {
         let mut stream = TcpStream::connect(addr).await.map_err(|e| {
             if is_local(&e) {
@@ -199,7 +198,7 @@ mod tests {
             kind,
             send: send.into(),
             expect: expect.into(),
-            timeout_ms: 1000,
+            timeout: std::time::Duration::from_millis(1000),
             ..HealthSection::default()
         }
     }
@@ -254,7 +253,7 @@ mod tests {
             .await
             .unwrap();
         let short = HealthSection {
-            timeout_ms: 300,
+            timeout: std::time::Duration::from_millis(300),
             ..tls
         };
         assert!(check(&short, plain.addr(), "chat.test").await.is_err());

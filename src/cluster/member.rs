@@ -295,16 +295,15 @@ impl Member {
         // A member that stayed in service for a whole max ejection starts its back-off afresh.
         let calm = now_ms.saturating_sub(self.last_unejected_ms.load(Ordering::Relaxed));
         if self.ejected_until_ms.load(Ordering::Relaxed) == 0
-            && calm > outlier.max_ejection_ms
+            && calm > millis(outlier.max_ejection)
             && self.last_unejected_ms.load(Ordering::Relaxed) != 0
         {
             self.ejections.store(0, Ordering::Relaxed);
         }
         let k = self.ejections.fetch_add(1, Ordering::Relaxed).min(30);
-        let len = outlier
-            .base_ejection_ms
+        let len = millis(outlier.base_ejection)
             .saturating_mul(1u64 << k)
-            .min(outlier.max_ejection_ms);
+            .min(millis(outlier.max_ejection));
         self.ejected_until_ms
             .store(now_ms + len.max(1), Ordering::Relaxed);
         self.consecutive_failures.store(0, Ordering::Relaxed);
@@ -399,6 +398,11 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// A configured length in the whole milliseconds the member's clock counts in.
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,8 +410,8 @@ mod tests {
     fn outlier() -> OutlierSection {
         OutlierSection {
             consecutive_failures: 2,
-            base_ejection_ms: 100,
-            max_ejection_ms: 1000,
+            base_ejection: Duration::from_millis(100),
+            max_ejection: Duration::from_millis(1000),
             max_ejection_percent: 100,
         }
     }

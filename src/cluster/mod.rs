@@ -80,7 +80,7 @@ pub struct Cluster {
 impl Cluster {
     /// A cluster with no members yet; discovery fills it.
     pub fn new(cfg: ClusterSection) -> Arc<Self> {
-        let name = cfg.name.trim_end_matches('.').to_ascii_lowercase();
+        let name = cfg.name.clone();
         metrics()
             .cluster_dns_stale
             .with_label_values(&[&name])

@@ -31,15 +31,10 @@ impl ClusterTable {
     /// What `name` (lowercase, no trailing dot) publishes now, if it is a cluster's.
     pub fn publish(&self, name: &str) -> Lookup {
         for c in self.iter() {
-            let srv_name = c
-                .cfg
-                .srv
-                .as_deref()
-                .map(|s| s.trim_end_matches('.').to_ascii_lowercase());
             if name == c.name {
                 return c.published(false);
             }
-            if srv_name.as_deref() == Some(name) {
+            if c.cfg.srv.as_deref() == Some(name) {
                 return c.published(true);
             }
             if let Some(member) = name

@@ -634,8 +634,8 @@ mod tests {
         let p = pool(&[(1, 0), (1, 0), (1, 0)]);
         let o = OutlierSection {
             consecutive_failures: 1,
-            base_ejection_ms: 100,
-            max_ejection_ms: 1000,
+            base_ejection: std::time::Duration::from_millis(100),
+            max_ejection: std::time::Duration::from_millis(1000),
             max_ejection_percent: 100,
         };
         p.members[0].report_failure(crate::outcome::Attempt::Refused, "x", &o, 0, || true);

@@ -1,5 +1,7 @@
 //! `[access]` (the client gate, users, ordered rules and their destinations) and `[limits]`.
 
+use std::time::Duration;
+
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -18,7 +20,8 @@ pub struct AccessSection {
     /// Realm sent in `Proxy-Authenticate`.
     pub realm: String,
     /// Seconds a verified username/password pair is remembered (bcrypt is slow on purpose).
-    pub auth_cache_seconds: u64,
+    #[serde(rename = "auth_cache_seconds", with = "super::duration::seconds")]
+    pub auth_cache: Duration,
     /// Failed authentications one client address may make per minute, across all its
     /// connections (a burst of this many, refilled evenly); past it the client is refused at once.
     pub max_auth_failures_per_minute: u32,
@@ -36,7 +39,7 @@ impl Default for AccessSection {
             ],
             users_file: None,
             realm: "carousel".into(),
-            auth_cache_seconds: 60,
+            auth_cache: Duration::from_secs(60),
             max_auth_failures_per_minute: 10,
             rules: Vec::new(),
         }

@@ -1,6 +1,7 @@
 //! `[[cluster]]`: a name carousel watches closely, with its health checks and passive ejection.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -61,9 +62,11 @@ pub enum HealthKind {
 #[serde(deny_unknown_fields, default)]
 pub struct HealthSection {
     /// Milliseconds between checks of one member.
-    pub interval_ms: u64,
+    #[serde(rename = "interval_ms", with = "super::duration::millis")]
+    pub interval: Duration,
     /// Milliseconds one check may take.
-    pub timeout_ms: u64,
+    #[serde(rename = "timeout_ms", with = "super::duration::millis")]
+    pub timeout: Duration,
     /// Consecutive passes that bring a down member up.
     pub rise: u32,
     /// Consecutive failures that take an up member down.
@@ -83,8 +86,8 @@ pub struct HealthSection {
 impl Default for HealthSection {
     fn default() -> Self {
         Self {
-            interval_ms: 2000,
-            timeout_ms: 1000,
+            interval: Duration::from_millis(2000),
+            timeout: Duration::from_millis(1000),
             rise: 2,
             fall: 2,
             kind: HealthKind::Tcp,
@@ -103,9 +106,11 @@ pub struct OutlierSection {
     /// Consecutive connect failures that eject a member.
     pub consecutive_failures: u32,
     /// First ejection length in milliseconds; doubles with each repeated ejection.
-    pub base_ejection_ms: u64,
+    #[serde(rename = "base_ejection_ms", with = "super::duration::millis")]
+    pub base_ejection: Duration,
     /// Longest ejection in milliseconds.
-    pub max_ejection_ms: u64,
+    #[serde(rename = "max_ejection_ms", with = "super::duration::millis")]
+    pub max_ejection: Duration,
     /// Most of a cluster (percent of members) that may be ejected at once.
     pub max_ejection_percent: u32,
 }
@@ -114,8 +119,8 @@ impl Default for OutlierSection {
     fn default() -> Self {
         Self {
             consecutive_failures: 3,
-            base_ejection_ms: 5000,
-            max_ejection_ms: 300_000,
+            base_ejection: Duration::from_millis(5000),
+            max_ejection: Duration::from_millis(300_000),
             max_ejection_percent: 50,
         }
     }
@@ -125,23 +130,27 @@ impl Default for OutlierSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterSection {
-    /// The name clients ask for (for example `chat.example.com`).
+    /// The name clients ask for (for example `chat.example.com`), normalised as it is read
+    /// (lowercase, no trailing dot), so every lookup compares it as it is.
+    #[serde(deserialize_with = "normalized")]
     pub name: String,
     /// Ports clients use for this cluster; each member is health-checked on each.
     #[serde(default)]
     pub ports: Vec<u16>,
-    /// Discover members from this SRV record instead of the name's A/AAAA records.
-    #[serde(default)]
+    /// Discover members from this SRV record instead of the name's A/AAAA records (normalised
+    /// like `name`).
+    #[serde(default, deserialize_with = "normalized_opt")]
     pub srv: Option<String>,
-    /// Extra members: `ip` (on every port) or `ip:port`.
+    /// Extra members: `ip` (on every port) or `ip:port`, parsed as the file is read.
     #[serde(default)]
-    pub static_members: Vec<String>,
+    pub static_members: Vec<StaticMember>,
     /// Member choice per request.
     #[serde(default)]
     pub selection: Selection,
     /// Seconds the last good member set keeps serving while DNS fails (RFC 8767).
     #[serde(default = "default_serve_stale")]
-    pub serve_stale_seconds: u64,
+    #[serde(rename = "serve_stale_seconds", with = "super::duration::seconds")]
+    pub serve_stale: Duration,
     /// Whether NXDOMAIN also counts as a DNS failure for serve-stale.
     #[serde(default)]
     pub serve_stale_nxdomain: bool,
@@ -151,20 +160,27 @@ pub struct ClusterSection {
     /// Seconds a tunnel to this cluster may carry no bytes before it is closed (default:
     /// `tunnel.idle_timeout_seconds`).
     #[serde(default)]
-    pub tunnel_idle_timeout_seconds: Option<u64>,
+    #[serde(
+        rename = "tunnel_idle_timeout_seconds",
+        with = "super::duration::opt_seconds"
+    )]
+    pub tunnel_idle_timeout: Option<Duration>,
     /// What happens to the open tunnels of a member the active checks mark down.
     #[serde(default)]
     pub on_member_down: OnMemberDown,
     /// Forwarded HTTP requests to this cluster: milliseconds its members may take to start a
     /// response (default: `forward.response_timeout_ms`).
     #[serde(default)]
-    pub response_timeout_ms: Option<u64>,
+    #[serde(rename = "response_timeout_ms", with = "super::duration::opt_millis")]
+    pub response_timeout: Option<Duration>,
     /// Lower TTL clamp for discovery, seconds (default: `dns.min_ttl_seconds`).
     #[serde(default)]
-    pub min_ttl_seconds: Option<u64>,
+    #[serde(rename = "min_ttl_seconds", with = "super::duration::opt_seconds")]
+    pub min_ttl: Option<Duration>,
     /// Upper TTL clamp for discovery, seconds (default: `dns.max_ttl_seconds`).
     #[serde(default)]
-    pub max_ttl_seconds: Option<u64>,
+    #[serde(rename = "max_ttl_seconds", with = "super::duration::opt_seconds")]
+    pub max_ttl: Option<Duration>,
     /// Active health checks.
     #[serde(default)]
     pub health: HealthSection,
@@ -173,8 +189,8 @@ pub struct ClusterSection {
     pub outlier: OutlierSection,
 }
 
-fn default_serve_stale() -> u64 {
-    300
+fn default_serve_stale() -> Duration {
+    Duration::from_secs(300)
 }
 
 impl Default for ClusterSection {
@@ -186,14 +202,14 @@ impl Default for ClusterSection {
             srv: None,
             static_members: Vec::new(),
             selection: Selection::default(),
-            serve_stale_seconds: default_serve_stale(),
+            serve_stale: default_serve_stale(),
             serve_stale_nxdomain: false,
             rescue_member_ips: false,
-            tunnel_idle_timeout_seconds: None,
+            tunnel_idle_timeout: None,
             on_member_down: OnMemberDown::default(),
-            response_timeout_ms: None,
-            min_ttl_seconds: None,
-            max_ttl_seconds: None,
+            response_timeout: None,
+            min_ttl: None,
+            max_ttl: None,
             health: HealthSection::default(),
             outlier: OutlierSection::default(),
         }
@@ -205,7 +221,7 @@ impl ClusterSection {
     /// embedding carousel (the Pingora plugin) builds instead of writing TOML.
     pub fn new(name: impl Into<String>, ports: Vec<u16>) -> Self {
         Self {
-            name: name.into(),
+            name: normalize_name(&name.into()),
             ports,
             ..Self::default()
         }
@@ -213,7 +229,7 @@ impl ClusterSection {
 
     /// Discovers the members from this SRV record.
     pub fn with_srv(mut self, record: impl Into<String>) -> Self {
-        self.srv = Some(record.into());
+        self.srv = Some(normalize_name(&record.into()));
         self
     }
 
@@ -226,20 +242,52 @@ impl ClusterSection {
 }
 
 /// Parses a static member: `ip` (port `None`: every cluster port) or `ip:port` / `[v6]:port`.
-pub fn parse_member(s: &str) -> Option<(std::net::IpAddr, Option<u16>)> {
+pub fn parse_member(s: &str) -> Option<StaticMember> {
     if let Ok(ip) = s.parse() {
-        return Some((ip, None));
+        return Some(StaticMember { ip, port: None });
     }
     let sa: SocketAddr = s.parse().ok()?;
-    (sa.port() != 0).then_some((sa.ip(), Some(sa.port())))
+    (sa.port() != 0).then_some(StaticMember {
+        ip: sa.ip(),
+        port: Some(sa.port()),
+    })
+}
+
+/// A `static_members` entry: a member that is there whatever DNS says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaticMember {
+    /// Its address.
+    pub ip: std::net::IpAddr,
+    /// Its port; unset: every port of the cluster.
+    pub port: Option<u16>,
+}
+
+impl<'de> Deserialize<'de> for StaticMember {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_member(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("{s:?} must be `ip` or `ip:port`")))
+    }
+}
+
+/// A DNS name as carousel compares it: lowercase, without the root's trailing dot.
+pub fn normalize_name(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+fn normalized<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    String::deserialize(d).map(|s| normalize_name(&s))
+}
+
+fn normalized_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::<String>::deserialize(d).map(|s| s.map(|s| normalize_name(&s)))
 }
 
 impl ClusterSection {
     /// Checks the values serde cannot; `i` is its index in the file.
     pub(super) fn validate(&self, i: usize) -> Result<(), Invalid> {
         let k = |f: &str| format!("cluster[{i}].{f}");
-        let name = self.name.trim_end_matches('.');
-        if !crate::protocol::validate_hostname(name) {
+        if !crate::protocol::validate_hostname(&self.name) {
             return invalid(k("name"), "must be a valid DNS name");
         }
         if self.ports.is_empty() && self.srv.is_none() {
@@ -249,26 +297,18 @@ impl ClusterSection {
             return invalid(k("ports"), "port 0 is not a port");
         }
         if let Some(srv) = &self.srv {
-            if !crate::protocol::validate_hostname(srv.trim_end_matches('.')) {
+            if !crate::protocol::validate_hostname(srv) {
                 return invalid(k("srv"), "must be a valid DNS name");
             }
         }
-        for (j, m) in self.static_members.iter().enumerate() {
-            if parse_member(m).is_none() {
-                return invalid(
-                    format!("cluster[{i}].static_members[{j}]"),
-                    "must be `ip` or `ip:port`",
-                );
-            }
-        }
-        if self.tunnel_idle_timeout_seconds == Some(0) {
+        if self.tunnel_idle_timeout == Some(Duration::ZERO) {
             return invalid(k("tunnel_idle_timeout_seconds"), "must be greater than 0");
         }
-        if self.response_timeout_ms == Some(0) {
+        if self.response_timeout == Some(Duration::ZERO) {
             return invalid(k("response_timeout_ms"), "must be greater than 0");
         }
         let h = &self.health;
-        if h.interval_ms == 0 || h.timeout_ms == 0 {
+        if h.interval.is_zero() || h.timeout.is_zero() {
             return invalid(
                 k("health"),
                 "interval_ms and timeout_ms must be greater than 0",
@@ -284,7 +324,7 @@ impl ClusterSection {
             return invalid(k("health.jitter_percent"), "must be at most 100");
         }
         let o = &self.outlier;
-        if o.base_ejection_ms == 0 || o.max_ejection_ms < o.base_ejection_ms {
+        if o.base_ejection.is_zero() || o.max_ejection < o.base_ejection {
             return invalid(
                 k("outlier.max_ejection_ms"),
                 "must be at least base_ejection_ms (> 0)",

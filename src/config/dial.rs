@@ -11,16 +11,20 @@ use super::{invalid, Invalid};
 #[serde(deny_unknown_fields, default)]
 pub struct DialSection {
     /// Milliseconds per connect attempt.
-    pub connect_timeout_ms: u64,
+    #[serde(rename = "connect_timeout_ms", with = "super::duration::millis")]
+    pub connect_timeout: Duration,
     /// Milliseconds for all attempts of one request.
-    pub deadline_ms: u64,
+    #[serde(rename = "deadline_ms", with = "super::duration::millis")]
+    pub deadline: Duration,
     /// Most addresses tried per request.
     pub max_attempts: usize,
     /// Milliseconds an attempt may go unanswered before the next candidate is started beside it
     /// (connection racing, RFC 8305 §5).
-    pub attempt_delay_ms: u64,
+    #[serde(rename = "attempt_delay_ms", with = "super::duration::millis")]
+    pub attempt_delay: Duration,
     /// Seconds a failed address is tried last.
-    pub failure_memory_seconds: u64,
+    #[serde(rename = "failure_memory_seconds", with = "super::duration::seconds")]
+    pub failure_memory: Duration,
     /// Which family a name's first attempt uses when it has both (RFC 8305 §4).
     pub prefer_family: PreferFamily,
     /// Most attempts the races leave behind that are watched to their own connect timeout at
@@ -48,11 +52,11 @@ pub enum PreferFamily {
 impl Default for DialSection {
     fn default() -> Self {
         Self {
-            connect_timeout_ms: 500,
-            deadline_ms: 5000,
+            connect_timeout: Duration::from_millis(500),
+            deadline: Duration::from_millis(5000),
             max_attempts: 8,
-            attempt_delay_ms: 250,
-            failure_memory_seconds: 30,
+            attempt_delay: Duration::from_millis(250),
+            failure_memory: Duration::from_secs(30),
             prefer_family: PreferFamily::Ipv6,
             max_watched_attempts: 1024,
         }
@@ -65,21 +69,15 @@ impl Default for DialSection {
 pub struct ForwardSection {
     /// Milliseconds the upstream may take to start its response (and between later reads)
     /// before the client gets 504.
-    pub response_timeout_ms: u64,
+    #[serde(rename = "response_timeout_ms", with = "super::duration::millis")]
+    pub response_timeout: Duration,
 }
 
 impl Default for ForwardSection {
     fn default() -> Self {
         Self {
-            response_timeout_ms: 120_000,
+            response_timeout: Duration::from_millis(120_000),
         }
-    }
-}
-
-impl ForwardSection {
-    /// The response timeout as a `Duration`.
-    pub fn response_timeout(&self) -> Duration {
-        Duration::from_millis(self.response_timeout_ms)
     }
 }
 
@@ -88,7 +86,8 @@ impl ForwardSection {
 #[serde(deny_unknown_fields, default)]
 pub struct TunnelSection {
     /// Seconds without traffic before a tunnel is closed.
-    pub idle_timeout_seconds: u64,
+    #[serde(rename = "idle_timeout_seconds", with = "super::duration::seconds")]
+    pub idle_timeout: Duration,
     /// Capacity of each splice(2) pipe, bytes (0: the kernel's default, 64 KiB).
     pub pipe_size_bytes: usize,
     /// Most splice pipes the process holds at once; unset: derived from the kernel's per-user
@@ -103,7 +102,7 @@ pub const DEFAULT_PIPE_SIZE: usize = 1 << 20;
 impl Default for TunnelSection {
     fn default() -> Self {
         Self {
-            idle_timeout_seconds: 3600,
+            idle_timeout: Duration::from_secs(3600),
             pipe_size_bytes: DEFAULT_PIPE_SIZE,
             max_pipes: None,
         }
@@ -113,16 +112,16 @@ impl Default for TunnelSection {
 impl DialSection {
     /// Checks the values serde cannot.
     pub(super) fn validate(&self) -> Result<(), Invalid> {
-        if self.connect_timeout_ms == 0 {
+        if self.connect_timeout.is_zero() {
             return invalid("dial.connect_timeout_ms", "must be greater than 0");
         }
-        if self.deadline_ms < self.connect_timeout_ms {
+        if self.deadline < self.connect_timeout {
             return invalid(
                 "dial.deadline_ms",
                 "must not be below dial.connect_timeout_ms",
             );
         }
-        if !(10..=2000).contains(&self.attempt_delay_ms) {
+        if !(Duration::from_millis(10)..=Duration::from_secs(2)).contains(&self.attempt_delay) {
             return invalid(
                 "dial.attempt_delay_ms",
                 "must be between 10 and 2000 (RFC 8305)",
@@ -141,7 +140,7 @@ impl DialSection {
 impl ForwardSection {
     /// Checks the values serde cannot.
     pub(super) fn validate(&self) -> Result<(), Invalid> {
-        if self.response_timeout_ms == 0 {
+        if self.response_timeout.is_zero() {
             return invalid("forward.response_timeout_ms", "must be greater than 0");
         }
         Ok(())
@@ -151,7 +150,7 @@ impl ForwardSection {
 impl TunnelSection {
     /// Checks the values serde cannot.
     pub(super) fn validate(&self) -> Result<(), Invalid> {
-        if self.idle_timeout_seconds == 0 {
+        if self.idle_timeout.is_zero() {
             return invalid("tunnel.idle_timeout_seconds", "must be greater than 0");
         }
         let pipe = self.pipe_size_bytes;

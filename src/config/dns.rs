@@ -1,5 +1,7 @@
 //! `[dns]`: how carousel resolves names.
 
+use std::time::Duration;
+
 use std::net::SocketAddr;
 
 use serde::Deserialize;
@@ -25,19 +27,25 @@ pub struct DnsSection {
     /// Nameservers (`ip:port`); empty means the system's resolv.conf.
     pub nameservers: Vec<SocketAddr>,
     /// Milliseconds per query.
-    pub timeout_ms: u64,
+    #[serde(rename = "timeout_ms", with = "super::duration::millis")]
+    pub timeout: Duration,
     /// Tries per nameserver.
     pub attempts: usize,
     /// Lower TTL clamp in seconds.
-    pub min_ttl_seconds: u64,
+    #[serde(rename = "min_ttl_seconds", with = "super::duration::seconds")]
+    pub min_ttl: Duration,
     /// Upper TTL clamp in seconds.
-    pub max_ttl_seconds: u64,
+    #[serde(rename = "max_ttl_seconds", with = "super::duration::seconds")]
+    pub max_ttl: Duration,
     /// Seconds a failed lookup is remembered.
-    pub negative_ttl_seconds: u64,
+    #[serde(rename = "negative_ttl_seconds", with = "super::duration::seconds")]
+    pub negative_ttl: Duration,
     /// Seconds a last-known-good set keeps serving while refreshes fail.
-    pub stale_seconds: u64,
+    #[serde(rename = "stale_seconds", with = "super::duration::seconds")]
+    pub stale: Duration,
     /// Seconds after which an unused name is forgotten.
-    pub idle_seconds: u64,
+    #[serde(rename = "idle_seconds", with = "super::duration::seconds")]
+    pub idle: Duration,
     /// Most names kept at once; past it the least recently used are forgotten.
     pub max_names: usize,
     /// Address families.
@@ -48,13 +56,13 @@ impl Default for DnsSection {
     fn default() -> Self {
         Self {
             nameservers: Vec::new(),
-            timeout_ms: 2000,
+            timeout: Duration::from_millis(2000),
             attempts: 2,
-            min_ttl_seconds: 5,
-            max_ttl_seconds: 300,
-            negative_ttl_seconds: 5,
-            stale_seconds: 60,
-            idle_seconds: 600,
+            min_ttl: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(5),
+            stale: Duration::from_secs(60),
+            idle: Duration::from_secs(600),
             max_names: 10_000,
             ip_strategy: IpStrategy::Ipv4AndIpv6,
         }
@@ -64,7 +72,7 @@ impl Default for DnsSection {
 impl DnsSection {
     /// Checks the values serde cannot.
     pub(super) fn validate(&self) -> Result<(), Invalid> {
-        if self.timeout_ms == 0 {
+        if self.timeout.is_zero() {
             return invalid("dns.timeout_ms", "must be greater than 0");
         }
         if self.attempts == 0 {
@@ -73,10 +81,10 @@ impl DnsSection {
         if self.max_names == 0 {
             return invalid("dns.max_names", "must be at least 1");
         }
-        if self.min_ttl_seconds == 0 {
+        if self.min_ttl.is_zero() {
             return invalid("dns.min_ttl_seconds", "must be at least 1");
         }
-        if self.max_ttl_seconds < self.min_ttl_seconds {
+        if self.max_ttl < self.min_ttl {
             return invalid(
                 "dns.max_ttl_seconds",
                 "must not be below dns.min_ttl_seconds",

@@ -10,6 +10,7 @@ mod admin;
 mod cluster;
 mod dial;
 mod dns;
+mod duration;
 mod locate;
 mod responder;
 mod server;
@@ -255,11 +256,7 @@ impl Config {
         self.limits.validate()?;
         for (i, c) in self.clusters.iter().enumerate() {
             c.validate(i)?;
-            let name = c.name.trim_end_matches('.');
-            if self.clusters[..i]
-                .iter()
-                .any(|o| o.name.trim_end_matches('.').eq_ignore_ascii_case(name))
-            {
+            if self.clusters[..i].iter().any(|o| o.name == c.name) {
                 return invalid(
                     format!("cluster[{i}].name"),
                     "another cluster has this name",
@@ -273,7 +270,7 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         for c in &self.clusters {
-            let name = c.name.trim_end_matches('.');
+            let name = &c.name;
             if name.parse::<std::net::IpAddr>().is_ok() {
                 out.push(format!(
                     "cluster {name}: the name is an IP address; clients asking for a name never match it"
@@ -359,7 +356,65 @@ mod tests {
             .allow_clients
             .iter()
             .all(|n| n.addr().is_loopback()));
-        assert_eq!(c.server.grace_period_seconds, 5);
+        assert_eq!(c.server.grace_period, std::time::Duration::from_secs(5));
+    }
+
+    /// Issue 21: the units live in the key names only. What the program reads is a `Duration`,
+    /// a parsed member and a name in the one form lookups compare, whatever the file wrote.
+    #[test]
+    fn durations_members_and_names_are_typed_as_the_file_is_read() {
+        use std::time::Duration;
+        let c = Config::parse(
+            "[[listener]]\naddress = \"127.0.0.1:3128\"\nprotocols = [\"http\"]\n\
+             [dial]\nconnect_timeout_ms = 1500\nfailure_memory_seconds = 7\n\
+             [[cluster]]\nname = \"Chat.Example.COM.\"\nports = [80]\nsrv = \"_x._tcp.Example.COM.\"\n\
+             static_members = [\"127.0.0.1\", \"127.0.0.2:81\"]\n\
+             tunnel_idle_timeout_seconds = 2\nresponse_timeout_ms = 250\n\
+             [cluster.health]\ninterval_ms = 300\n",
+            "typed.toml",
+        )
+        .unwrap();
+        assert_eq!(c.dial.connect_timeout, Duration::from_millis(1500));
+        assert_eq!(c.dial.failure_memory, Duration::from_secs(7));
+        let cl = &c.clusters[0];
+        assert_eq!(cl.name, "chat.example.com");
+        assert_eq!(cl.srv.as_deref(), Some("_x._tcp.example.com"));
+        assert_eq!(
+            cl.static_members,
+            [
+                StaticMember {
+                    ip: "127.0.0.1".parse().unwrap(),
+                    port: None
+                },
+                StaticMember {
+                    ip: "127.0.0.2".parse().unwrap(),
+                    port: Some(81)
+                },
+            ]
+        );
+        assert_eq!(cl.tunnel_idle_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(cl.response_timeout, Some(Duration::from_millis(250)));
+        assert_eq!(cl.health.interval, Duration::from_millis(300));
+        // Two spellings of one name are one cluster.
+        let dup = Config::parse(
+            "[[listener]]\naddress = \"127.0.0.1:3128\"\nprotocols = [\"http\"]\n\
+             [[cluster]]\nname = \"chat.example.com\"\nports = [80]\n\
+             [[cluster]]\nname = \"CHAT.example.com.\"\nports = [81]\n",
+            "dup.toml",
+        );
+        assert!(dup.unwrap_err().to_string().contains("cluster[1].name"));
+        // A member that is no address: the file, the line and the key.
+        let bad = Config::parse(
+            "[[listener]]\naddress = \"127.0.0.1:3128\"\nprotocols = [\"http\"]\n\
+             [[cluster]]\nname = \"c.test\"\nports = [80]\nstatic_members = [\"bogus\"]\n",
+            "bad.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bad.starts_with("bad.toml:7: key `cluster[0].static_members`"),
+            "{bad}"
+        );
     }
 
     /// Issue 21: defaults in one place. Every section the embedded file writes out equals what

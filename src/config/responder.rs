@@ -30,7 +30,8 @@ pub struct ResponderSection {
     /// TCP connections open at once from one client address.
     pub max_tcp_connections_per_client: usize,
     /// Milliseconds a TCP connection may wait for its next query, or take to send one.
-    pub tcp_idle_timeout_ms: u64,
+    #[serde(rename = "tcp_idle_timeout_ms", with = "super::duration::millis")]
+    pub tcp_idle_timeout: Duration,
 }
 
 impl Default for ResponderSection {
@@ -43,7 +44,7 @@ impl Default for ResponderSection {
             rate_limit_per_second: 100,
             max_tcp_connections: 128,
             max_tcp_connections_per_client: 8,
-            tcp_idle_timeout_ms: 5000,
+            tcp_idle_timeout: Duration::from_millis(5000),
         }
     }
 }
@@ -52,11 +53,6 @@ impl ResponderSection {
     /// The TTL of positive answers.
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(u64::from(self.ttl_seconds))
-    }
-
-    /// How long a TCP connection may stay idle.
-    pub fn tcp_idle_timeout(&self) -> Duration {
-        Duration::from_millis(self.tcp_idle_timeout_ms)
     }
 
     /// Checks the values serde cannot.
@@ -79,7 +75,8 @@ impl ResponderSection {
                 "must be at least 1",
             );
         }
-        if !(100..=120_000).contains(&self.tcp_idle_timeout_ms) {
+        if !(Duration::from_millis(100)..=Duration::from_secs(120)).contains(&self.tcp_idle_timeout)
+        {
             return invalid(
                 "responder.tcp_idle_timeout_ms",
                 "must be between 100 and 120000",

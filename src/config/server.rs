@@ -19,11 +19,17 @@ pub struct ServerSection {
     /// thread that accepted them).
     pub work_stealing: bool,
     /// Seconds of grace before shutdown / upgrade stops accepting.
-    pub grace_period_seconds: u64,
+    #[serde(rename = "grace_period_seconds", with = "super::duration::seconds")]
+    pub grace_period: Duration,
     /// Seconds in-flight work gets after the grace period.
-    pub graceful_shutdown_timeout_seconds: u64,
+    #[serde(
+        rename = "graceful_shutdown_timeout_seconds",
+        with = "super::duration::seconds"
+    )]
+    pub graceful_shutdown_timeout: Duration,
     /// Milliseconds a client has for its request head or SOCKS handshake.
-    pub handshake_timeout_ms: u64,
+    #[serde(rename = "handshake_timeout_ms", with = "super::duration::millis")]
+    pub handshake_timeout: Duration,
     /// Pingora pid file.
     pub pid_file: String,
     /// Pingora upgrade socket, for graceful binary upgrades.
@@ -35,24 +41,12 @@ impl Default for ServerSection {
         Self {
             threads: 2,
             work_stealing: true,
-            grace_period_seconds: 5,
-            graceful_shutdown_timeout_seconds: 5,
-            handshake_timeout_ms: 10_000,
+            grace_period: Duration::from_secs(5),
+            graceful_shutdown_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_millis(10_000),
             pid_file: "/tmp/carousel.pid".into(),
             upgrade_sock: "/tmp/carousel_upgrade.sock".into(),
         }
-    }
-}
-
-impl ServerSection {
-    /// How long work in flight gets after the listeners stop.
-    pub fn graceful_shutdown_timeout(&self) -> Duration {
-        Duration::from_secs(self.graceful_shutdown_timeout_seconds)
-    }
-
-    /// How long a client has to send a complete request head or SOCKS handshake.
-    pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_millis(self.handshake_timeout_ms)
     }
 }
 
@@ -123,7 +117,7 @@ impl ServerSection {
         if self.threads == 0 || self.threads > 256 {
             return invalid("server.threads", "must be between 1 and 256");
         }
-        if self.handshake_timeout_ms == 0 {
+        if self.handshake_timeout.is_zero() {
             return invalid("server.handshake_timeout_ms", "must be greater than 0");
         }
         Ok(())

@@ -67,7 +67,7 @@ impl Client {
                 ResolverOpts::default(),
             )
         };
-        opts.timeout = Duration::from_millis(cfg.timeout_ms);
+        opts.timeout = cfg.timeout;
         opts.attempts = cfg.attempts;
         // carousel keeps its own per-name sets; hickory's cache would hand refreshes an old answer.
         opts.cache_size = 0;
@@ -83,10 +83,10 @@ impl Client {
             .map_err(|e| ResolveError::Setup(e.to_string()))?;
         Ok(Self {
             dns,
-            bound: Duration::from_millis(cfg.timeout_ms).saturating_mul(cfg.attempts.max(1) as u32),
+            bound: cfg.timeout.saturating_mul(cfg.attempts.max(1) as u32),
             lookups: AtomicU64::new(0),
             both: cfg.ip_strategy == IpStrategy::Ipv4AndIpv6,
-            negative: Duration::from_secs(cfg.negative_ttl_seconds),
+            negative: cfg.negative_ttl,
             aaaa_failing: dashmap::DashMap::new(),
         })
     }

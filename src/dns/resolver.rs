@@ -123,11 +123,11 @@ impl Resolver {
             client,
             names: DashMap::new(),
             timing: Timing {
-                min_ttl: Duration::from_secs(cfg.min_ttl_seconds),
-                max_ttl: Duration::from_secs(cfg.max_ttl_seconds),
-                negative_ttl: Duration::from_secs(cfg.negative_ttl_seconds),
-                stale: Duration::from_secs(cfg.stale_seconds),
-                idle: Duration::from_secs(cfg.idle_seconds),
+                min_ttl: cfg.min_ttl,
+                max_ttl: cfg.max_ttl,
+                negative_ttl: cfg.negative_ttl,
+                stale: cfg.stale,
+                idle: cfg.idle,
                 max_names: cfg.max_names.max(1),
             },
             epoch: Instant::now(),
@@ -412,9 +412,9 @@ mod tests {
     fn settings(dns: std::net::SocketAddr) -> DnsSection {
         DnsSection {
             nameservers: vec![dns],
-            timeout_ms: 2000,
+            timeout: Duration::from_millis(2000),
             attempts: 1,
-            min_ttl_seconds: 1,
+            min_ttl: Duration::from_secs(1),
             ..DnsSection::default()
         }
     }
@@ -443,7 +443,7 @@ mod tests {
     async fn failed_names_do_not_pile_up() {
         let dns = DnsServer::start().await;
         let mut cfg = settings(dns.addr());
-        cfg.negative_ttl_seconds = 1;
+        cfg.negative_ttl = Duration::from_secs(1);
         let r = Resolver::new(&cfg, 64).unwrap();
         for i in 0..20 {
             assert!(r.resolve(&format!("missing-{i}.test")).await.is_err());

@@ -165,8 +165,8 @@ impl ProxyHttp for Forwarder {
             .plan
             .cluster
             .as_ref()
-            .and_then(|c| c.cfg.response_timeout_ms)
-            .map_or(rt.config.forward.response_timeout(), Duration::from_millis);
+            .and_then(|c| c.cfg.response_timeout)
+            .unwrap_or(rt.config.forward.response_timeout);
         ctx.started = Some(a.started);
         ctx.who = a.who;
         ctx.target = Some(a.target);

@@ -110,7 +110,7 @@ impl ServerApp for Listener {
     ) -> Option<Stream> {
         let _open = OpenGuard::new(&self.open);
         let peer = io::peer_ip(&stream);
-        let handshake = self.proxy.runtime().config.server.handshake_timeout();
+        let handshake = self.proxy.runtime().config.server.handshake_timeout;
         // The client's identity, computed once: the PROXY header's source when a trusted
         // balancer sent one, otherwise the peer. Everything after takes it from here.
         let (stream, client) = match &self.proxy_protocol {
@@ -404,12 +404,7 @@ impl Listener {
     /// `server::server_conf`), so everything this ends is logged with outcome `shutdown`.
     fn shutdown_deadline(&self, req: &Request) -> impl std::future::Future<Output = ()> + use<> {
         let mut watch = req.shutdown.clone();
-        let timeout = self
-            .proxy
-            .runtime()
-            .config
-            .server
-            .graceful_shutdown_timeout();
+        let timeout = self.proxy.runtime().config.server.graceful_shutdown_timeout;
         async move {
             if watch.wait_for(|stopping| *stopping).await.is_err() {
                 return std::future::pending().await;

@@ -14,7 +14,6 @@ pub use runtime::Runtime;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -65,13 +64,11 @@ impl Proxy {
         }
         let users = resources.users;
         Ok(Arc::new(Self {
-            failures: Arc::new(FailureMemory::new(Duration::from_secs(
-                config.dial.failure_memory_seconds,
-            ))),
+            failures: Arc::new(FailureMemory::new(config.dial.failure_memory)),
             clusters: Arc::new(ArcSwap::from_pointee(ClusterTable::new(clusters))),
             auth: Authenticator::new(
                 users,
-                Duration::from_secs(config.access.auth_cache_seconds),
+                config.access.auth_cache,
                 config.access.max_auth_failures_per_minute,
             ),
             limits: Limits::new(&config.limits),
@@ -118,13 +115,13 @@ impl Proxy {
     /// out: the cluster's `tunnel_idle_timeout_seconds` if it sets one, else `[tunnel]`'s.
     pub fn tunnel_options(&self, cluster: &str) -> crate::tunnel::Options {
         let mut opts = self.runtime.load().tunnel;
-        if let Some(secs) = self
+        if let Some(idle) = self
             .clusters
             .load()
             .get(cluster)
-            .and_then(|c| c.cfg.tunnel_idle_timeout_seconds)
+            .and_then(|c| c.cfg.tunnel_idle_timeout)
         {
-            opts.idle = std::time::Duration::from_secs(secs);
+            opts.idle = idle;
         }
         opts
     }

@@ -59,7 +59,7 @@ impl Options {
     /// The options `[tunnel]` asks for; an unset `max_pipes` becomes the automatic budget.
     pub fn from_config(t: &crate::config::TunnelSection) -> Self {
         Self {
-            idle: Duration::from_secs(t.idle_timeout_seconds),
+            idle: t.idle_timeout,
             pipe_size: t.pipe_size_bytes,
             max_pipes: t
                 .max_pipes
