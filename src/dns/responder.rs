@@ -23,6 +23,7 @@ use hickory_proto::rr::rdata::{A, AAAA, HINFO, SOA, SRV};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use ipnet::IpNet;
 
+use super::wire;
 use crate::bucket::TokenBucket;
 use crate::metrics::metrics;
 use crate::recent::Recent;
@@ -111,6 +112,9 @@ pub struct Responder {
     settings: Settings,
     turn: AtomicUsize,
     buckets: Recent<IpAddr, TokenBucket>,
+    /// `carousel_dns_queries_total{qtype="A"|"AAAA",rcode="NOERROR"}`, looked up once: the
+    /// fast path's answers count without a label lookup each.
+    answered: [prometheus::IntCounter; 2],
 }
 
 /// The `qtype` label: a bounded set.
@@ -188,6 +192,8 @@ impl Responder {
             settings,
             turn: AtomicUsize::new(0),
             buckets: Recent::new(MAX_BUCKETS),
+            answered: ["A", "AAAA"]
+                .map(|t| metrics().dns_queries.with_label_values(&[t, "NOERROR"])),
         }
     }
 
@@ -212,6 +218,29 @@ impl Responder {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> bool {
+        self.respond(packet, src, transport, out, true)
+    }
+
+    /// Answers as [`Responder::answer`] would if it had no fast path: what the differential fuzz
+    /// target (`fuzz/fuzz_targets/dns_fast_path.rs`) holds the fast path to.
+    pub fn answer_general(
+        &self,
+        packet: &[u8],
+        src: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        self.respond(packet, src, transport, out, false)
+    }
+
+    fn respond(
+        &self,
+        packet: &[u8],
+        src: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+        fast: bool,
+    ) -> bool {
         out.clear();
         // Shorter than a header, or a response (answering those could loop two servers).
         if packet.len() < 12 || packet[2] & 0x80 != 0 {
@@ -223,6 +252,90 @@ impl Responder {
             metrics().dns_rate_limited.inc();
             return false;
         }
+        let mut name = [0u8; 256];
+        if let Some(q) = fast.then(|| wire::read(packet, &mut name)).flatten() {
+            if self.fast(&q, client, transport, out) {
+                return true;
+            }
+        }
+        self.general(packet, client, transport, out)
+    }
+
+    /// Whether `client` may query at all (outside `allow_clients`: REFUSED).
+    fn allowed(&self, client: IpAddr) -> bool {
+        self.settings
+            .allow_clients
+            .iter()
+            .any(|n| n.contains(&client))
+    }
+
+    /// The TTL an answer from `answer` carries: halved while a member is down, 1 when none is
+    /// usable (so clients come back soon for a better answer).
+    fn ttl_for(&self, answer: &Answer) -> u32 {
+        if answer.all_down {
+            1
+        } else if answer.degraded {
+            (self.settings.ttl / 2).max(1)
+        } else {
+            self.settings.ttl
+        }
+    }
+
+    /// Answers a simple A/AAAA query straight into wire bytes, if it is one of ours with an
+    /// address of its family that fits the transport; `false` leaves it to the general path,
+    /// which then answers it as it always has (REFUSED, NODATA, TC=1, ...).
+    fn fast(
+        &self,
+        q: &wire::Simple<'_>,
+        client: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if !self.allowed(client) {
+            return false;
+        }
+        let Lookup::Found(mut answer) = self.zone.lookup(q.name) else {
+            return false;
+        };
+        let want_v4 = q.qtype == wire::TYPE_A;
+        answer.addrs.retain(|a| a.is_ipv4() == want_v4);
+        let addrs = &answer.addrs;
+        let n = addrs.len();
+        if n == 0 {
+            return false;
+        }
+        let k = n.min(self.settings.max_answers);
+        let payload = q.edns_payload.map(|p| p.clamp(512, MAX_UDP_PAYLOAD));
+        let limit = match (transport, payload) {
+            (Transport::Tcp, _) => usize::from(u16::MAX),
+            (Transport::Udp, Some(p)) => usize::from(p),
+            (Transport::Udp, None) => 512,
+        };
+        if wire::answer_len(q, k) > limit {
+            return false;
+        }
+        if answer.all_down {
+            metrics()
+                .dns_all_down
+                .with_label_values(&[&answer.cluster])
+                .inc();
+        }
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let records = (0..k).map(|i| addrs[(turn + i) % n]);
+        wire::write(q, self.ttl_for(&answer), records, payload.unwrap_or(0), out);
+        self.answered[usize::from(!want_v4)].inc();
+        metrics().dns_answer_records.observe(k as f64);
+        true
+    }
+
+    /// Every query the fast path does not take: decoded with hickory, answered by the rules.
+    fn general(
+        &self,
+        packet: &[u8],
+        client: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
         let request = match Message::from_vec(packet) {
             Ok(m) => m,
             Err(_) => {
@@ -247,7 +360,11 @@ impl Responder {
         let mut response = Message::response(request.metadata.id, request.metadata.op_code);
         response.metadata.recursion_desired = request.metadata.recursion_desired;
         response.metadata.checking_disabled = request.metadata.checking_disabled;
-        response.add_queries(request.queries.iter().cloned());
+        // The question is echoed when there is one: more than one is FORMERR (RFC 9619), and
+        // echoing a hundred of them made an UPDATE's NOTIMP 517 bytes over UDP (fuzz finding F8).
+        if let [q] = request.queries.as_slice() {
+            response.add_query(q.clone());
+        }
         let limit = match (transport, &request.edns) {
             (Transport::Tcp, _) => usize::from(u16::MAX),
             (Transport::Udp, Some(e)) => usize::from(e.max_payload().clamp(512, MAX_UDP_PAYLOAD)),
@@ -281,12 +398,7 @@ impl Responder {
         // REFUSED, not a drop, for a client outside `allow_clients`: as small as the query
         // (nothing to amplify), and it tells a misconfigured client why instead of making it
         // time out.
-        if !self
-            .settings
-            .allow_clients
-            .iter()
-            .any(|n| n.contains(&client))
-        {
+        if !self.allowed(client) {
             return ResponseCode::Refused;
         }
         if request.metadata.op_code != OpCode::Query
@@ -324,13 +436,7 @@ impl Responder {
 
     /// The records of a NOERROR answer to `q` from `answer`.
     fn records(&self, q: &Query, owner: Name, answer: &Answer, response: &mut Message) {
-        let ttl = if answer.all_down {
-            1
-        } else if answer.degraded {
-            (self.settings.ttl / 2).max(1)
-        } else {
-            self.settings.ttl
-        };
+        let ttl = self.ttl_for(answer);
         if answer.all_down {
             metrics()
                 .dns_all_down
@@ -595,5 +701,245 @@ mod tests {
         two[5] = 2;
         two.extend_from_slice(b"\x03a\xffb\x00\x00\x01\x00\x01");
         assert!(ask(&two).is_none());
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+
+    /// A zone with a dual-stack cluster whose state the test sets.
+    struct Dual(Answer);
+
+    impl Zone for Dual {
+        fn lookup(&self, name: &str) -> Lookup {
+            if name == "dual.t" {
+                Lookup::Found(self.0.clone())
+            } else {
+                Lookup::NotOurs
+            }
+        }
+    }
+
+    fn responder(answer: &Answer, max_answers: usize) -> Responder {
+        Responder::new(
+            Arc::new(Dual(answer.clone())),
+            Settings {
+                ttl: 4,
+                max_answers,
+                allow_clients: vec!["127.0.0.0/8".parse().unwrap()],
+                rate: 1_000_000,
+            },
+        )
+    }
+
+    fn query(name: &[u8], qtype: u16, flags: u8, edns: Option<(u16, &[u8])>) -> Vec<u8> {
+        // `flags`: 0x01 RD, 0x40 CD (which lives in the next byte).
+        let cd = if flags & 0x40 != 0 { 0x10 } else { 0 };
+        let additional = u8::from(edns.is_some());
+        let mut q = vec![
+            0xab,
+            0xcd,
+            flags & 0x01,
+            cd,
+            0,
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            additional,
+        ];
+        q.extend_from_slice(name);
+        q.extend_from_slice(&qtype.to_be_bytes());
+        q.extend_from_slice(&1u16.to_be_bytes());
+        if let Some((payload, options)) = edns {
+            q.push(0);
+            q.extend_from_slice(&41u16.to_be_bytes());
+            q.extend_from_slice(&payload.to_be_bytes());
+            q.extend_from_slice(&[0, 0, 0x80, 0]); // DO set: neither path echoes it
+            q.extend_from_slice(&(options.len() as u16).to_be_bytes());
+            q.extend_from_slice(options);
+        }
+        q
+    }
+
+    /// Issue 24: the fast path answers exactly what the general path answers, query by query
+    /// (the same rotation turn, so the same records in the same order), for every variant a
+    /// client sends; and it does take them (or the comparison would prove nothing).
+    #[test]
+    fn the_fast_path_answers_what_the_general_path_answers() {
+        let v4: Vec<IpAddr> = (11..=14).map(|i| IpAddr::from([127, 0, 0, i])).collect();
+        let v6: Vec<IpAddr> = ["::1", "fd00::2"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let healthy = Answer {
+            cluster: "dual.t".into(),
+            addrs: v4.iter().chain(&v6).copied().collect(),
+            ..Answer::default()
+        };
+        let degraded = Answer {
+            degraded: true,
+            ..healthy.clone()
+        };
+        let all_down = Answer {
+            all_down: true,
+            ..healthy.clone()
+        };
+        let cookie: &[u8] = &[0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+        let names: [&[u8]; 2] = [b"\x04dual\x01t\x00", b"\x04DuAl\x01T\x00"];
+        let mut compared = 0;
+        for answer in [&healthy, &degraded, &all_down] {
+            for max in [8, 3, 1] {
+                for name in names {
+                    for qtype in [wire::TYPE_A, wire::TYPE_AAAA] {
+                        for flags in [0x01, 0x00, 0x41] {
+                            for edns in [None, Some((4096, &[][..])), Some((100, cookie))] {
+                                for transport in [Transport::Udp, Transport::Tcp] {
+                                    let q = query(name, qtype, flags, edns);
+                                    let (fast, general) =
+                                        (responder(answer, max), responder(answer, max));
+                                    // Both at the same turn: one answer each first.
+                                    let client = "127.0.0.1".parse().unwrap();
+                                    let mut a = Vec::new();
+                                    let mut b = Vec::new();
+                                    let mut buf = [0u8; 256];
+                                    let simple = wire::read(&q, &mut buf).expect("a simple query");
+                                    assert!(fast.fast(&simple, client, transport, &mut a));
+                                    assert!(general.general(&q, client, transport, &mut b));
+                                    let (ma, mb) = (
+                                        Message::from_vec(&a).unwrap(),
+                                        Message::from_vec(&b).unwrap(),
+                                    );
+                                    assert_eq!(format!("{ma:?}"), format!("{mb:?}"), "{q:?}");
+                                    compared += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(compared, 3 * 3 * 2 * 2 * 3 * 3 * 2);
+    }
+
+    /// Fuzz findings of `dns_fast_path`, answered alike by both paths since.
+    #[test]
+    fn fuzz_findings_are_answered_as_the_general_path_answers() {
+        // F7: an OPT record whose data is a truncated option (FORMERR, not NOERROR).
+        let f7: &[u8] =
+            b"\x12\x34\x01\x3a\x00\x01\x00\x00\x00\x00\x00\x01\x04chat\x04fuzz\x04test\x00\
+            \x00\x1c\x00\x01\x00\x00\x29\x04\xd0\x00\x00\x00\x00\x00\x01\x00";
+        let zone = Answer {
+            cluster: "chat.fuzz.test".into(),
+            addrs: vec!["::1".parse().unwrap()],
+            ..Answer::default()
+        };
+        struct One(Answer);
+        impl Zone for One {
+            fn lookup(&self, name: &str) -> Lookup {
+                if name == "chat.fuzz.test" {
+                    Lookup::Found(self.0.clone())
+                } else {
+                    Lookup::NotOurs
+                }
+            }
+        }
+        let settings = || Settings {
+            ttl: 2,
+            max_answers: 8,
+            allow_clients: vec!["127.0.0.0/8".parse().unwrap()],
+            rate: 1_000_000,
+        };
+        let fast = Responder::new(Arc::new(One(zone.clone())), settings());
+        let general = Responder::new(Arc::new(One(zone)), settings());
+        let src = "127.0.0.1".parse().unwrap();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        assert_eq!(
+            fast.answer(f7, src, Transport::Udp, &mut a),
+            general.answer_general(f7, src, Transport::Udp, &mut b)
+        );
+        assert_eq!(a, b);
+    }
+
+    /// F8 (`dns_query`): an UPDATE with 101 root questions got a NOTIMP echoing all of them,
+    /// 517 bytes over UDP. Only a single question is echoed.
+    #[test]
+    fn many_questions_are_not_echoed() {
+        let mut q = vec![0x12, 0x34, 0x28, 0, 0, 101, 0, 0, 0, 0, 0, 0];
+        for _ in 0..101 {
+            q.extend_from_slice(&[0, 0, 0, 0, 0]);
+        }
+        let r = Responder::new(
+            Arc::new(One),
+            Settings {
+                ttl: 2,
+                max_answers: 8,
+                allow_clients: vec!["127.0.0.0/8".parse().unwrap()],
+                rate: 1000,
+            },
+        );
+        let mut out = Vec::new();
+        assert!(r.answer(&q, "127.0.0.1".parse().unwrap(), Transport::Udp, &mut out));
+        assert!(out.len() <= 512, "{} bytes", out.len());
+        let m = Message::from_vec(&out).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
+        assert!(m.queries.is_empty());
+        struct One;
+        impl Zone for One {
+            fn lookup(&self, _: &str) -> Lookup {
+                Lookup::NotOurs
+            }
+        }
+    }
+
+    /// What the fast path leaves to the general path: every other shape of query.
+    #[test]
+    fn the_fast_path_reads_only_simple_queries() {
+        let mut buf = [0u8; 256];
+        let plain = query(b"\x04dual\x01t\x00", 1, 1, None);
+        assert!(wire::read(&plain, &mut buf).is_some());
+        let mut other = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut q = plain.clone();
+            edit(&mut q);
+            wire::read(&q, &mut buf).is_none()
+        };
+        assert!(other(&|q| q[2] |= 0x80), "a response");
+        assert!(other(&|q| q[2] |= 0x10), "opcode 2");
+        assert!(other(&|q| q[5] = 2), "two questions");
+        assert!(other(&|q| q[7] = 1), "an answer count");
+        assert!(
+            other(&|q| q[11] = 1),
+            "an additional record that is missing"
+        );
+        assert!(other(&|q| q.push(0)), "trailing bytes");
+        assert!(other(&|q| q.truncate(q.len() - 1)), "truncated");
+        assert!(
+            other(&|q| {
+                let n = q.len();
+                q[n - 3] = 16; // TXT
+            }),
+            "another type"
+        );
+        assert!(
+            other(&|q| {
+                let n = q.len();
+                q[n - 1] = 3; // CH
+            }),
+            "another class"
+        );
+        assert!(other(&|q| q[13] = b' '), "a name that is no host name");
+        assert!(other(&|q| q[12] = 0xc0), "a compression pointer");
+        let root = query(b"\x00", 1, 1, None);
+        assert!(wire::read(&root, &mut buf).is_none(), "the root");
+        let v1 = {
+            let mut q = query(b"\x04dual\x01t\x00", 1, 1, Some((1232, &[])));
+            let n = q.len();
+            q[n - 5] = 1; // EDNS version 1
+            q
+        };
+        assert!(wire::read(&v1, &mut buf).is_none(), "EDNS version 1");
     }
 }

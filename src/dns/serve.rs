@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinSet;
 
+use super::batch::Batch;
 use super::responder::{Responder, Transport};
 use crate::descriptors::Share;
 use crate::metrics::metrics;
@@ -89,19 +90,28 @@ pub fn serve(
 }
 
 async fn udp_loop(sock: Arc<UdpSocket>, responder: Arc<Responder>) {
-    let mut buf = vec![0u8; 4096];
-    let mut out = Vec::with_capacity(1232);
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    let mut batch = Batch::new();
     loop {
-        let (n, src) = match sock.recv_from(&mut buf).await {
-            Ok(got) => got,
+        // Waits for readiness, then takes what is queued, up to a batch, in one call.
+        let n = match sock
+            .async_io(tokio::io::Interest::READABLE, || batch.recv(fd))
+            .await
+        {
+            Ok(n) => n,
             // ICMP errors surfacing on the socket, or a transient shortage: keep serving.
             Err(_) => continue,
         };
-        if responder.answer(&buf[..n], src.ip(), Transport::Udp, &mut out) {
-            // Never wait for the socket: an answer it cannot take now is dropped.
-            if sock.try_send_to(&out, src).is_err() {
-                metrics().dns_send_dropped.inc();
-            }
+        for i in 0..n {
+            batch.answer_with(i, |packet, src, out| {
+                responder.answer(packet, src, Transport::Udp, out)
+            });
+        }
+        // Never wait for the socket: answers it cannot take now are dropped.
+        let dropped = batch.send(fd);
+        if dropped > 0 {
+            metrics().dns_send_dropped.inc_by(dropped as u64);
         }
     }
 }
