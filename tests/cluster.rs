@@ -901,7 +901,7 @@ async fn close_tunnels_cuts_a_down_members_tunnels_and_keep_does_not() {
             // The access log, the request counter and /status agree (issue 26, item 11: the
             // log said `up=0 down=0` for tunnels that carried bytes, and the counter said `ok`):
             // each tunnel carried "ECHO\nx" up and "x" down.
-            let log = f.proxy.log_text();
+            let log = f.proxy.wait_log_lines("outcome=member_down", 20).await;
             let lines: Vec<&str> = log
                 .lines()
                 .filter(|l| l.contains("outcome=member_down"))

@@ -239,9 +239,9 @@ async fn every_refused_forward_head_is_logged_and_counted_and_host_case_is_not_a
         .metric(r#"carousel_requests_total{outcome="bad_request",protocol="http"}"#)
         .await;
     assert_eq!(after - before, bad.len() as f64, "refusals not counted");
-    assert!(proxy.wait_log("outcome=bad_request").await);
     let lines = proxy
-        .log_text()
+        .wait_log_lines("outcome=bad_request", bad.len())
+        .await
         .lines()
         .filter(|l| l.contains(" http ") && l.contains("outcome=bad_request"))
         .count();

@@ -299,6 +299,19 @@ address = "{admin}"
         false
     }
 
+    /// Waits (bounded: 5 s) until at least `n` captured lines contain `needle` (access lines are
+    /// written by a thread of their own, in batches), then returns the whole log.
+    pub async fn wait_log_lines(&self, needle: &str, n: usize) -> String {
+        for _ in 0..100 {
+            let log = self.log_text();
+            if log.lines().filter(|l| l.contains(needle)).count() >= n {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.log_text()
+    }
+
     /// Everything carousel logged so far.
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
