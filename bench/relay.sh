@@ -159,7 +159,8 @@ for r in $(seq 1 "$ROUNDS"); do
     done
     want rate && for c in 16 64; do
         for l in $(order "$r"); do
-            "$LG" rate ${ARGS[$l]} --target "${ONE[$l]}" --label "$l" --count 4000 --concurrency $c \
+            pid=""; [ "$l" = haproxy ] && pid="--pid $HPID"; [[ "$l" == carousel-* ]] && pid="--pid $CPID"
+            "$LG" rate ${ARGS[$l]} --target "${ONE[$l]}" --label "$l" --count 4000 --concurrency $c $pid \
                 --time-limit 120 | jq -c --arg r "$r" '. + {round: $r}' >>"$res" || true
         done
     done
@@ -188,8 +189,8 @@ def per(test, label, key, **kw):
     return [r[key] for r in rows if r.get('test') == test and r.get('label') == label
             and all(r.get(k) == v for k, v in kw.items()) and r.get(key) is not None]
 print(f"# carousel as a relay: {rounds} rounds; medians (per-round values in brackets)\n")
-print("| path | down MiB/s | up MiB/s | conn/s C=16 | conn/s C=64 | storm of 2,000: wall s | errors |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("| path | down MiB/s | up MiB/s | conn/s C=16 | conn/s C=64 | relay CPU µs/conn C=16 / C=64 | storm of 2,000: wall s | errors |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 M = {}
 for l in ["direct", "haproxy", "carousel-connect", "carousel-socks5"]:
     down = [x for x in per('throughput', l, 'down_median_mib_s') if x]
@@ -201,7 +202,10 @@ for l in ["direct", "haproxy", "carousel-connect", "carousel-socks5"]:
     M[l] = dict(down=med(down), up=med(up), c16=med(c16), c64=med(c64), storm=med(storm))
     f = lambda xs, d=0: " / ".join(f"{x:.{d}f}" for x in xs)
     storm_s = f"{med(storm):.3f} [{f(storm, 3)}]" if storm else "–"
-    print(f"| {l} | {med(down):.0f} [{f(down)}] | {med(up):.0f} [{f(up)}] | {med(c16):.0f} [{f(c16)}] | {med(c64):.0f} [{f(c64)}] | {storm_s} | {errs} |")
+    cpu16 = per('rate', l, 'proxy_cpu_us_per_conn', concurrency=16)
+    cpu64 = per('rate', l, 'proxy_cpu_us_per_conn', concurrency=64)
+    cpu_s = f"{med(cpu16):.0f} / {med(cpu64):.0f}" if cpu16 else "–"
+    print(f"| {l} | {med(down):.0f} [{f(down)}] | {med(up):.0f} [{f(up)}] | {med(c16):.0f} [{f(c16)}] | {med(c64):.0f} [{f(c64)}] | {cpu_s} | {storm_s} | {errs} |")
 print()
 def div(a, b):
     return a / b if b and a == a and b == b else float('nan')
