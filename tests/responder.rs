@@ -118,6 +118,17 @@ impl Fixture {
     }
 }
 
+/// Polls `/readyz` (every 50 ms, at most 5 s) until carousel says its clusters have members.
+async fn until_ready(proxy: &Carousel) {
+    for _ in 0..100 {
+        if proxy.admin_get("/readyz").await.0 == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not ready after 5 s:\n{}", proxy.log_text());
+}
+
 const FAST_HEALTH: &str = "interval_ms = 200\ntimeout_ms = 200\nrise = 2\nfall = 2\n";
 const SLOW_HEALTH: &str = "interval_ms = 60000\ntimeout_ms = 500\nrise = 1\nfall = 1\n";
 const ALL: [&str; 3] = ["127.0.0.11", "127.0.0.12", "127.0.0.13"];
@@ -253,12 +264,7 @@ async fn srv_answers_and_truncation_without_edns() {
          [[cluster]]\nname = \"big.cluster.test\"\nports = [9]\n[cluster.health]\ninterval_ms = 60000\n"
     );
     let proxy = Carousel::start(dns.addr(), &extra).await;
-    for _ in 0..100 {
-        if proxy.admin_get("/readyz").await.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_ready(&proxy).await;
     let at = format!("@{}", responder.ip());
     let p = format!("-p{}", responder.port());
     let srv = dig(&[&at, &p, "+short", "_chat._tcp.cluster.test", "SRV"]).await;
@@ -486,12 +492,7 @@ async fn srv_answers_keep_to_max_answers_and_other_classes_and_transfers_are_ref
          [[cluster]]\nname = \"{NAME}\"\nports = [{port}]\nsrv = \"_chat._tcp.cluster.test\"\n"
     );
     let proxy = Carousel::start(dns.addr(), &extra).await;
-    for _ in 0..100 {
-        if proxy.admin_get("/readyz").await.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_ready(&proxy).await;
     let at = format!("@{}", responder.ip());
     let p = format!("-p{}", responder.port());
     let out = dig(&[&at, &p, "_chat._tcp.cluster.test", "SRV"]).await;

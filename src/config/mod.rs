@@ -429,63 +429,30 @@ mod tests {
             "empty.toml",
         )
         .unwrap();
-        let same = |what: &str, a: String, b: String| assert_eq!(a, b, "[{what}] differs");
-        same(
-            "server",
-            format!("{:?}", embedded.server),
-            format!("{:?}", empty.server),
-        );
-        same(
-            "dns",
-            format!("{:?}", embedded.dns),
-            format!("{:?}", empty.dns),
-        );
-        same(
-            "dial",
-            format!("{:?}", embedded.dial),
-            format!("{:?}", empty.dial),
-        );
-        same(
-            "forward",
-            format!("{:?}", embedded.forward),
-            format!("{:?}", empty.forward),
-        );
-        same(
-            "tunnel",
-            format!("{:?}", embedded.tunnel),
-            format!("{:?}", empty.tunnel),
-        );
-        same(
-            "limits",
-            format!("{:?}", embedded.limits),
-            format!("{:?}", empty.limits),
-        );
-        same(
-            "log",
-            format!("{:?}", embedded.log),
-            format!("{:?}", empty.log),
-        );
-        same(
-            "admin",
-            format!("{:?}", embedded.admin),
-            format!("{:?}", empty.admin),
-        );
-        same(
-            "pac",
-            format!("{:?}", embedded.pac),
-            format!("{:?}", empty.pac),
-        );
-        same(
-            "responder",
-            format!("{:?}", embedded.responder),
-            format!("{:?}", empty.responder),
-        );
+        // Each section of both, in its Debug form (every field, nested ones included).
+        let sections = |c: &Config| {
+            [
+                ("server", format!("{:?}", c.server)),
+                ("dns", format!("{:?}", c.dns)),
+                ("dial", format!("{:?}", c.dial)),
+                ("forward", format!("{:?}", c.forward)),
+                ("tunnel", format!("{:?}", c.tunnel)),
+                ("limits", format!("{:?}", c.limits)),
+                ("log", format!("{:?}", c.log)),
+                ("admin", format!("{:?}", c.admin)),
+                ("pac", format!("{:?}", c.pac)),
+                ("responder", format!("{:?}", c.responder)),
+            ]
+        };
+        for ((what, a), (_, b)) in sections(&embedded).into_iter().zip(sections(&empty)) {
+            assert_eq!(a, b, "[{what}] differs");
+        }
         let mut access = embedded.access.clone();
         access.rules.clear();
-        same(
-            "access",
+        assert_eq!(
             format!("{access:?}"),
             format!("{:?}", empty.access),
+            "[access] differs"
         );
     }
 

@@ -708,22 +708,22 @@ mod tests {
 mod fast_path_tests {
     use super::*;
 
-    /// A zone with a dual-stack cluster whose state the test sets.
-    struct Dual(Answer);
+    /// A zone of one cluster name whose state the test sets.
+    struct Named(&'static str, Answer);
 
-    impl Zone for Dual {
+    impl Zone for Named {
         fn lookup(&self, name: &str) -> Lookup {
-            if name == "dual.t" {
-                Lookup::Found(self.0.clone())
+            if name == self.0 {
+                Lookup::Found(self.1.clone())
             } else {
                 Lookup::NotOurs
             }
         }
     }
 
-    fn responder(answer: &Answer, max_answers: usize) -> Responder {
+    fn responder_for(name: &'static str, answer: &Answer, max_answers: usize) -> Responder {
         Responder::new(
-            Arc::new(Dual(answer.clone())),
+            Arc::new(Named(name, answer.clone())),
             Settings {
                 ttl: 4,
                 max_answers,
@@ -731,6 +731,10 @@ mod fast_path_tests {
                 rate: 1_000_000,
             },
         )
+    }
+
+    fn responder(answer: &Answer, max_answers: usize) -> Responder {
+        responder_for("dual.t", answer, max_answers)
     }
 
     fn query(name: &[u8], qtype: u16, flags: u8, edns: Option<(u16, &[u8])>) -> Vec<u8> {
@@ -837,24 +841,8 @@ mod fast_path_tests {
             addrs: vec!["::1".parse().unwrap()],
             ..Answer::default()
         };
-        struct One(Answer);
-        impl Zone for One {
-            fn lookup(&self, name: &str) -> Lookup {
-                if name == "chat.fuzz.test" {
-                    Lookup::Found(self.0.clone())
-                } else {
-                    Lookup::NotOurs
-                }
-            }
-        }
-        let settings = || Settings {
-            ttl: 2,
-            max_answers: 8,
-            allow_clients: vec!["127.0.0.0/8".parse().unwrap()],
-            rate: 1_000_000,
-        };
-        let fast = Responder::new(Arc::new(One(zone.clone())), settings());
-        let general = Responder::new(Arc::new(One(zone)), settings());
+        let fast = responder_for("chat.fuzz.test", &zone, 8);
+        let general = responder_for("chat.fuzz.test", &zone, 8);
         let src = "127.0.0.1".parse().unwrap();
         let (mut a, mut b) = (Vec::new(), Vec::new());
         assert_eq!(
@@ -872,27 +860,13 @@ mod fast_path_tests {
         for _ in 0..101 {
             q.extend_from_slice(&[0, 0, 0, 0, 0]);
         }
-        let r = Responder::new(
-            Arc::new(One),
-            Settings {
-                ttl: 2,
-                max_answers: 8,
-                allow_clients: vec!["127.0.0.0/8".parse().unwrap()],
-                rate: 1000,
-            },
-        );
+        let r = responder_for("chat.t", &Answer::default(), 8);
         let mut out = Vec::new();
         assert!(r.answer(&q, "127.0.0.1".parse().unwrap(), Transport::Udp, &mut out));
         assert!(out.len() <= 512, "{} bytes", out.len());
         let m = Message::from_vec(&out).unwrap();
         assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
         assert!(m.queries.is_empty());
-        struct One;
-        impl Zone for One {
-            fn lookup(&self, _: &str) -> Lookup {
-                Lookup::NotOurs
-            }
-        }
     }
 
     /// What the fast path leaves to the general path: every other shape of query.
