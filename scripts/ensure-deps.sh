@@ -3,12 +3,13 @@
 # cmake (Pingora's zlib-ng build needs it), curl (the tests' real client), prometheus
 # (a real Prometheus and promtool for the metrics tests), dig and dnsmasq (the DNS responder's
 # real resolvers: dnsmasq-base is the binary without a service that would start on install),
-# haproxy (the load balancer in front of two replicas) and chromium (the status page, headless).
+# haproxy (the load balancer in front of two replicas), chromium (the status page, headless), squid
+# (real parent proxies; openssl makes their test password).
 # Extra tools can be named as arguments
 # ("tool" or "tool:package"). Idempotent: does nothing when all are present.
 set -euo pipefail
 need=()
-for spec in cmake curl prometheus promtool:prometheus dig:bind9-dnsutils dnsmasq:dnsmasq-base unshare:util-linux haproxy chromium "$@"; do
+for spec in cmake curl prometheus promtool:prometheus dig:bind9-dnsutils dnsmasq:dnsmasq-base unshare:util-linux haproxy chromium squid openssl "$@"; do
   tool=${spec%%:*}
   pkg=${spec#*:}
   command -v "$tool" >/dev/null 2>&1 || need+=("$pkg")

@@ -113,6 +113,8 @@ pub struct Connected {
     pub member: Option<std::sync::Arc<crate::cluster::Member>>,
     /// The cluster name ("" outside clusters).
     pub cluster: String,
+    /// Bytes a parent proxy sent after its answer: the destination's first, for the client.
+    pub from_parent: Vec<u8>,
 }
 
 /// Addresses the failure memory keeps at least (clients choose them; see [`Recent`]).
@@ -515,6 +517,7 @@ pub async fn dial(
                             attempts,
                             member: candidate.member,
                             cluster: plan.cluster_name().to_string(),
+                            from_parent: Vec::new(),
                         });
                     }
                     Err(kind) => {

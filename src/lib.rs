@@ -21,6 +21,7 @@ pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod outcome;
+pub mod parent;
 #[cfg(feature = "pingora-lb")]
 pub mod plugin;
 pub mod policy;

@@ -13,6 +13,7 @@ use crate::protocol::TargetHost;
 
 struct Rule {
     label: String,
+    via: Option<String>,
     action: Action,
     clients: Vec<IpNet>,
     users: Vec<String>,
@@ -132,6 +133,7 @@ impl Policy {
                     None => format!("rule {i}"),
                 },
                 action: r.action,
+                via: r.via.as_deref().map(crate::config::normalize_name),
                 clients: r.clients.clone(),
                 users: r.users.clone(),
                 destinations: r.destinations.clone(),
@@ -163,6 +165,15 @@ impl Policy {
                 && (address::destination(o.ip()) == ip
                     || (o.ip().is_unspecified() && ip.is_loopback()))
         })
+    }
+
+    /// The cluster of parent proxies the rule labelled `rule` sends its traffic through, if it
+    /// names one (`via`).
+    pub fn via(&self, rule: &str) -> Option<&str> {
+        self.rules
+            .iter()
+            .find(|r| r.label == rule)
+            .and_then(|r| r.via.as_deref())
     }
 
     /// Before resolution: may `client` (as `user`) go to `host:port` at all? A name that only

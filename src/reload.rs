@@ -105,6 +105,7 @@ pub fn reload(proxy: &Arc<Proxy>, path: Option<&Path>) -> Result<(), String> {
         }
     }
     proxy.auth.replace(resources.users);
+    proxy.parents.store(Arc::new(resources.parents));
     proxy
         .auth
         .set_failures_per_minute(new.access.max_auth_failures_per_minute);

@@ -22,6 +22,9 @@ pub fn http_status(e: &OpenError) -> u16 {
         OpenError::Dial(d) if d.kind == FailKind::Timeout => 504,
         OpenError::Dial(d) if d.kind == FailKind::Exhausted => 503,
         OpenError::Dial(_) => 502,
+        // The parent's answer, whatever it was, is a bad gateway for our client: its 407 is
+        // about carousel's credentials, not the client's.
+        OpenError::Parent(_) => 502,
     }
 }
 
@@ -73,7 +76,8 @@ pub fn socks5_reply(e: &OpenError) -> socks5::Reply {
         | OpenError::Dns(ResolveError::Overloaded)
         | OpenError::BadRequest(_)
         | OpenError::ResponseTimeout(_)
-        | OpenError::BadResponse(_) => Reply::GeneralFailure,
+        | OpenError::BadResponse(_)
+        | OpenError::Parent(_) => Reply::GeneralFailure,
         OpenError::Dns(_) | OpenError::NoMembers { .. } => Reply::HostUnreachable,
         OpenError::Dial(d) => match d.kind {
             FailKind::Refused => Reply::ConnectionRefused,

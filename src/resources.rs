@@ -18,6 +18,8 @@ pub struct Resources {
     pub users: Users,
     /// The certificate and key of each TLS listener, by listener address.
     pub certs: HashMap<SocketAddr, Arc<CertifiedKey>>,
+    /// What carousel authenticates to each cluster of parents with, by cluster name.
+    pub parents: HashMap<String, crate::parent::Credentials>,
 }
 
 impl Resources {
@@ -44,7 +46,20 @@ impl Resources {
             }
             None => Users::default(),
         };
-        Ok(Resources { users, certs })
+        let mut parents = HashMap::new();
+        for (i, c) in config.clusters.iter().enumerate() {
+            let Some(path) = c.parent.as_ref().and_then(|p| p.credentials_file.as_ref()) else {
+                continue;
+            };
+            let creds = crate::parent::Credentials::load(path)
+                .map_err(|e| config.invalid(&format!("cluster[{i}].parent.credentials_file"), e))?;
+            parents.insert(c.name.clone(), creds);
+        }
+        Ok(Resources {
+            users,
+            certs,
+            parents,
+        })
     }
 
     /// Parses `text` and reads the files it names: everything `carousel check` verifies.

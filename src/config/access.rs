@@ -109,6 +109,10 @@ pub struct RuleSection {
     /// Destination ports.
     #[serde(default)]
     pub ports: Vec<PortRange>,
+    /// Send what this rule allows through the parent proxies of this cluster (a `[[cluster]]`
+    /// with a `[cluster.parent]`), destination name unresolved; unset: carousel connects itself.
+    #[serde(default)]
+    pub via: Option<String>,
 }
 
 /// Limits that keep one client, or a flood, from taking the proxy down.

@@ -181,6 +181,10 @@ pub struct ClusterSection {
     #[serde(default)]
     #[serde(rename = "max_ttl_seconds", with = "super::duration::opt_seconds")]
     pub max_ttl: Option<Duration>,
+    /// The members are parent proxies (`[cluster.parent]`): a rule's `via` hands them the
+    /// destination instead of carousel connecting to it.
+    #[serde(default)]
+    pub parent: Option<ParentSection>,
     /// Active health checks.
     #[serde(default)]
     pub health: HealthSection,
@@ -210,10 +214,33 @@ impl Default for ClusterSection {
             response_timeout: None,
             min_ttl: None,
             max_ttl: None,
+            parent: None,
             health: HealthSection::default(),
             outlier: OutlierSection::default(),
         }
     }
+}
+
+/// A cluster of parent proxies: how carousel asks them for the destination.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ParentSection {
+    /// What the parents speak.
+    pub protocol: ParentProtocol,
+    /// `user:password` (one line) carousel authenticates to the parents with: Basic for an HTTP
+    /// parent, username/password for SOCKS5. Never a client's credentials, never logged.
+    #[serde(default)]
+    pub credentials_file: Option<std::path::PathBuf>,
+}
+
+/// The protocol of a parent proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParentProtocol {
+    /// An HTTP proxy: `CONNECT host:port` (Squid's `cache_peer ... parent`).
+    Http,
+    /// A SOCKS5 proxy: CONNECT by domain name (the parent resolves).
+    Socks5,
 }
 
 impl ClusterSection {

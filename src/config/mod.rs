@@ -262,6 +262,27 @@ impl Config {
                     "another cluster has this name",
                 );
             }
+            if c.parent.is_some() && c.ports.is_empty() {
+                return invalid(
+                    format!("cluster[{i}].ports"),
+                    "a cluster of parent proxies needs the parents' port",
+                );
+            }
+        }
+        for (i, r) in self.access.rules.iter().enumerate() {
+            let Some(via) = &r.via else { continue };
+            let key = format!("access.rule[{i}].via");
+            if r.action != Action::Allow {
+                return invalid(key, "only an allow rule sends traffic via parents");
+            }
+            let via = normalize_name(via);
+            match self.clusters.iter().find(|c| c.name == via) {
+                Some(c) if c.parent.is_some() => {}
+                Some(_) => {
+                    return invalid(key, format!("cluster {via} has no [cluster.parent]"));
+                }
+                None => return invalid(key, format!("no [[cluster]] is named {via}")),
+            }
         }
         Ok(())
     }
@@ -415,6 +436,31 @@ mod tests {
             bad.starts_with("bad.toml:7: key `cluster[0].static_members`"),
             "{bad}"
         );
+    }
+
+    /// A rule's `via` must name a cluster of parents; an error names the rule's key.
+    #[test]
+    fn via_names_a_cluster_of_parents() {
+        let base = "[[listener]]\naddress = \"127.0.0.1:3128\"\nprotocols = [\"http\"]\n\
+             [[cluster]]\nname = \"hq.test\"\nports = [3128]\n";
+        let rule = |via: &str, action: &str| {
+            format!(
+                "[[access.rule]]\naction = \"{action}\"\ndestinations = [\"*\"]\nvia = \"{via}\"\n"
+            )
+        };
+        let parent = "[cluster.parent]\nprotocol = \"http\"\n";
+        let ok = Config::parse(&format!("{base}{parent}{}", rule("HQ.test.", "allow")), "t");
+        assert!(ok.is_ok(), "{ok:?}");
+        let err = |text: String| Config::parse(&text, "t").unwrap_err().to_string();
+        let e = err(format!("{base}{}", rule("hq.test", "allow")));
+        assert!(
+            e.contains("access.rule[0].via") && e.contains("no [cluster.parent]"),
+            "{e}"
+        );
+        let e = err(format!("{base}{parent}{}", rule("other.test", "allow")));
+        assert!(e.contains("no [[cluster]] is named other.test"), "{e}");
+        let e = err(format!("{base}{parent}{}", rule("hq.test", "deny")));
+        assert!(e.contains("only an allow rule"), "{e}");
     }
 
     /// Issue 21: defaults in one place. Every section the embedded file writes out equals what

@@ -221,7 +221,15 @@ impl ProxyHttp for Forwarder {
                 "no candidates left",
             ));
         };
-        let mut peer = HttpPeer::new(first.addr, false, String::new());
+        // Through a parent, a connection is to one destination: the destination is part of the
+        // peer's pooling key (its SNI, unused without TLS), so a pooled connection CONNECTed to
+        // one destination is never reused for another.
+        let key = plan
+            .via
+            .as_ref()
+            .map(|v| v.target.to_string())
+            .unwrap_or_default();
+        let mut peer = HttpPeer::new(first.addr, false, key);
         // The race bounds each attempt (`per_attempt`) and all of them (what is left of the
         // request's deadline, for a retry after a stale pooled connection too).
         let settings = DialSettings {

@@ -136,7 +136,7 @@ impl L4Connect for Race {
                 "the request's connect already ran",
             ));
         };
-        let result = dial::dial(
+        let mut result = dial::dial(
             &mut FirstThen {
                 first,
                 plan: &mut plan,
@@ -144,6 +144,15 @@ impl L4Connect for Race {
             self.settings,
         )
         .await;
+        // Through a parent: CONNECT to the destination first; pingora then speaks HTTP to it.
+        let mut parent_error = None;
+        if let (Ok(c), Some(via)) = (result.as_mut(), plan.via.clone()) {
+            match plan.through_parent(&via, c).await {
+                Ok(early) if early.is_empty() => {}
+                Ok(_) => parent_error = Some("the parent sent bytes before the request".into()),
+                Err(e) => parent_error = Some(e.to_string()),
+            }
+        }
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.plan = Some(plan);
         match result {
@@ -153,7 +162,10 @@ impl L4Connect for Race {
                     member: c.member,
                 };
                 s.ended = Some(Ended::Won(won, c.attempts));
-                Ok(Stream::from(c.stream))
+                match parent_error {
+                    None => Ok(Stream::from(c.stream)),
+                    Some(why) => Err(Error::explain(ErrorType::ConnectProxyFailure, why)),
+                }
             }
             Err(f) => {
                 let e = Error::explain(error_type(f.kind), f.to_string());

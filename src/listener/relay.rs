@@ -41,6 +41,10 @@ impl Listener {
                 // (Counted when it ends, with the outcome the access line gives it.)
                 let answer = ok(&up);
                 write_reply(&mut stream, &answer.bytes).await;
+                // What a parent proxy passed on with its answer belongs to the client.
+                if !up.from_parent.is_empty() {
+                    write_reply(&mut stream, &up.from_parent).await;
+                }
                 let sent = Sent {
                     rule,
                     status: answer.status,

@@ -59,6 +59,9 @@ pub enum OpenError {
     /// large) or the upstream failed mid-response.
     #[error("{0}")]
     BadResponse(String),
+    /// A parent proxy refused the destination or failed to answer for it.
+    #[error("{0}")]
+    Parent(#[from] crate::parent::ParentError),
 }
 
 impl OpenError {
@@ -77,6 +80,8 @@ impl OpenError {
             OpenError::Dial(d) if d.kind == FailKind::Timeout => Outcome::Timeout,
             OpenError::Dial(d) if d.kind == FailKind::Exhausted => Outcome::Overload,
             OpenError::Dial(_) => Outcome::ConnectError,
+            OpenError::Parent(crate::parent::ParentError::Refused { .. }) => Outcome::Denied,
+            OpenError::Parent(_) => Outcome::ConnectError,
         }
     }
 }

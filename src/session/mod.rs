@@ -49,6 +49,8 @@ pub struct Proxy {
     pub access_log: ArcSwap<AccessLog>,
     /// The last minute of per-member request and failure rates, for the status page.
     pub history: crate::history::History,
+    /// What carousel authenticates to each cluster of parent proxies with (replaced by a reload).
+    pub parents: ArcSwap<HashMap<String, crate::parent::Credentials>>,
     draining: std::sync::atomic::AtomicBool,
 }
 
@@ -63,7 +65,9 @@ impl Proxy {
             tls.insert(addr, Acceptor::new(key).map_err(SetupError::Tls)?);
         }
         let users = resources.users;
+        let parents = ArcSwap::from_pointee(resources.parents);
         Ok(Arc::new(Self {
+            parents,
             failures: Arc::new(FailureMemory::new(config.dial.failure_memory)),
             clusters: Arc::new(ArcSwap::from_pointee(ClusterTable::new(clusters))),
             auth: Authenticator::new(
@@ -173,6 +177,15 @@ impl Proxy {
             TargetHost::Ip(_) => None,
         };
         let clusters = self.clusters.load();
+        // A rule that sends its traffic via parents: the candidates are the parents (rotated,
+        // checked, ejected like members), and the destination goes to them by name.
+        if let Some(via) = runtime.policy.via(&rule) {
+            let (via, parents, source) = self.via_parents(via, target, &runtime).await?;
+            let mut plan = Plan::start(rule, source, runtime, self.failures.clone(), who.clone());
+            plan.via = Some(via);
+            plan.cluster = Some(parents);
+            return Ok(plan);
+        }
         let mut pinned = None;
         let (cluster, source) = match &target.host {
             TargetHost::Name(name) => {
@@ -228,19 +241,44 @@ impl Proxy {
                 }
             }
         };
-        Ok(Plan {
-            cluster,
-            rule,
-            source,
-            pinned,
-            tried: 0,
-            refused: 0,
-            panic_counted: false,
-            runtime,
-            failures: self.failures.clone(),
-            who: who.clone(),
-            name,
-        })
+        let mut plan = Plan::start(rule, source, runtime, self.failures.clone(), who.clone());
+        plan.cluster = cluster;
+        plan.pinned = pinned;
+        plan.name = name;
+        Ok(plan)
+    }
+
+    /// The parents a `via` rule names, as candidates, and what to ask them for.
+    async fn via_parents(
+        &self,
+        via: &str,
+        target: &Target,
+        runtime: &Runtime,
+    ) -> Result<(plan::Via, Arc<Cluster>, Source), OpenError> {
+        let parents =
+            self.clusters
+                .load()
+                .get(via)
+                .cloned()
+                .ok_or_else(|| OpenError::NoMembers {
+                    cluster: via.to_string(),
+                    dns: None,
+                })?;
+        let at = Target {
+            host: TargetHost::Name(parents.name.clone()),
+            port: parents.cfg.ports.first().copied().unwrap_or(0),
+        };
+        let source = self.cluster_source(&parents, runtime, &at).await?;
+        let via = plan::Via {
+            target: target.clone(),
+            protocol: parents
+                .cfg
+                .parent
+                .as_ref()
+                .map_or(crate::config::ParentProtocol::Http, |p| p.protocol),
+            credentials: self.parents.load().get(via).cloned(),
+        };
+        Ok((via, parents, source))
     }
 
     /// A configured cluster's candidates for `target`: its usable members in rotation, waiting
@@ -271,13 +309,19 @@ impl Proxy {
     ) -> Result<(Connected, String), OpenError> {
         let mut plan = self.plan(who, target).await?;
         let dial = plan.runtime.dial;
-        match dial::dial(&mut plan, dial).await {
-            Ok(c) => Ok((c, plan.rule)),
-            Err(e) => Err(match plan.refusal() {
-                Some(r) => OpenError::Denied(r),
-                None => e.into(),
-            }),
+        let mut c = match dial::dial(&mut plan, dial).await {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(match plan.refusal() {
+                    Some(r) => OpenError::Denied(r),
+                    None => e.into(),
+                })
+            }
+        };
+        if let Some(via) = &plan.via {
+            c.from_parent = plan.through_parent(via, &mut c).await?;
         }
+        Ok((c, plan.rule))
     }
 }
 

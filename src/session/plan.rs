@@ -71,6 +71,8 @@ pub struct Requester {
 
 /// The ordered candidates of one request and where to report what happened to each.
 pub struct Plan {
+    /// Through parent proxies: what to ask them for (the cluster is then theirs).
+    pub via: Option<Via>,
     /// The cluster serving this request, if any.
     pub cluster: Option<Arc<Cluster>>,
     /// The rule that allowed the request (for the access log).
@@ -88,10 +90,88 @@ pub struct Plan {
     pub(super) name: Option<String>,
 }
 
+/// A request sent through parent proxies: the destination as the client named it, and how to
+/// ask the parents for it.
+#[derive(Debug, Clone)]
+pub struct Via {
+    /// The destination, unresolved.
+    pub target: crate::protocol::Target,
+    /// What the parents speak.
+    pub protocol: crate::config::ParentProtocol,
+    /// What carousel authenticates to them with.
+    pub credentials: Option<crate::parent::Credentials>,
+}
+
 impl Plan {
+    /// A plan with `source`'s candidates and nothing tried yet; the caller sets the cluster, the
+    /// pinned member, the name and the parents where they apply.
+    pub(super) fn start(
+        rule: String,
+        source: Source,
+        runtime: Arc<Runtime>,
+        failures: Arc<FailureMemory>,
+        who: Requester,
+    ) -> Self {
+        Self {
+            via: None,
+            cluster: None,
+            rule,
+            source,
+            pinned: None,
+            tried: 0,
+            refused: 0,
+            panic_counted: false,
+            runtime,
+            failures,
+            who,
+            name: None,
+        }
+    }
+
+    /// Asks the parent `c` is connected to for the destination (within the dial's deadline).
+    /// A parent that fails to answer counts against it, as a failed connect would; one that
+    /// refuses does not. Returns the bytes the parent sent after its answer.
+    pub async fn through_parent(
+        &self,
+        via: &Via,
+        c: &mut crate::dial::Connected,
+    ) -> Result<Vec<u8>, super::OpenError> {
+        let limit = self.runtime.dial.deadline;
+        match crate::parent::open(
+            &mut c.stream,
+            c.addr,
+            via.protocol,
+            &via.target,
+            via.credentials.as_ref(),
+            limit,
+        )
+        .await
+        {
+            Ok(early) => Ok(early),
+            Err(e) => {
+                if let (crate::parent::ParentError::Failed { reason, .. }, Some(m), Some(cl)) =
+                    (&e, &c.member, &self.cluster)
+                {
+                    m.report_failure(
+                        crate::outcome::Attempt::Refused,
+                        reason,
+                        &cl.cfg.outlier,
+                        crate::cluster::now_ms(),
+                        || cl.may_eject(),
+                    );
+                }
+                Err(super::OpenError::Parent(e))
+            }
+        }
+    }
+
     /// Whether the policy allows `addr`; a name allowed only by address rules takes the name of
     /// the rule that allowed this address, for the access log.
     fn allowed(&mut self, addr: SocketAddr) -> bool {
+        // A parent is configured infrastructure: the destination was checked by name.
+        if self.via.is_some() {
+            return true;
+        }
         let client = self.who.client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         match self.runtime.policy.check_address(
             client,
