@@ -248,6 +248,50 @@ async fn two_parents_share_the_destination_and_a_dead_one_costs_nothing() {
     let after = per_parent(&proxy, &parents).await;
     assert_eq!(after[1] - before[1], 30.0, "{before:?} -> {after:?}");
     assert_eq!(after[0] - before[0], 0.0);
+    // Restarted: its checks bring it back (rise 1, every 500 ms) and it gets its share again.
+    squids[0] = Squid::start(ip4(41), squid_port, ip4(11), false).await;
+    let up = format!(
+        "carousel_member_up{{cluster=\"{PARENTS}\",member=\"{}\"}}",
+        parents[0]
+    );
+    let start = Instant::now();
+    while proxy.metric(&up).await != 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the parent never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The request path ejected it while it was dead: back in service once the ejection has
+    // ended and a trial request through it succeeded (bounded: 15 s).
+    let start = Instant::now();
+    loop {
+        let before = per_parent(&proxy, &parents).await;
+        fetch(&proxy, "connect", &url).await.unwrap();
+        if per_parent(&proxy, &parents).await[0] > before[0] {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no request reached it again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = per_parent(&proxy, &parents).await;
+    for _ in 0..60 {
+        fetch(&proxy, "connect", &url).await.unwrap();
+    }
+    let after = per_parent(&proxy, &parents).await;
+    let got: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert!(
+        got.iter().all(|&n| (27.0..=33.0).contains(&n)),
+        "after the restart: {got:?}"
+    );
+    // Another destination is allowed by the rule without `via`: carousel connects itself.
+    let direct = format!("http://127.0.0.11:{port}/");
+    assert_eq!(fetch(&proxy, "connect", &direct).await.unwrap(), "b11");
+    let needle = format!(" connect 127.0.0.11:{port} cluster=- member=127.0.0.11:{port} ");
+    assert!(proxy.wait_log(&needle).await, "{}", proxy.log_text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,4 +370,47 @@ async fn a_parent_that_refuses_is_not_ejected_and_the_client_gets_502() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A second carousel as the SOCKS5 parent: it alone knows the destination (its own DNS), so
+/// every request reaching the backend was resolved by the parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socks5_parent_is_handed_the_name() {
+    let parent_dns = DnsServer::start().await;
+    parent_dns.set_a(DEST, &[ip4(11)], 30);
+    let (port, _backends) = Backend::start_set(&[IpAddr::V4(ip4(11))], &["b11"]).await;
+    let parent = Carousel::start(parent_dns.addr(), "").await;
+    let dns = DnsServer::start().await;
+    dns.set_a(
+        PARENTS,
+        &[*match parent.socks.ip() {
+            IpAddr::V4(v4) => Box::new(v4),
+            IpAddr::V6(_) => unreachable!("the test bed listens on IPv4"),
+        }],
+        30,
+    );
+    let extra = parents_cluster(parent.socks.port(), "").replace("\"http\"", "\"socks5\"");
+    let proxy = Carousel::start_with_access(dns.addr(), &access(PARENTS), &extra).await;
+    until_ready(&proxy).await;
+    let url = format!("http://{DEST}:{port}/");
+    for mode in ["connect", "socks5", "forward"] {
+        for _ in 0..20 {
+            assert_eq!(
+                fetch(&proxy, mode, &url).await.as_deref(),
+                Ok("b11"),
+                "{mode}"
+            );
+        }
+    }
+    // The parent was asked by name (its access lines have the name): one finished tunnel per
+    // CONNECT and SOCKS5 request. (The forwarded requests share a kept-alive connection
+    // through the parent, whose line comes when it closes.)
+    let log = parent
+        .wait_log_lines(&format!(" socks5 {DEST}:{port} "), 40)
+        .await;
+    let lines = log
+        .lines()
+        .filter(|l| l.contains(&format!(" socks5 {DEST}:{port} ")) && l.contains("outcome=ok"))
+        .count();
+    assert!((40..=60).contains(&lines), "{lines}: {log}");
 }
