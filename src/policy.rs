@@ -103,6 +103,8 @@ pub enum Verdict {
 pub struct Policy {
     allow_clients: Vec<IpNet>,
     rules: Vec<Rule>,
+    /// Whether any rule has a `via`.
+    any_via: bool,
     /// carousel's own listening addresses (listeners and admin): never a destination by accident.
     own: Vec<SocketAddr>,
     /// Whether any rule names users (SOCKS5 then offers username/password).
@@ -147,6 +149,7 @@ impl Policy {
         Self {
             allow_clients: config.access.allow_clients.clone(),
             wants_users: rules.iter().any(|r| !r.users.is_empty()),
+            any_via: rules.iter().any(|r| r.via.is_some()),
             rules,
             own,
         }
@@ -170,6 +173,10 @@ impl Policy {
     /// The cluster of parent proxies the rule labelled `rule` sends its traffic through, if it
     /// names one (`via`).
     pub fn via(&self, rule: &str) -> Option<&str> {
+        // Most configurations have no `via`: no scan on their request path.
+        if !self.any_via {
+            return None;
+        }
         self.rules
             .iter()
             .find(|r| r.label == rule)

@@ -292,6 +292,29 @@ async fn two_parents_share_the_destination_and_a_dead_one_costs_nothing() {
     assert_eq!(fetch(&proxy, "connect", &direct).await.unwrap(), "b11");
     let needle = format!(" connect 127.0.0.11:{port} cluster=- member=127.0.0.11:{port} ");
     assert!(proxy.wait_log(&needle).await, "{}", proxy.log_text());
+    // A parent that accepts and then fails (Squid's 503: it cannot reach a closed port) counts
+    // against it as a failed connect would: after `consecutive_failures` (3) one is ejected.
+    let closed = format!("http://{DEST}:{}/", free_port());
+    let ejections = || async {
+        let mut n = 0.0;
+        for p in &parents {
+            n += proxy
+                .metric(&format!(
+                    "carousel_member_ejections_total{{cluster=\"{PARENTS}\",member=\"{p}\"}}"
+                ))
+                .await;
+        }
+        n
+    };
+    let before = ejections().await;
+    for _ in 0..6 {
+        assert!(fetch(&proxy, "connect", &closed).await.is_err());
+    }
+    assert!(
+        ejections().await > before,
+        "a failing parent was never ejected"
+    );
+    assert!(proxy.wait_log("failed: 503").await, "{}", proxy.log_text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -137,6 +137,11 @@ impl Plan {
         c: &mut crate::dial::Connected,
     ) -> Result<Vec<u8>, super::OpenError> {
         let limit = self.runtime.dial.deadline;
+        let started = std::time::Instant::now();
+        let candidate = Candidate {
+            addr: c.addr,
+            member: c.member.clone(),
+        };
         match crate::parent::open(
             &mut c.stream,
             c.addr,
@@ -147,18 +152,22 @@ impl Plan {
         )
         .await
         {
-            Ok(early) => Ok(early),
+            Ok(early) => {
+                self.reporter()
+                    .success(&candidate, started.elapsed(), false);
+                Ok(early)
+            }
             Err(e) => {
-                if let (crate::parent::ParentError::Failed { reason, .. }, Some(m), Some(cl)) =
-                    (&e, &c.member, &self.cluster)
-                {
-                    m.report_failure(
-                        crate::outcome::Attempt::Refused,
-                        reason,
-                        &cl.cfg.outlier,
-                        crate::cluster::now_ms(),
-                        || cl.may_eject(),
-                    );
+                match &e {
+                    crate::parent::ParentError::Failed { reason, .. } => {
+                        self.reporter()
+                            .failure(&candidate, FailKind::Other, reason, false);
+                    }
+                    // Its answer, not its health: a success for the member.
+                    crate::parent::ParentError::Refused { .. } => {
+                        self.reporter()
+                            .success(&candidate, started.elapsed(), false);
+                    }
                 }
                 Err(super::OpenError::Parent(e))
             }
@@ -279,7 +288,12 @@ impl Attempts for Plan {
 
     /// Records a successful connect to `c` after `took`.
     fn report_success(&self, c: &Candidate, took: Duration) {
-        self.reporter().success(c, took, false);
+        // Through a parent, the connect is half of it: the parent's answer decides
+        // (`through_parent`), so a parent that accepts and then fails every request still
+        // builds up the run of failures that ejects it.
+        if self.via.is_none() {
+            self.reporter().success(c, took, false);
+        }
     }
 
     fn report_late_success(&self, c: &Candidate, took: Duration) {
