@@ -103,8 +103,9 @@ pub struct DialFailure {
 
 /// A connected upstream.
 pub struct Connected {
-    /// The open connection.
-    pub stream: TcpStream,
+    /// The open connection (plain TCP from the dial; TLS once an HTTPS parent's session is
+    /// up).
+    pub stream: crate::tunnel::Upstream,
     /// Which candidate answered.
     pub addr: SocketAddr,
     /// Attempts it took (1 = the first candidate).
@@ -512,7 +513,7 @@ pub async fn dial(
                         plan.report_success(&candidate, started.elapsed());
                         let _ = stream.set_nodelay(true);
                         break Ok(Connected {
-                            stream,
+                            stream: crate::tunnel::Upstream::Tcp(stream),
                             addr: candidate.addr,
                             attempts,
                             member: candidate.member,

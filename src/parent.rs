@@ -1,22 +1,30 @@
 //! Parent proxies: once the dial has connected to a parent (a member of a cluster with
 //! `[cluster.parent]`, picked, checked, ejected and raced like any member), carousel asks it for
-//! the destination, by name and unresolved, so the parent resolves it.
+//! the destination: by name and unresolved, so the parent resolves it, or as the address
+//! carousel picked when the rule says `resolve_destination`. HTTPS parents get the same
+//! requests inside a verified TLS session. (Plain HTTP requests go to HTTP parents in absolute
+//! form, through pingora: `forward`.)
 //!
 //! A parent that answers and says no (a 4xx such as 407 for bad parent credentials or 403, a
-//! SOCKS5 "not allowed") is telling apart from a dead one: its refusal is passed on to the
-//! client (through `reply`) and never counts against the parent. Only a failure to answer (a
-//! 5xx, garbage, a close, no answer in time) counts, as a failed connect does.
+//! SOCKS5 "not allowed") is told apart from a dead one: its refusal is passed on to the client
+//! (through `reply`) and never counts against the parent. Only a failure to answer (a 5xx,
+//! garbage, a close, a failed TLS handshake, no answer in time) counts, as a failed connect
+//! does.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use pingora::utils::tls::WrappedX509;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::ParentProtocol;
 use crate::protocol::{Target, TargetHost};
+use crate::tunnel::Upstream;
 
 /// Largest answer head read from a parent.
 const MAX_HEAD: usize = 16 * 1024;
@@ -55,6 +63,113 @@ impl Credentials {
             )),
         }
     }
+
+    /// The `Proxy-Authorization` value an HTTP parent is sent (Basic).
+    pub fn basic(&self) -> String {
+        let token = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", self.user, self.password));
+        format!("Basic {token}")
+    }
+}
+
+/// How carousel reaches one cluster of parents: what it authenticates with and, for HTTPS
+/// parents, the TLS client that verifies them. Read with the configuration's files, swapped by
+/// a reload.
+#[derive(Debug, Clone, Default)]
+pub struct Link {
+    /// Sent to every parent of the cluster; never a client's.
+    pub credentials: Option<Credentials>,
+    /// For `protocol = "https"`.
+    pub tls: Option<Arc<Tls>>,
+}
+
+/// The TLS side of an HTTPS parent: verified against the configured CAs (or the system's) for
+/// one server name, by carousel's own handshake for tunnels and by pingora's for forwarded
+/// requests.
+pub struct Tls {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    /// The name the parents' certificate must be valid for, sent as SNI.
+    pub sni: String,
+    /// The configured CAs in the form pingora's per-peer store takes (`None`: the system's).
+    pub ca: Option<Arc<[WrappedX509]>>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("sni", &self.sni)
+            .field("own_ca", &self.ca.is_some())
+            .finish()
+    }
+}
+
+impl Tls {
+    /// A client for parents named `sni` whose certificates chain to the CAs of `ca_file` (a
+    /// PEM file), or to the system's roots without one.
+    pub fn load(ca_file: Option<&Path>, sni: &str) -> Result<Self, String> {
+        let name = ServerName::try_from(sni.to_string())
+            .map_err(|e| format!("server name {sni:?}: {e}"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = match ca_file {
+            Some(path) => {
+                let shown = path.display();
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| format!("{shown}: {e}"))?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("{shown}: {e}"))?;
+                if certs.is_empty() {
+                    return Err(format!("{shown}: no PEM certificate in it"));
+                }
+                let mut wrapped = Vec::new();
+                for c in certs {
+                    roots
+                        .add(c.clone())
+                        .map_err(|e| format!("{shown}: a certificate is not a usable CA: {e}"))?;
+                    // pingora's wrapper panics on what its X.509 parser refuses: refused here,
+                    // at load, instead.
+                    let der = c.to_vec();
+                    let w = std::panic::catch_unwind(|| {
+                        WrappedX509::new(der, pingora::utils::tls::parse_x509)
+                    })
+                    .map_err(|_| format!("{shown}: a certificate does not parse as X.509"))?;
+                    wrapped.push(w);
+                }
+                Some(Arc::from(wrapped))
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs()
+                    .map_err(|e| format!("the system's CA certificates: {e}"))?;
+                for c in found {
+                    let _ = roots.add(c);
+                }
+                None
+            }
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self {
+            config: Arc::new(config),
+            name,
+            sni: sni.to_string(),
+            ca,
+        })
+    }
+
+    /// The TLS session to a parent over a plain connection to it.
+    async fn connect(&self, stream: Upstream) -> std::io::Result<Upstream> {
+        let tcp = match stream {
+            Upstream::Tcp(s) => s,
+            tls @ Upstream::Tls(_) => return Ok(tls),
+        };
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        let s = connector.connect(self.name.clone(), tcp).await?;
+        Ok(Upstream::Tls(Box::new(s)))
+    }
 }
 
 /// How asking a parent for the destination failed.
@@ -79,22 +194,39 @@ pub enum ParentError {
     },
 }
 
-/// Asks the parent on `stream` for `target` within `limit`. On success returns the bytes the
-/// parent sent after its answer (the destination's first bytes, for the client).
+/// Asks the parent on `stream` for `target` within `limit` (for an HTTPS parent, inside the
+/// TLS session it first sets up). On success returns the stream to the destination and the
+/// bytes the parent sent after its answer (the destination's first, for the client).
 pub async fn open(
-    stream: &mut TcpStream,
+    stream: Upstream,
     parent: SocketAddr,
     protocol: ParentProtocol,
     target: &Target,
-    credentials: Option<&Credentials>,
+    link: &Link,
     limit: Duration,
-) -> Result<Vec<u8>, ParentError> {
+) -> Result<(Upstream, Vec<u8>), ParentError> {
     let failed = |reason: String| ParentError::Failed { parent, reason };
-    let work = async {
-        match protocol {
-            ParentProtocol::Http => http_connect(stream, parent, target, credentials).await,
-            ParentProtocol::Socks5 => socks5_connect(stream, parent, target, credentials).await,
-        }
+    let credentials = link.credentials.as_ref();
+    let work = async move {
+        let mut stream = match (&link.tls, protocol) {
+            (Some(tls), ParentProtocol::Https) => tls
+                .connect(stream)
+                .await
+                .map_err(|e| failed(format!("TLS: {e}")))?,
+            (None, ParentProtocol::Https) => {
+                return Err(failed("no TLS client for an https parent".into()))
+            }
+            _ => stream,
+        };
+        let early = match protocol {
+            ParentProtocol::Http | ParentProtocol::Https => {
+                http_connect(&mut stream, parent, target, credentials).await?
+            }
+            ParentProtocol::Socks5 => {
+                socks5_connect(&mut stream, parent, target, credentials).await?
+            }
+        };
+        Ok((stream, early))
     };
     match tokio::time::timeout(limit, work).await {
         Ok(r) => r,
@@ -103,8 +235,8 @@ pub async fn open(
 }
 
 /// `CONNECT host:port` to an HTTP parent.
-async fn http_connect(
-    stream: &mut TcpStream,
+async fn http_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     parent: SocketAddr,
     target: &Target,
     credentials: Option<&Credentials>,
@@ -113,9 +245,7 @@ async fn http_connect(
     let authority = target.to_string();
     let mut head = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
     if let Some(c) = credentials {
-        let token =
-            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.user, c.password));
-        head.push_str(&format!("Proxy-Authorization: Basic {token}\r\n"));
+        head.push_str(&format!("Proxy-Authorization: {}\r\n", c.basic()));
     }
     head.push_str("\r\n");
     stream
@@ -153,8 +283,8 @@ async fn http_connect(
 }
 
 /// SOCKS5 CONNECT by name (or address) to a SOCKS5 parent (RFC 1928, RFC 1929).
-async fn socks5_connect(
-    stream: &mut TcpStream,
+async fn socks5_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     parent: SocketAddr,
     target: &Target,
     credentials: Option<&Credentials>,

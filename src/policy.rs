@@ -14,6 +14,7 @@ use crate::protocol::TargetHost;
 struct Rule {
     label: String,
     via: Option<String>,
+    resolve_destination: bool,
     action: Action,
     clients: Vec<IpNet>,
     users: Vec<String>,
@@ -136,6 +137,7 @@ impl Policy {
                 },
                 action: r.action,
                 via: r.via.as_deref().map(crate::config::normalize_name),
+                resolve_destination: r.resolve_destination,
                 clients: r.clients.clone(),
                 users: r.users.clone(),
                 destinations: r.destinations.clone(),
@@ -171,8 +173,9 @@ impl Policy {
     }
 
     /// The cluster of parent proxies the rule labelled `rule` sends its traffic through, if it
-    /// names one (`via`).
-    pub fn via(&self, rule: &str) -> Option<&str> {
+    /// names one (`via`), and whether carousel resolves the destination for them
+    /// (`resolve_destination`).
+    pub fn via(&self, rule: &str) -> Option<(&str, bool)> {
         // Most configurations have no `via`: no scan on their request path.
         if !self.any_via {
             return None;
@@ -180,7 +183,7 @@ impl Policy {
         self.rules
             .iter()
             .find(|r| r.label == rule)
-            .and_then(|r| r.via.as_deref())
+            .and_then(|r| Some((r.via.as_deref()?, r.resolve_destination)))
     }
 
     /// Before resolution: may `client` (as `user`) go to `host:port` at all? A name that only

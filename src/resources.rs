@@ -18,8 +18,8 @@ pub struct Resources {
     pub users: Users,
     /// The certificate and key of each TLS listener, by listener address.
     pub certs: HashMap<SocketAddr, Arc<CertifiedKey>>,
-    /// What carousel authenticates to each cluster of parents with, by cluster name.
-    pub parents: HashMap<String, crate::parent::Credentials>,
+    /// How carousel reaches each cluster of parents (credentials, TLS), by cluster name.
+    pub parents: HashMap<String, Arc<crate::parent::Link>>,
 }
 
 impl Resources {
@@ -48,12 +48,25 @@ impl Resources {
         };
         let mut parents = HashMap::new();
         for (i, c) in config.clusters.iter().enumerate() {
-            let Some(path) = c.parent.as_ref().and_then(|p| p.credentials_file.as_ref()) else {
-                continue;
-            };
-            let creds = crate::parent::Credentials::load(path)
-                .map_err(|e| config.invalid(&format!("cluster[{i}].parent.credentials_file"), e))?;
-            parents.insert(c.name.clone(), creds);
+            let Some(p) = &c.parent else { continue };
+            let mut link = crate::parent::Link::default();
+            if let Some(path) = &p.credentials_file {
+                link.credentials = Some(crate::parent::Credentials::load(path).map_err(|e| {
+                    config.invalid(&format!("cluster[{i}].parent.credentials_file"), e)
+                })?);
+            }
+            if p.protocol == crate::config::ParentProtocol::Https {
+                let sni = p.tls_server_name.as_deref().unwrap_or(&c.name);
+                let key = if p.ca_file.is_some() {
+                    "ca_file"
+                } else {
+                    "protocol"
+                };
+                let tls = crate::parent::Tls::load(p.ca_file.as_deref(), sni)
+                    .map_err(|e| config.invalid(&format!("cluster[{i}].parent.{key}"), e))?;
+                link.tls = Some(Arc::new(tls));
+            }
+            parents.insert(c.name.clone(), Arc::new(link));
         }
         Ok(Resources {
             users,

@@ -22,7 +22,7 @@ fn ip4(last: u8) -> Ipv4Addr {
 
 /// One Squid on `ip:port`, forwarding CONNECT (to any port) and plain requests for loopback
 /// clients, `DEST` resolved from its own hosts file; `auth`: Basic with the user `branch`,
-/// password `right` (basic_ncsa_auth).
+/// password `right` (basic_ncsa_auth); `rules`: more `http_access` lines, first.
 struct Squid {
     child: Option<tokio::process::Child>,
     dir: PathBuf,
@@ -31,6 +31,16 @@ struct Squid {
 
 impl Squid {
     async fn start(ip: Ipv4Addr, port: u16, backend: Ipv4Addr, auth: bool) -> Squid {
+        Self::start_with(ip, port, backend, auth, "").await
+    }
+
+    async fn start_with(
+        ip: Ipv4Addr,
+        port: u16,
+        backend: Ipv4Addr,
+        auth: bool,
+        rules: &str,
+    ) -> Squid {
         let dir =
             std::env::temp_dir().join(format!("carousel-squid-{}-{ip}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -57,6 +67,7 @@ impl Squid {
         let conf = format!(
             "http_port {ip}:{port}\n\
              acl localnet src 127.0.0.0/8\n\
+             {rules}\
              {auth_conf}\
              http_access allow localnet\n\
              http_access deny all\n\
@@ -353,7 +364,23 @@ async fn a_parent_that_refuses_is_not_ejected_and_the_client_gets_502() {
         .await;
         assert_eq!(out.stdout_str().trim(), "502", "{}", out.stderr);
     }
-    // Told apart from a dead parent: never ejected, though 5 > consecutive_failures.
+    // Plain HTTP goes to the parent in absolute form: its 407 is answered 502 too (the client
+    // could not answer a challenge about carousel's credentials).
+    for _ in 0..3 {
+        let out = curl(&[
+            "-sS",
+            "-x",
+            &http,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ])
+        .await;
+        assert_eq!(out.stdout_str().trim(), "502", "{}", out.stderr);
+    }
+    // Told apart from a dead parent: never ejected, though 8 > consecutive_failures.
     let ejections = proxy
         .metric(&format!(
             "carousel_member_ejections_total{{cluster=\"{PARENTS}\",member=\"{}\"}}",
@@ -436,4 +463,252 @@ async fn a_socks5_parent_is_handed_the_name() {
         .filter(|l| l.contains(&format!(" socks5 {DEST}:{port} ")) && l.contains("outcome=ok"))
         .count();
     assert!((40..=60).contains(&lines), "{lines}: {log}");
+}
+
+/// Plain HTTP goes to an HTTP parent as it came, in absolute form, with carousel's credentials
+/// and never the client's: a Squid that refuses every CONNECT (and requires Basic) serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_goes_to_an_http_parent_in_absolute_form() {
+    let dns = DnsServer::start().await;
+    dns.set_a(PARENTS, &[ip4(46)], 30);
+    let (port, _backends) = Backend::start_set(&[IpAddr::V4(ip4(11))], &["b11"]).await;
+    let squid_port = free_port();
+    let squid = Squid::start_with(
+        ip4(46),
+        squid_port,
+        ip4(11),
+        true,
+        "acl CONNECT method CONNECT\nhttp_access deny CONNECT\n",
+    )
+    .await;
+    let creds = squid.dir.join("carousel-creds");
+    std::fs::write(&creds, "branch:right\n").unwrap();
+    let extra = parents_cluster(
+        squid_port,
+        &format!("credentials_file = \"{}\"\n", creds.display()),
+    );
+    let proxy = Carousel::start_with_access(dns.addr(), &access(PARENTS), &extra).await;
+    until_ready(&proxy).await;
+    let url = format!("http://{DEST}:{port}/");
+    let http = format!("http://{}", proxy.http);
+    // The client's own proxy credentials (carousel has no users file, so they are ignored)
+    // never reach the parent: had they, Squid would refuse them.
+    for _ in 0..20 {
+        let out = curl(&["-sS", "-x", &http, "-U", "client:guess", &url]).await;
+        assert_eq!(out.stdout_str().trim(), "b11", "{}", out.stderr);
+    }
+    // The same parent refuses CONNECT (403): the client gets 502 and the parent is not
+    // ejected for its answer.
+    for _ in 0..4 {
+        let out = curl(&[
+            "-sS",
+            "-p",
+            "-x",
+            &http,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_connect}",
+            &url,
+        ])
+        .await;
+        assert_eq!(out.stdout_str().trim(), "502", "{}", out.stderr);
+    }
+    assert!(proxy.wait_log("refused: 403").await, "{}", proxy.log_text());
+    let ejections = proxy
+        .metric(&format!(
+            "carousel_member_ejections_total{{cluster=\"{PARENTS}\",member=\"{}\"}}",
+            squid.addr
+        ))
+        .await;
+    assert_eq!(ejections, 0.0);
+    // Plain HTTP still served after the refusals.
+    let out = curl(&["-sS", "-x", &http, &url]).await;
+    assert_eq!(out.stdout_str().trim(), "b11", "{}", out.stderr);
+    assert!(
+        !proxy.log_text().contains("right"),
+        "a credential was logged"
+    );
+}
+
+/// With `resolve_destination`, carousel resolves the destination (its DNS has two addresses
+/// the parents' do not) and hands each request's parent the next address: the destination's
+/// load is spread, 30 ± 3 of 60, over CONNECT, SOCKS5 and forward. Then a parent blackholed:
+/// no request fails, and none waits much more than one attempt delay. (The rule names the
+/// addresses too: they are loopback, which the policy guards unless a rule names it, as it
+/// would for a name resolved for a direct connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolved_destinations_rotate_and_a_blackholed_parent_costs_one_attempt_delay() {
+    const SPREAD: &str = "spread.parents.test";
+    let dns = DnsServer::start().await;
+    dns.set_a(PARENTS, &[ip4(44), ip4(45)], 30);
+    dns.set_a(SPREAD, &[ip4(11), ip4(12)], 30);
+    let ips = [IpAddr::V4(ip4(11)), IpAddr::V4(ip4(12))];
+    let (port, _backends) = Backend::start_set(&ips, &["b11", "b12"]).await;
+    let squid_port = free_port();
+    let mut squids = [
+        Squid::start(ip4(44), squid_port, ip4(11), false).await,
+        Squid::start(ip4(45), squid_port, ip4(11), false).await,
+    ];
+    let access = access(PARENTS).replace(
+        "[[access.rule]]\nname = \"direct\"",
+        &format!(
+            "[[access.rule]]\nname = \"spread\"\naction = \"allow\"\n\
+             destinations = [\"{SPREAD}\", \"127.0.0.11/32\", \"127.0.0.12/32\"]\n\
+             via = \"{PARENTS}\"\nresolve_destination = true\n\
+             [[access.rule]]\nname = \"direct\""
+        ),
+    );
+    let proxy = Carousel::start_with_access(
+        dns.addr(),
+        &access,
+        &parents_cluster(squid_port, "").replace(
+            "[cluster.health]",
+            "[cluster.outlier]\nconsecutive_failures = 1\n[cluster.health]",
+        ),
+    )
+    .await;
+    until_ready(&proxy).await;
+    let url = format!("http://{SPREAD}:{port}/");
+    for mode in ["connect", "socks5", "forward"] {
+        let mut got = [0usize; 2];
+        for _ in 0..60 {
+            match fetch(&proxy, mode, &url).await.as_deref() {
+                Ok("b11") => got[0] += 1,
+                Ok("b12") => got[1] += 1,
+                other => panic!("{mode}: {other:?}\n{}", proxy.log_text()),
+            }
+        }
+        assert!(
+            got.iter().all(|n| (27..=33).contains(n)),
+            "{mode}: per destination address {got:?}"
+        );
+    }
+    // The access line names the destination as the client gave it.
+    let needle = format!(" connect {SPREAD}:{port} cluster={PARENTS} member=");
+    assert!(proxy.wait_log(&needle).await, "{}", proxy.log_text());
+    // A parent blackholed (its port accepts nothing: connects hang, as to a dead host).
+    squids[0].kill().await;
+    let _hole = carousel::testbed::blackhole::Blackhole::new(squids[0].addr).unwrap();
+    let mut slowest = Duration::ZERO;
+    for i in 0..30 {
+        let t = Instant::now();
+        let r = fetch(&proxy, "connect", &url).await;
+        assert!(r.is_ok(), "request {i}: {r:?}\n{}", proxy.log_text());
+        slowest = slowest.max(t.elapsed());
+    }
+    // The attempt delay is 250 ms: the race starts the other parent then, and the blackholed
+    // one is ejected after its first failure. (A bound 4x that, for a loaded machine; without
+    // the race a request would wait for the 300 ms connect timeout and retry, without the
+    // ejection every other request would.)
+    assert!(
+        slowest < Duration::from_millis(1000),
+        "slowest request {slowest:?}"
+    );
+    let timeouts = proxy
+        .metric(&format!(
+            "carousel_connect_attempts_total{{cluster=\"{PARENTS}\",member=\"{}\",result=\"timeout\"}}",
+            squids[0].addr
+        ))
+        .await;
+    assert!(
+        timeouts <= 2.0,
+        "the blackholed parent was tried {timeouts} times"
+    );
+}
+
+/// A CA and a certificate for `name` (and 127.0.0.1) signed by it: (CA, cert, key) files.
+fn make_ca(dir: &std::path::Path, tag: &str, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        format!("carousel parents CA {tag}"),
+    );
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(ip4(1))));
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = (
+        dir.join(format!("ca-{tag}.pem")),
+        dir.join(format!("cert-{tag}.pem")),
+        dir.join(format!("key-{tag}.pem")),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// An HTTPS parent (a second carousel's TLS listener, an HTTPS proxy): reached over TLS verified
+/// against the configured CA, for CONNECT, SOCKS5 and forwarded requests; a parent whose
+/// certificate another CA signed is never used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_parent_is_reached_over_verified_tls() {
+    let dir = std::env::temp_dir().join(format!("carousel-https-parent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = make_ca(&dir, "right", PARENTS);
+    let (other_ca, _, _) = make_ca(&dir, "other", PARENTS);
+    let parent_dns = DnsServer::start().await;
+    parent_dns.set_a(DEST, &[ip4(11)], 30);
+    let (port, _backends) = Backend::start_set(&[IpAddr::V4(ip4(11))], &["b11"]).await;
+    let tls_port = free_port();
+    let parent = Carousel::start(
+        parent_dns.addr(),
+        &format!(
+            "[[listener]]\naddress = \"127.0.0.1:{tls_port}\"\nprotocols = [\"http\"]\n\
+             tls = {{ cert = \"{}\", key = \"{}\" }}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await;
+    parent
+        .wait_listening(format!("127.0.0.1:{tls_port}").parse().unwrap())
+        .await;
+    let dns = DnsServer::start().await;
+    dns.set_a(PARENTS, &[ip4(1)], 30);
+    let cluster = |ca: &std::path::Path| {
+        parents_cluster(tls_port, &format!("ca_file = \"{}\"\n", ca.display()))
+            .replace("\"http\"", "\"https\"")
+    };
+    let proxy = Carousel::start_with_access(dns.addr(), &access(PARENTS), &cluster(&ca)).await;
+    until_ready(&proxy).await;
+    let url = format!("http://{DEST}:{port}/");
+    for mode in ["connect", "socks5", "forward"] {
+        for i in 0..10 {
+            let r = fetch(&proxy, mode, &url).await;
+            assert_eq!(r.as_deref(), Ok("b11"), "{mode} {i}\n{}", proxy.log_text());
+        }
+    }
+    // Every one of them reached the parent's TLS listener (its access lines: one per tunnel,
+    // the forwarded ones on kept-alive connections, logged as requests).
+    let log = parent.wait_log_lines(&format!("{DEST}:{port}"), 30).await;
+    assert!(
+        log.lines()
+            .filter(|l| l.contains(&format!("{DEST}:{port}")))
+            .count()
+            >= 30,
+        "{log}"
+    );
+    // Verified: with another CA, the parent's certificate is refused and nothing is sent.
+    let wrong =
+        Carousel::start_with_access(dns.addr(), &access(PARENTS), &cluster(&other_ca)).await;
+    until_ready(&wrong).await;
+    for mode in ["connect", "forward"] {
+        let r = fetch(&wrong, mode, &url).await;
+        assert_ne!(
+            r.as_deref(),
+            Ok("b11"),
+            "{mode}: served through an unverified parent"
+        );
+    }
+    assert!(wrong.wait_log("TLS").await, "{}", wrong.log_text());
+    let _ = std::fs::remove_dir_all(&dir);
 }

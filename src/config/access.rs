@@ -113,6 +113,11 @@ pub struct RuleSection {
     /// with a `[cluster.parent]`), destination name unresolved; unset: carousel connects itself.
     #[serde(default)]
     pub via: Option<String>,
+    /// With `via`: carousel resolves the destination and hands the parent an address, a new one
+    /// per request in rotation (a cluster's usable members, or a name's addresses), so the
+    /// destination's load is spread even when the parent's own DNS cache would pin it.
+    #[serde(default)]
+    pub resolve_destination: bool,
 }
 
 /// Limits that keep one client, or a flood, from taking the proxy down.

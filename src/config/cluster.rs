@@ -231,14 +231,26 @@ pub struct ParentSection {
     /// parent, username/password for SOCKS5. Never a client's credentials, never logged.
     #[serde(default)]
     pub credentials_file: Option<std::path::PathBuf>,
+    /// PEM file of the CAs an `https` parent's certificate must chain to (unset: the system's
+    /// roots). A corporate parent usually has the company's own CA.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The name an `https` parent's certificate must be valid for, sent as SNI (default: the
+    /// cluster's name).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
 }
 
 /// The protocol of a parent proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ParentProtocol {
-    /// An HTTP proxy: `CONNECT host:port` (Squid's `cache_peer ... parent`).
+    /// An HTTP proxy: `CONNECT host:port` for tunnels, absolute-form requests for plain HTTP
+    /// (Squid's `cache_peer ... parent`).
     Http,
+    /// An HTTP proxy reached over TLS (an "HTTPS proxy"): the same requests inside a TLS session
+    /// whose certificate is verified against `ca_file`.
+    Https,
     /// A SOCKS5 proxy: CONNECT by domain name (the parent resolves).
     Socks5,
 }

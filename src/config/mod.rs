@@ -262,6 +262,23 @@ impl Config {
                     "another cluster has this name",
                 );
             }
+            if let Some(p) = c
+                .parent
+                .as_ref()
+                .filter(|p| p.protocol != ParentProtocol::Https)
+            {
+                for (key, set) in [
+                    ("ca_file", p.ca_file.is_some()),
+                    ("tls_server_name", p.tls_server_name.is_some()),
+                ] {
+                    if set {
+                        return invalid(
+                            format!("cluster[{i}].parent.{key}"),
+                            "only an https parent is reached over TLS",
+                        );
+                    }
+                }
+            }
             if c.parent.is_some() && c.ports.is_empty() {
                 return invalid(
                     format!("cluster[{i}].ports"),
@@ -270,7 +287,15 @@ impl Config {
             }
         }
         for (i, r) in self.access.rules.iter().enumerate() {
-            let Some(via) = &r.via else { continue };
+            let Some(via) = &r.via else {
+                if r.resolve_destination {
+                    return invalid(
+                        format!("access.rule[{i}].resolve_destination"),
+                        "only a rule with `via` hands its parents a resolved destination",
+                    );
+                }
+                continue;
+            };
             let key = format!("access.rule[{i}].via");
             if r.action != Action::Allow {
                 return invalid(key, "only an allow rule sends traffic via parents");

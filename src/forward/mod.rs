@@ -172,7 +172,11 @@ impl ProxyHttp for Forwarder {
         ctx.target = Some(a.target);
         ctx.authority = a.authority;
         ctx.path = a.path;
-        ctx.plan = Some(a.plan);
+        let mut plan = a.plan;
+        // Plain HTTP goes to HTTP(S) parents as it came, in absolute form (a CONNECT to port
+        // 80 is what a parent's default rules refuse: Squid's `deny CONNECT !SSL_ports`).
+        plan.send_absolute();
+        ctx.plan = Some(plan);
         ctx.deadline = Some(Instant::now() + rt.dial.deadline);
         ctx.dial = Some(rt.dial);
         ctx.response_timeout = response_timeout;
@@ -221,15 +225,25 @@ impl ProxyHttp for Forwarder {
                 "no candidates left",
             ));
         };
-        // Through a parent, a connection is to one destination: the destination is part of the
-        // peer's pooling key (its SNI, unused without TLS), so a pooled connection CONNECTed to
-        // one destination is never reused for another.
-        let key = plan
-            .via
-            .as_ref()
-            .map(|v| v.target.to_string())
-            .unwrap_or_default();
-        let mut peer = HttpPeer::new(first.addr, false, key);
+        let mut peer = match &plan.via {
+            // Absolute form to an HTTP(S) parent: a connection to it serves any destination, so
+            // it is pooled per parent; an HTTPS parent's certificate is verified for its name.
+            Some(v) if v.absolute => {
+                let tls = v.link.tls.as_ref();
+                let mut peer = HttpPeer::new(
+                    first.addr,
+                    tls.is_some(),
+                    tls.map(|t| t.sni.clone()).unwrap_or_default(),
+                );
+                peer.options.ca = tls.and_then(|t| t.ca.clone());
+                peer
+            }
+            // Tunnelled through a SOCKS5 parent, a connection is to one destination: the
+            // destination is part of the peer's pooling key (its SNI, unused without TLS), so a
+            // pooled connection opened to one destination is never reused for another.
+            Some(v) => HttpPeer::new(first.addr, false, v.target.to_string()),
+            None => HttpPeer::new(first.addr, false, String::new()),
+        };
         // The race bounds each attempt (`per_attempt`) and all of them (what is left of the
         // request's deadline, for a retry after a stale pooled connection too).
         let settings = DialSettings {
@@ -262,6 +276,27 @@ impl ProxyHttp for Forwarder {
             Some(Ended::Failed(f)) => {
                 ctx.attempts += f.attempts;
                 f
+            }
+            Some(Ended::Parent(_, attempts, err)) => {
+                ctx.attempts += attempts;
+                ctx.error = Some(err);
+                e.set_retry(false);
+                return e;
+            }
+            // Connected, then pingora's TLS handshake with an HTTPS parent failed: the parent's
+            // failure, as a failed connect would be.
+            Some(Ended::Won(c, attempts)) => {
+                ctx.attempts += attempts;
+                let detail = format!("TLS to parent {}: {e}", c.addr);
+                if let Some(plan) = &ctx.plan {
+                    plan.report_failure(&c, FailKind::Other, &detail);
+                }
+                DialFailure {
+                    kind: FailKind::Other,
+                    attempts,
+                    detail,
+                    cluster: String::new(),
+                }
             }
             // pingora failed before or after the connector (not a connect of ours): say so.
             _ => {
@@ -325,7 +360,18 @@ impl ProxyHttp for Forwarder {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        req.set_raw_path(ctx.path.as_bytes())?;
+        let absolute = ctx
+            .plan
+            .as_ref()
+            .and_then(|p| p.via.as_ref())
+            .filter(|v| v.absolute);
+        match absolute {
+            // To an HTTP(S) parent: the destination in the request line (the address carousel
+            // picked, with `resolve_destination`; `Host` keeps the name).
+            Some(v) => req.set_raw_path(format!("http://{}{}", v.target, ctx.path).as_bytes())?,
+            None => req.set_raw_path(ctx.path.as_bytes())?,
+        }
+        let parent_auth = absolute.and_then(|v| v.link.credentials.as_ref().map(|c| c.basic()));
         let proxy_headers: Vec<String> = req
             .headers
             .keys()
@@ -334,6 +380,10 @@ impl ProxyHttp for Forwarder {
             .collect();
         for name in proxy_headers {
             req.remove_header(&name);
+        }
+        // carousel's own credentials for the parent, never the client's.
+        if let Some(auth) = parent_auth {
+            req.insert_header("Proxy-Authorization", auth)?;
         }
         if req.headers.get("host").is_none() && !ctx.authority.is_empty() {
             // Absent, or replaced by the target's authority (RFC 9112 §3.2.2).
@@ -357,6 +407,30 @@ impl ProxyHttp for Forwarder {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // An HTTP parent's 407 is about carousel's credentials: the client, who could not
+        // answer it, gets 502 with the parent's reason (and the parent is not held to it).
+        if resp.status.as_u16() == 407 {
+            if let (Some(c), true) = (
+                &ctx.connected,
+                ctx.plan
+                    .as_ref()
+                    .and_then(|p| p.via.as_ref())
+                    .is_some_and(|v| v.absolute),
+            ) {
+                let e = crate::parent::ParentError::Refused {
+                    parent: c.addr,
+                    reason: format!(
+                        "407 {}",
+                        resp.status
+                            .canonical_reason()
+                            .unwrap_or("Proxy Authentication Required")
+                    ),
+                };
+                let line = e.to_string();
+                ctx.error = Some(OpenError::Parent(e));
+                return Err(Error::explain(ErrorType::HTTPStatus(502), line));
+            }
+        }
         let size = head_size(resp);
         if resp.status.is_informational() && resp.status.as_u16() != 101 {
             ctx.informational.0 += 1;

@@ -17,7 +17,8 @@ use pingora::protocols::l4::stream::Stream;
 use pingora::{Error, ErrorType, Result};
 
 use crate::dial::{self, Attempts, Candidate, DialFailure, DialSettings, FailKind};
-use crate::session::Plan;
+use crate::session::{OpenError, Plan};
+use crate::tunnel::Upstream;
 
 /// How one request's connect ended, for the callbacks after it.
 pub enum Ended {
@@ -27,6 +28,9 @@ pub enum Ended {
     Failed(DialFailure),
     /// pingora reused a pooled connection to the first candidate: no race ran.
     Unused(Candidate),
+    /// This parent was connected (after this many attempts) and then failed or refused to open
+    /// the destination: its outcome is already reported, and the error is the client's answer.
+    Parent(Candidate, u32, OpenError),
 }
 
 struct State {
@@ -136,7 +140,7 @@ impl L4Connect for Race {
                 "the request's connect already ran",
             ));
         };
-        let mut result = dial::dial(
+        let result = dial::dial(
             &mut FirstThen {
                 first,
                 plan: &mut plan,
@@ -144,15 +148,29 @@ impl L4Connect for Race {
             self.settings,
         )
         .await;
-        // Through a parent: CONNECT to the destination first; pingora then speaks HTTP to it.
-        let mut parent_error = None;
-        if let (Ok(c), Some(via)) = (result.as_mut(), plan.via.clone()) {
-            match plan.through_parent(&via, c).await {
-                Ok(early) if early.is_empty() => {}
-                Ok(_) => parent_error = Some("the parent sent bytes before the request".into()),
-                Err(e) => parent_error = Some(e.to_string()),
+        // Through a SOCKS5 parent (or to a resolved destination): the destination asked for
+        // first; pingora then speaks HTTP to it. (Otherwise HTTP(S) parents take the request
+        // itself, in absolute form.)
+        let result = match (result, plan.via.clone().filter(|v| !v.absolute)) {
+            (Ok(c), Some(via)) => {
+                let won = Candidate {
+                    addr: c.addr,
+                    member: c.member.clone(),
+                };
+                let attempts = c.attempts;
+                match plan.through_parent(&via, c).await {
+                    Ok(c) if c.from_parent.is_empty() => Ok(c),
+                    Ok(_) => Err(Ended::Parent(
+                        won,
+                        attempts,
+                        OpenError::BadResponse("the parent sent bytes before the request".into()),
+                    )),
+                    Err(e) => Err(Ended::Parent(won, attempts, e)),
+                }
             }
-        }
+            (Ok(c), None) => Ok(c),
+            (Err(f), _) => Err(Ended::Failed(f)),
+        };
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.plan = Some(plan);
         match result {
@@ -162,15 +180,29 @@ impl L4Connect for Race {
                     member: c.member,
                 };
                 s.ended = Some(Ended::Won(won, c.attempts));
-                match parent_error {
-                    None => Ok(Stream::from(c.stream)),
-                    Some(why) => Err(Error::explain(ErrorType::ConnectProxyFailure, why)),
+                match c.stream {
+                    Upstream::Tcp(tcp) => Ok(Stream::from(tcp)),
+                    // pingora's connector takes plain TCP: an HTTPS parent carries tunnels, and
+                    // serves plain HTTP only in absolute form (not to resolved destinations).
+                    Upstream::Tls(_) => Err(Error::explain(
+                        ErrorType::ConnectProxyFailure,
+                        "plain HTTP to a resolved destination cannot go through an https parent",
+                    )),
                 }
             }
-            Err(f) => {
+            Err(Ended::Parent(won, attempts, e)) => {
+                let err = Error::explain(ErrorType::ConnectProxyFailure, e.to_string());
+                s.ended = Some(Ended::Parent(won, attempts, e));
+                Err(err)
+            }
+            Err(Ended::Failed(f)) => {
                 let e = Error::explain(error_type(f.kind), f.to_string());
                 s.ended = Some(Ended::Failed(f));
                 Err(e)
+            }
+            Err(other) => {
+                s.ended = Some(other);
+                Err(Error::explain(ErrorType::ConnectError, "connect failed"))
             }
         }
     }

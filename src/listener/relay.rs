@@ -124,14 +124,14 @@ impl Listener {
             };
             *stopped_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
         };
-        let stats = match tunnel::tcp_of(&client) {
-            Some(raw) => {
+        let stats = match (tunnel::tcp_of(&client), up.stream.plain()) {
+            (Some(raw), Some(upstream)) => {
                 // The duplicate is all the tunnel needs: closing Pingora's descriptor keeps the
                 // tunnel at two descriptors (client and upstream).
                 drop(client);
-                tunnel::run_tcp(&raw, &up.stream, early, opts, stop).await
+                tunnel::run_tcp(&raw, upstream, early, opts, stop).await
             }
-            None => tunnel::run(&mut client, &mut up.stream, early, opts.idle, stop).await,
+            _ => tunnel::run(&mut client, &mut up.stream, early, opts.idle, stop).await,
         };
         let stopped_by = *stopped_by.lock().unwrap_or_else(|e| e.into_inner());
         let outcome = match (stats.stopped, stopped_by) {

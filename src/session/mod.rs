@@ -49,8 +49,9 @@ pub struct Proxy {
     pub access_log: ArcSwap<AccessLog>,
     /// The last minute of per-member request and failure rates, for the status page.
     pub history: crate::history::History,
-    /// What carousel authenticates to each cluster of parent proxies with (replaced by a reload).
-    pub parents: ArcSwap<HashMap<String, crate::parent::Credentials>>,
+    /// How carousel reaches each cluster of parent proxies: credentials, TLS (replaced by a
+    /// reload).
+    pub parents: ArcSwap<HashMap<String, Arc<crate::parent::Link>>>,
     draining: std::sync::atomic::AtomicBool,
 }
 
@@ -178,9 +179,16 @@ impl Proxy {
         };
         let clusters = self.clusters.load();
         // A rule that sends its traffic via parents: the candidates are the parents (rotated,
-        // checked, ejected like members), and the destination goes to them by name.
-        if let Some(via) = runtime.policy.via(&rule) {
-            let (via, parents, source) = self.via_parents(via, target, &runtime).await?;
+        // checked, ejected like members), and the destination goes to them by name, or as the
+        // address this request's rotation picks when the rule says `resolve_destination`.
+        if let Some((via, resolve)) = runtime.policy.via(&rule) {
+            let dest = if resolve {
+                self.pick_destination(who, target, &runtime).await?
+            } else {
+                target.clone()
+            };
+            let (mut via, parents, source) = self.via_parents(via, &dest, &runtime).await?;
+            via.resolved = resolve && dest.host != target.host;
             let mut plan = Plan::start(rule, source, runtime, self.failures.clone(), who.clone());
             plan.via = Some(via);
             plan.cluster = Some(parents);
@@ -276,9 +284,71 @@ impl Proxy {
                 .parent
                 .as_ref()
                 .map_or(crate::config::ParentProtocol::Http, |p| p.protocol),
-            credentials: self.parents.load().get(via).cloned(),
+            link: self.parents.load().get(via).cloned().unwrap_or_default(),
+            resolved: false,
+            absolute: false,
         };
         Ok((via, parents, source))
+    }
+
+    /// The address a `resolve_destination` rule hands its parents for `target`: a configured
+    /// cluster's next usable member, or the next of a name's addresses (recently failed ones
+    /// last), in rotation per request. The policy is applied to the address, as to any
+    /// resolved name (a name pointing at a guarded address is refused).
+    async fn pick_destination(
+        &self,
+        who: &Requester,
+        target: &Target,
+        runtime: &Runtime,
+    ) -> Result<Target, OpenError> {
+        let TargetHost::Name(name) = &target.host else {
+            return Ok(target.clone());
+        };
+        let cluster = self
+            .clusters
+            .load()
+            .get(name)
+            .filter(|c| c.serves_port(target.port) && c.cfg.parent.is_none())
+            .cloned();
+        let picked = match cluster {
+            Some(c) => match self.cluster_source(&c, runtime, target).await? {
+                Source::Cluster(mut picks) => picks.next().map(|m| m.addr),
+                _ => None,
+            },
+            None => {
+                let resolved = self.resolver.resolve(name).await?;
+                let all: Vec<SocketAddr> = resolved
+                    .addrs
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, target.port))
+                    .collect();
+                self.failures
+                    .plan(
+                        &all,
+                        resolved.start,
+                        runtime.config.dial.prefer_family,
+                        resolved.failovers.clone(),
+                    )
+                    .next()
+            }
+        };
+        let Some(addr) = picked else {
+            return Err(OpenError::NoMembers {
+                cluster: name.clone(),
+                dns: None,
+            });
+        };
+        let client = who.client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        match runtime
+            .policy
+            .check_address(client, who.user.as_deref(), Some(name), addr)
+        {
+            Verdict::Allow(_) => Ok(Target {
+                host: TargetHost::Ip(addr.ip()),
+                port: addr.port(),
+            }),
+            _ => Err(OpenError::Denied(Refusal::NoAllowedAddress(name.clone()))),
+        }
     }
 
     /// A configured cluster's candidates for `target`: its usable members in rotation, waiting
@@ -318,8 +388,8 @@ impl Proxy {
                 })
             }
         };
-        if let Some(via) = &plan.via {
-            c.from_parent = plan.through_parent(via, &mut c).await?;
+        if let Some(via) = plan.via.clone() {
+            c = plan.through_parent(&via, c).await?;
         }
         Ok((c, plan.rule))
     }

@@ -98,8 +98,14 @@ pub struct Via {
     pub target: crate::protocol::Target,
     /// What the parents speak.
     pub protocol: crate::config::ParentProtocol,
-    /// What carousel authenticates to them with.
-    pub credentials: Option<crate::parent::Credentials>,
+    /// How carousel reaches them (credentials, TLS).
+    pub link: Arc<crate::parent::Link>,
+    /// `target` is the address carousel picked (`resolve_destination`), not the client's name.
+    pub resolved: bool,
+    /// Sent as an absolute-form HTTP request on the connection to an HTTP(S) parent (the
+    /// forward path) instead of asked for with a CONNECT: the parent's answer is the
+    /// destination's response, so the connect alone decides the parent's health.
+    pub absolute: bool,
 }
 
 impl Plan {
@@ -128,14 +134,15 @@ impl Plan {
         }
     }
 
-    /// Asks the parent `c` is connected to for the destination (within the dial's deadline).
-    /// A parent that fails to answer counts against it, as a failed connect would; one that
-    /// refuses does not. Returns the bytes the parent sent after its answer.
+    /// Asks the parent `c` is connected to for the destination (within the dial's deadline),
+    /// in a TLS session first for an HTTPS parent. A parent that fails to answer counts against
+    /// it, as a failed connect would; one that refuses does not. Returns the connection to the
+    /// destination, with the bytes the parent sent after its answer.
     pub async fn through_parent(
         &self,
         via: &Via,
-        c: &mut crate::dial::Connected,
-    ) -> Result<Vec<u8>, super::OpenError> {
+        mut c: crate::dial::Connected,
+    ) -> Result<crate::dial::Connected, super::OpenError> {
         let limit = self.runtime.dial.deadline;
         let started = std::time::Instant::now();
         let candidate = Candidate {
@@ -143,19 +150,21 @@ impl Plan {
             member: c.member.clone(),
         };
         match crate::parent::open(
-            &mut c.stream,
+            c.stream,
             c.addr,
             via.protocol,
             &via.target,
-            via.credentials.as_ref(),
+            &via.link,
             limit,
         )
         .await
         {
-            Ok(early) => {
+            Ok((stream, early)) => {
                 self.reporter()
                     .success(&candidate, started.elapsed(), false);
-                Ok(early)
+                c.stream = stream;
+                c.from_parent = early;
+                Ok(c)
             }
             Err(e) => {
                 match &e {
@@ -171,6 +180,17 @@ impl Plan {
                 }
                 Err(super::OpenError::Parent(e))
             }
+        }
+    }
+
+    /// Marks a request to HTTP(S) parents as sent to them in absolute form (the forward path).
+    /// Not with a resolved destination: an absolute-form URL carries one authority, and the
+    /// parent (pingora too) makes `Host` agree with it, so the destination would be asked for
+    /// its address instead of its name; such a request goes through a CONNECT to the address,
+    /// with `Host` as the client sent it.
+    pub fn send_absolute(&mut self) {
+        if let Some(v) = self.via.as_mut() {
+            v.absolute = v.protocol != crate::config::ParentProtocol::Socks5 && !v.resolved;
         }
     }
 
@@ -290,8 +310,9 @@ impl Attempts for Plan {
     fn report_success(&self, c: &Candidate, took: Duration) {
         // Through a parent, the connect is half of it: the parent's answer decides
         // (`through_parent`), so a parent that accepts and then fails every request still
-        // builds up the run of failures that ejects it.
-        if self.via.is_none() {
+        // builds up the run of failures that ejects it. (Not in absolute form: the answer is
+        // the destination's, and a destination's 5xx must not eject a parent.)
+        if self.via.as_ref().is_none_or(|v| v.absolute) {
             self.reporter().success(c, took, false);
         }
     }

@@ -6,7 +6,8 @@
 //! 1 MiB pipe borrowed from a shared, budgeted pool (zero-copy: they never enter user space);
 //! elsewhere, or past the budget, through a pooled 64 KiB buffer. An idle tunnel holds neither a pipe nor a buffer, so thousands
 //! of idle chat connections cost little, and a busy one makes few, large syscalls. TLS clients
-//! (the HTTPS-proxy listener) use the generic copy over their decrypting stream.
+//! (the HTTPS-proxy listener) and TLS upstreams (HTTPS parents: `upstream`) use the generic copy
+//! over their decrypting stream.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,9 +20,11 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 mod copy;
+mod upstream;
 use copy::{pump, write_all};
 #[cfg(target_os = "linux")]
 use splice::{pump_splice, Unsupported, SPLICE_WORKS};
+pub use upstream::Upstream;
 #[cfg(target_os = "linux")]
 mod pipes;
 #[cfg(target_os = "linux")]
