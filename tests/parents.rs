@@ -534,7 +534,8 @@ async fn plain_http_goes_to_an_http_parent_in_absolute_form() {
 /// With `resolve_destination`, carousel resolves the destination (its DNS has two addresses
 /// the parents' do not) and hands each request's parent the next address: the destination's
 /// load is spread, 30 ± 3 of 60, over CONNECT, SOCKS5 and forward. Then a parent blackholed:
-/// no request fails, and none waits much more than one attempt delay. (The rule names the
+/// no request fails, and none waits much more than one attempt delay. The parents' active check
+/// is a CONNECT through them to the destination. (The rule names the
 /// addresses too: they are loopback, which the policy guards unless a rule names it, as it
 /// would for a name resolved for a direct connection.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -564,11 +565,25 @@ async fn resolved_destinations_rotate_and_a_blackholed_parent_costs_one_attempt_
         &access,
         &parents_cluster(squid_port, "").replace(
             "[cluster.health]",
-            "[cluster.outlier]\nconsecutive_failures = 1\n[cluster.health]",
+            &format!(
+                "[cluster.outlier]\nconsecutive_failures = 1\n[cluster.health]\n\
+                 kind = \"send_expect\"\n\
+                 send = \"CONNECT 127.0.0.11:{port} HTTP/1.1\\r\\nHost: 127.0.0.11:{port}\\r\\n\\r\\n\"\n\
+                 expect = \"HTTP/1.1 200\""
+            ),
         ),
     )
     .await;
     until_ready(&proxy).await;
+    // The CONNECT probe passes through both parents (bounded: 10 s).
+    let start = Instant::now();
+    for s in &squids {
+        let up = format!("carousel_member_up{{cluster=\"{PARENTS}\",member=\"{}\"}}", s.addr);
+        while proxy.metric(&up).await != 1.0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "{}", proxy.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let url = format!("http://{SPREAD}:{port}/");
     for mode in ["connect", "socks5", "forward"] {
         let mut got = [0usize; 2];

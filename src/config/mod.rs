@@ -486,6 +486,25 @@ mod tests {
         assert!(e.contains("no [[cluster]] is named other.test"), "{e}");
         let e = err(format!("{base}{parent}{}", rule("hq.test", "deny")));
         assert!(e.contains("only an allow rule"), "{e}");
+        // TLS keys belong to https parents only; resolve_destination to rules with via.
+        let e = err(format!("{base}{parent}ca_file = \"/x.pem\"\n"));
+        assert!(
+            e.contains("cluster[0].parent.ca_file") && e.contains("only an https parent"),
+            "{e}"
+        );
+        let https = parent.replace("\"http\"", "\"https\"");
+        let ok = Config::parse(
+            &format!("{base}{https}ca_file = \"/x.pem\"\ntls_server_name = \"hq.test\"\n"),
+            "t",
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        let e = err(format!(
+            "{base}[[access.rule]]\naction = \"allow\"\ndestinations = [\"*\"]\nresolve_destination = true\n"
+        ));
+        assert!(
+            e.contains("access.rule[0].resolve_destination") && e.contains("with `via`"),
+            "{e}"
+        );
     }
 
     /// Issue 21: defaults in one place. Every section the embedded file writes out equals what
