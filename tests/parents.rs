@@ -578,9 +578,16 @@ async fn resolved_destinations_rotate_and_a_blackholed_parent_costs_one_attempt_
     // The CONNECT probe passes through both parents (bounded: 10 s).
     let start = Instant::now();
     for s in &squids {
-        let up = format!("carousel_member_up{{cluster=\"{PARENTS}\",member=\"{}\"}}", s.addr);
+        let up = format!(
+            "carousel_member_up{{cluster=\"{PARENTS}\",member=\"{}\"}}",
+            s.addr
+        );
         while proxy.metric(&up).await != 1.0 {
-            assert!(start.elapsed() < Duration::from_secs(10), "{}", proxy.log_text());
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{}",
+                proxy.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
