@@ -218,6 +218,9 @@ pub enum Check {
     /// The client spent its budget of failed attempts (for this user name, or for its address
     /// in all): refused at once, nothing was verified.
     Throttled,
+    /// The directory that checks passwords (`basic = "ldap"`) could not answer; no attempt was
+    /// spent (the client did nothing wrong).
+    Unavailable,
 }
 
 /// How many failed attempts an address may make over all user names, as a multiple of the
@@ -238,7 +241,13 @@ pub struct Authenticator {
     failures_per_minute: std::sync::atomic::AtomicU32,
     bcrypt_slots: Semaphore,
     bcrypt_runs: std::sync::atomic::AtomicU64,
+    /// With `basic = "ldap"`: passwords are checked by a bind there instead of the file.
+    directory: arc_swap::ArcSwapOption<crate::identity::Directory>,
 }
+
+/// The budget key of credentials without a user name (Kerberos tokens): they share one
+/// per-address budget, and the address's budget over all.
+const TOKEN_KEY: u64 = 0x6b72_6235_746f_6b6e;
 
 /// Budgets remembered (client-chosen state stays bounded; see [`Recent`]).
 const MAX_BUDGETS: usize = 65_536;
@@ -257,7 +266,30 @@ impl Authenticator {
             failures_per_minute: failures_per_minute.max(1).into(),
             bcrypt_slots: Semaphore::new(4),
             bcrypt_runs: 0.into(),
+            directory: arc_swap::ArcSwapOption::empty(),
         }
+    }
+
+    /// Checks Basic passwords by binding at `dir` (`basic = "ldap"`), or at the users file
+    /// again with `None`; cached verifications are dropped.
+    pub fn set_directory(&self, dir: Option<Arc<crate::identity::Directory>>) {
+        self.directory.store(dir);
+        self.cache.clear();
+    }
+
+    /// Takes one attempt from `client`'s failure budgets for a credential without a user name
+    /// (a Kerberos token); `false` when the budget is spent.
+    pub fn take_token_attempt(&self, client: Option<IpAddr>) -> bool {
+        let ok = self.take_attempt(client, TOKEN_KEY);
+        if !ok {
+            metrics().auth_throttled.inc();
+        }
+        ok
+    }
+
+    /// Gives back the attempt a token that proved valid took.
+    pub fn token_valid(&self, client: Option<IpAddr>) {
+        self.give_back(client, TOKEN_KEY);
     }
 
     /// Replaces the users (SIGHUP); cached verifications are dropped.
@@ -272,9 +304,10 @@ impl Authenticator {
             .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether any users are configured; without them, credentials a client sends are ignored.
+    /// Whether Basic credentials can be checked (users in the file, or a directory); without,
+    /// Basic credentials a client sends are ignored.
     pub fn enabled(&self) -> bool {
-        !self.users.load().is_empty()
+        !self.users.load().is_empty() || self.directory.load().is_some()
     }
 
     /// bcrypt comparisons run so far: every uncached check costs exactly one, known user or not,
@@ -307,6 +340,25 @@ impl Authenticator {
                 self.give_back(client, user_key);
                 return Check::Valid;
             }
+        }
+        if let Some(dir) = self.directory.load_full() {
+            return match dir.bind(user, pass).await {
+                crate::identity::Bind::Valid => {
+                    self.give_back(client, user_key);
+                    self.cache
+                        .insert(user.to_string(), (fp, Instant::now() + self.cache_for));
+                    Check::Valid
+                }
+                crate::identity::Bind::Invalid => {
+                    metrics().auth_failures.inc();
+                    Check::Invalid
+                }
+                crate::identity::Bind::Unavailable(why) => {
+                    tracing::warn!(user, error = %why, "the directory cannot check a Basic password");
+                    self.give_back(client, user_key);
+                    Check::Unavailable
+                }
+            };
         }
         let users = self.users.load_full();
         let known = users.hashes.get(user).cloned();

@@ -17,6 +17,7 @@ pub mod dial;
 pub mod dns;
 pub mod forward;
 pub mod history;
+pub mod identity;
 pub mod limits;
 pub mod listener;
 pub mod metrics;

@@ -160,6 +160,11 @@ impl Tls {
         })
     }
 
+    /// The client configuration (its roots), for other TLS clients with the same trust.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.config.clone()
+    }
+
     /// The TLS session to a parent over a plain connection to it.
     async fn connect(&self, stream: Upstream) -> std::io::Result<Upstream> {
         let tcp = match stream {

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 
 use crate::address;
 use crate::config::{Action, Config, Destination, PortRange};
+use crate::identity::Membership;
 use crate::protocol::TargetHost;
 
 struct Rule {
@@ -18,8 +19,37 @@ struct Rule {
     action: Action,
     clients: Vec<IpNet>,
     users: Vec<String>,
+    groups: Vec<String>,
     destinations: Vec<Destination>,
     ports: Vec<PortRange>,
+}
+
+/// Who asks: the authenticated user and, where rules name groups, the user's groups.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Who<'a> {
+    /// The authenticated user.
+    pub user: Option<&'a str>,
+    /// The user's directory groups (`None`: not looked up).
+    pub groups: Option<&'a Membership>,
+}
+
+impl<'a> From<Option<&'a str>> for Who<'a> {
+    fn from(user: Option<&'a str>) -> Self {
+        Who { user, groups: None }
+    }
+}
+
+/// How a rule's users and groups match who asks.
+enum UserMatch {
+    /// They match (or the rule names neither).
+    Yes,
+    /// The rule names users or groups and nobody authenticated.
+    NeedsUser,
+    /// Someone else.
+    No,
+    /// The rule needs a group and the user's groups are unknown (the directory is down past the
+    /// stale time): the request is denied, not passed to later rules.
+    Unknown(String),
 }
 
 impl Rule {
@@ -32,18 +62,23 @@ impl Rule {
     fn port_named(&self, port: u16) -> bool {
         self.ports.iter().any(|r| r.from <= port && port <= r.to)
     }
-    /// `Some(true)` matches, `Some(false)` would match with a user, `None` no.
-    fn matches_user(&self, user: Option<&str>) -> Option<bool> {
-        if self.users.is_empty() {
-            return Some(true);
+    fn matches_who(&self, who: Who<'_>) -> UserMatch {
+        if self.users.is_empty() && self.groups.is_empty() {
+            return UserMatch::Yes;
         }
-        match user {
-            None => Some(false),
-            Some(u) => self
-                .users
-                .iter()
-                .any(|x| x == "*" || x == u)
-                .then_some(true),
+        let Some(u) = who.user else {
+            return UserMatch::NeedsUser;
+        };
+        if self.users.iter().any(|x| x == "*" || x == u) {
+            return UserMatch::Yes;
+        }
+        if self.groups.is_empty() {
+            return UserMatch::No;
+        }
+        match who.groups.map(|m| m.in_any(&self.groups)) {
+            Some(Ok(true)) => UserMatch::Yes,
+            Some(Ok(false)) | None => UserMatch::No,
+            Some(Err(why)) => UserMatch::Unknown(why.to_string()),
         }
     }
 }
@@ -84,6 +119,9 @@ pub enum Refusal {
     /// Port 0 is never a destination.
     #[error("port 0")]
     PortZero,
+    /// A rule needs the user's groups and the directory cannot tell them.
+    #[error("{0}")]
+    Directory(String),
 }
 
 /// What the policy says about a request.
@@ -108,8 +146,10 @@ pub struct Policy {
     any_via: bool,
     /// carousel's own listening addresses (listeners and admin): never a destination by accident.
     own: Vec<SocketAddr>,
-    /// Whether any rule names users (SOCKS5 then offers username/password).
+    /// Whether any rule names users or groups (SOCKS5 then offers authentication).
     pub wants_users: bool,
+    /// Whether any rule names groups (requests of authenticated users then look them up).
+    pub wants_groups: bool,
 }
 
 /// Ranges denied unless a rule names them explicitly.
@@ -140,6 +180,7 @@ impl Policy {
                 resolve_destination: r.resolve_destination,
                 clients: r.clients.clone(),
                 users: r.users.clone(),
+                groups: r.groups.clone(),
                 destinations: r.destinations.clone(),
                 ports: r.ports.clone(),
             })
@@ -150,7 +191,10 @@ impl Policy {
         }
         Self {
             allow_clients: config.access.allow_clients.clone(),
-            wants_users: rules.iter().any(|r| !r.users.is_empty()),
+            wants_users: rules
+                .iter()
+                .any(|r| !r.users.is_empty() || !r.groups.is_empty()),
+            wants_groups: rules.iter().any(|r| !r.groups.is_empty()),
             any_via: rules.iter().any(|r| r.via.is_some()),
             rules,
             own,
@@ -188,17 +232,17 @@ impl Policy {
 
     /// Before resolution: may `client` (as `user`) go to `host:port` at all? A name that only
     /// CIDR rules could allow passes here and is decided per resolved address.
-    pub fn check_target(
+    pub fn check_target<'a>(
         &self,
         client: IpAddr,
-        user: Option<&str>,
+        who: impl Into<Who<'a>>,
         host: &TargetHost,
         port: u16,
     ) -> Verdict {
+        let who = who.into();
+        let user = who.user;
         match host {
-            TargetHost::Ip(ip) => {
-                self.check_address(client, user, None, SocketAddr::new(*ip, port))
-            }
+            TargetHost::Ip(ip) => self.check_address(client, who, None, SocketAddr::new(*ip, port)),
             TargetHost::Name(name) => {
                 let client = address::client(client);
                 let mut auth_would_help = false;
@@ -212,16 +256,21 @@ impl Policy {
                         .destinations
                         .iter()
                         .any(|d| matches!(d, Destination::Net(_)));
-                    match r.matches_user(user) {
-                        Some(true) if by_name => {
+                    match r.matches_who(who) {
+                        UserMatch::Yes if by_name => {
                             return match r.action {
                                 Action::Allow => Verdict::Allow(r.label.clone()),
                                 Action::Deny => Verdict::Deny(Refusal::ByRule(r.label.clone())),
                             };
                         }
-                        Some(true) if has_cidr => pending_cidr = true,
-                        Some(false) if (by_name || has_cidr) && r.action == Action::Allow => {
+                        UserMatch::Yes if has_cidr => pending_cidr = true,
+                        UserMatch::NeedsUser
+                            if (by_name || has_cidr) && r.action == Action::Allow =>
+                        {
                             auth_would_help = true
+                        }
+                        UserMatch::Unknown(why) if by_name || has_cidr => {
+                            return Verdict::Deny(Refusal::Directory(why));
                         }
                         _ => {}
                     }
@@ -241,13 +290,15 @@ impl Policy {
     /// guarded address needs an allow rule that names it explicitly, and "this host" (`0.0.0.0/8`,
     /// `::`) is never a destination. Every rule sees the address's canonical form
     /// ([`address::destination`]), so no IPv6 spelling of an IPv4 address walks around a guard.
-    pub fn check_address(
+    pub fn check_address<'a>(
         &self,
         client: IpAddr,
-        user: Option<&str>,
+        who: impl Into<Who<'a>>,
         name: Option<&str>,
         addr: SocketAddr,
     ) -> Verdict {
+        let who = who.into();
+        let user = who.user;
         let client = address::client(client);
         if address::is_unspecified(addr.ip()) {
             return Verdict::Deny(Refusal::ThisHost(addr));
@@ -271,13 +322,14 @@ impl Policy {
             if !by_net && !by_name {
                 continue;
             }
-            match r.matches_user(user) {
-                Some(true) => {}
-                Some(false) => {
+            match r.matches_who(who) {
+                UserMatch::Yes => {}
+                UserMatch::NeedsUser => {
                     auth_would_help |= r.action == Action::Allow;
                     continue;
                 }
-                None => continue,
+                UserMatch::No => continue,
+                UserMatch::Unknown(why) => return Verdict::Deny(Refusal::Directory(why)),
             }
             if r.action == Action::Deny {
                 return Verdict::Deny(Refusal::ByRule(r.label.clone()));

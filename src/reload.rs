@@ -106,6 +106,12 @@ pub fn reload(proxy: &Arc<Proxy>, path: Option<&Path>) -> Result<(), String> {
     }
     proxy.auth.replace(resources.users);
     proxy.parents.store(Arc::new(resources.parents));
+    proxy.auth.set_directory(
+        (new.access.basic == crate::config::BasicSource::Ldap)
+            .then(|| resources.identity.directory.clone())
+            .flatten(),
+    );
+    proxy.identity.store(Arc::new(resources.identity));
     proxy
         .auth
         .set_failures_per_minute(new.access.max_auth_failures_per_minute);

@@ -48,20 +48,21 @@ pub fn http_error(status: u16, line: &str) -> Vec<u8> {
 }
 
 /// The HTTP answer to a failed open: a 407 challenge when credentials would help, otherwise the
-/// mapped status with the error as its one-line body.
-pub fn http_open_failure(e: &OpenError, realm: &str) -> Vec<u8> {
+/// mapped status with the error as its one-line body. `challenge` is the 407's
+/// `Proxy-Authenticate` lines (see `identity::negotiate::challenge`).
+pub fn http_open_failure(e: &OpenError, challenge: &str) -> Vec<u8> {
     match e {
-        OpenError::AuthRequired => proxy_auth_required(realm),
+        OpenError::AuthRequired => proxy_auth_required(challenge),
         e => http_error(http_status(e), &e.to_string()),
     }
 }
 
-/// The 407 answer asking for Basic credentials; the realm cannot break out of its quotes.
-pub fn proxy_auth_required(realm: &str) -> Vec<u8> {
+/// The 407 answer offering the schemes of `challenge` (complete `Proxy-Authenticate` lines, each
+/// ending in CRLF, built where the realm is sanitised).
+pub fn proxy_auth_required(challenge: &str) -> Vec<u8> {
     let body = "proxy authentication required\n";
     format!(
-        "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"{}\"\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        realm.replace(['"', '\r', '\n'], ""),
+        "HTTP/1.1 407 Proxy Authentication Required\r\n{challenge}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -113,17 +114,17 @@ impl Answer {
     }
 
     /// The HTTP answer to a failed open (see [`http_open_failure`]).
-    pub fn http_open(e: &OpenError, realm: &str) -> Self {
+    pub fn http_open(e: &OpenError, challenge: &str) -> Self {
         Self {
-            bytes: http_open_failure(e, realm),
+            bytes: http_open_failure(e, challenge),
             status: http_status(e),
         }
     }
 
-    /// 407 with a Basic challenge.
-    pub fn auth_required(realm: &str) -> Self {
+    /// 407 offering the schemes of `challenge`.
+    pub fn auth_required(challenge: &str) -> Self {
         Self {
-            bytes: proxy_auth_required(realm),
+            bytes: proxy_auth_required(challenge),
             status: 407,
         }
     }
@@ -215,9 +216,13 @@ mod tests {
             assert_eq!(http_status(&e), status, "{e}");
             assert_eq!(socks5_reply(&e), reply, "{e}");
         }
-        assert!(String::from_utf8(proxy_auth_required("r\"x"))
-            .unwrap()
-            .contains("Basic realm=\"rx\""));
+        let c = "Proxy-Authenticate: Negotiate\r\nProxy-Authenticate: Basic realm=\"r\"\r\n";
+        let text = String::from_utf8(proxy_auth_required(c)).unwrap();
+        assert!(text.contains(c), "{text}");
+        assert!(
+            text.ends_with("\r\n\r\nproxy authentication required\n"),
+            "{text}"
+        );
         let auth = String::from_utf8(http_open_failure(&OpenError::AuthRequired, "r")).unwrap();
         assert!(auth.starts_with("HTTP/1.1 407 "), "{auth}");
         assert_eq!(socks4_failure()[1], 0x5B);

@@ -20,6 +20,8 @@ pub struct Resources {
     pub certs: HashMap<SocketAddr, Arc<CertifiedKey>>,
     /// How carousel reaches each cluster of parents (credentials, TLS), by cluster name.
     pub parents: HashMap<String, Arc<crate::parent::Link>>,
+    /// Kerberos and the directory.
+    pub identity: crate::identity::Sources,
 }
 
 impl Resources {
@@ -68,10 +70,35 @@ impl Resources {
             }
             parents.insert(c.name.clone(), Arc::new(link));
         }
+        let mut identity = crate::identity::Sources::default();
+        if let Some(k) = &config.access.kerberos {
+            let acceptor = crate::identity::Acceptor::load(k).map_err(|e| {
+                let key = if k.service_principal.is_empty() {
+                    "access.kerberos.keytab"
+                } else {
+                    "access.kerberos.service_principal"
+                };
+                config.invalid(key, e.to_string())
+            })?;
+            identity.kerberos = Some(Arc::new(acceptor));
+        }
+        if let Some(l) = &config.access.ldap {
+            let dir = crate::identity::Directory::load(l).map_err(|e| {
+                let key = match e {
+                    crate::identity::directory::DirectoryError::Password { .. } => {
+                        "access.ldap.bind_password_file"
+                    }
+                    crate::identity::directory::DirectoryError::Tls(_) => "access.ldap.ca_file",
+                };
+                config.invalid(key, e.to_string())
+            })?;
+            identity.directory = Some(Arc::new(dir));
+        }
         Ok(Resources {
             users,
             certs,
             parents,
+            identity,
         })
     }
 

@@ -25,6 +25,15 @@ pub struct AccessSection {
     /// Failed authentications one client address may make per minute, across all its
     /// connections (a burst of this many, refilled evenly); past it the client is refused at once.
     pub max_auth_failures_per_minute: u32,
+    /// Where Basic credentials are checked: the `users_file` or an LDAP bind.
+    pub basic: super::BasicSource,
+    /// The schemes a 407 offers, in this order; empty: Negotiate (with `[access.kerberos]`)
+    /// then Basic (with a users file or `basic = "ldap"`).
+    pub schemes: Vec<super::Scheme>,
+    /// Kerberos single sign-on.
+    pub kerberos: Option<super::KerberosSection>,
+    /// The directory for `groups` in rules and for `basic = "ldap"`.
+    pub ldap: Option<super::LdapSection>,
     /// Ordered rules; the first that matches decides.
     #[serde(rename = "rule")]
     pub rules: Vec<RuleSection>,
@@ -41,6 +50,10 @@ impl Default for AccessSection {
             realm: "carousel".into(),
             auth_cache: Duration::from_secs(60),
             max_auth_failures_per_minute: 10,
+            basic: super::BasicSource::File,
+            schemes: Vec::new(),
+            kerberos: None,
+            ldap: None,
             rules: Vec::new(),
         }
     }
@@ -103,6 +116,10 @@ pub struct RuleSection {
     /// Users (`"*"`: any authenticated user). Naming users makes the rule require authentication.
     #[serde(default)]
     pub users: Vec<String>,
+    /// Directory groups (`[access.ldap]`); an authenticated user in any of them matches. Naming
+    /// groups makes the rule require authentication; with `users` too, either matches.
+    #[serde(default)]
+    pub groups: Vec<String>,
     /// `"*"`, host names, domain suffixes (`.example.com`), cluster names, CIDRs or addresses;
     /// each parsed when the file is read.
     pub destinations: Vec<Destination>,
@@ -214,14 +231,83 @@ impl AccessSection {
                     "name at least one destination (\"*\" for any)",
                 );
             }
-            if !r.users.is_empty() && self.users_file.is_none() {
-                return invalid(k("users"), "rules naming users need access.users_file");
+            if !r.users.is_empty() && !self.authenticates() {
+                return invalid(
+                    k("users"),
+                    "rules naming users need access.users_file, basic = \"ldap\" or [access.kerberos]",
+                );
             }
+            if !r.groups.is_empty() && self.ldap.is_none() {
+                return invalid(k("groups"), "rules naming groups need [access.ldap]");
+            }
+            if !r.groups.is_empty() && !self.authenticates() {
+                return invalid(
+                    k("groups"),
+                    "rules naming groups need a way to authenticate (users_file, basic = \"ldap\" or [access.kerberos])",
+                );
+            }
+        }
+        if self.basic == super::BasicSource::Ldap && self.ldap.is_none() {
+            return invalid("access.basic", "basic = \"ldap\" needs [access.ldap]");
+        }
+        if self.basic == super::BasicSource::Ldap && self.users_file.is_some() {
+            return invalid(
+                "access.basic",
+                "basic = \"ldap\" checks passwords in the directory: drop access.users_file",
+            );
+        }
+        for (i, s) in self.schemes.iter().enumerate() {
+            let key = format!("access.schemes[{i}]");
+            match s {
+                super::Scheme::Negotiate if self.kerberos.is_none() => {
+                    return invalid(key, "negotiate needs [access.kerberos]");
+                }
+                super::Scheme::Basic if !self.has_basic() => {
+                    return invalid(key, "basic needs access.users_file or basic = \"ldap\"");
+                }
+                _ => {}
+            }
+            if self.schemes[..i].contains(s) {
+                return invalid(key, "named twice");
+            }
+        }
+        if let Some(k) = &self.kerberos {
+            k.validate()?;
+        }
+        if let Some(l) = &self.ldap {
+            l.validate()?;
         }
         if self.max_auth_failures_per_minute == 0 {
             return invalid("access.max_auth_failures_per_minute", "must be at least 1");
         }
         Ok(())
+    }
+}
+
+impl AccessSection {
+    /// Whether Basic credentials can be checked (a users file, or binds at the directory).
+    pub fn has_basic(&self) -> bool {
+        self.users_file.is_some() || self.basic == super::BasicSource::Ldap
+    }
+
+    /// Whether any way to authenticate is configured.
+    pub fn authenticates(&self) -> bool {
+        self.has_basic() || self.kerberos.is_some()
+    }
+
+    /// The schemes a 407 offers, in order: as configured, or Negotiate then Basic.
+    pub fn offered_schemes(&self) -> Vec<super::Scheme> {
+        if !self.schemes.is_empty() {
+            return self.schemes.clone();
+        }
+        let mut v = Vec::new();
+        if self.kerberos.is_some() {
+            v.push(super::Scheme::Negotiate);
+        }
+        if self.has_basic() || v.is_empty() {
+            v.push(super::Scheme::Basic);
+        }
+        v
     }
 }
 

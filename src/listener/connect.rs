@@ -29,9 +29,9 @@ impl Listener {
         };
         req.handshake_done();
         let early = buf.split_off(used);
-        if let Err(why) = self.authenticate(&head, &mut req.who).await {
+        if let Err(why) = self.authenticate(&head, &mut req).await {
             let answer = Answer::auth_required(&self.realm());
-            self.finish_refused(&req, Some(&target), Outcome::AuthFailed, why.into(), 407);
+            self.finish_refused(&req, Some(&target), Outcome::AuthFailed, why, 407);
             write_reply(&mut stream, &answer.bytes).await;
             return;
         }

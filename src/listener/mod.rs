@@ -25,9 +25,10 @@ use pingora::server::ShutdownWatch;
 use tokio::time::Instant;
 
 use crate::access_log::Entry;
-use crate::auth::{parse_basic, Check};
+use crate::auth::Check;
 use crate::config::{ListenerSection, Protocol, ProxyProtocol};
 use crate::forward::Forwarder;
+use crate::identity::negotiate;
 use crate::limits::Handshake;
 use crate::metrics;
 use crate::outcome::{ClientProtocol, Outcome};
@@ -92,6 +93,9 @@ struct Request {
     /// Pingora's shutdown signal: set when the listeners stop (SIGTERM after the grace period,
     /// or a graceful upgrade).
     shutdown: ShutdownWatch,
+    /// The principal this connection authenticated as with Negotiate: later requests on it
+    /// without credentials are that user (RFC 4559 is connection-based in practice).
+    signed_on: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Request {
@@ -135,7 +139,10 @@ impl ServerApp for Listener {
             }
             None => stream,
         };
-        let who = Requester { client, user: None };
+        let who = Requester {
+            client,
+            ..Default::default()
+        };
         let (_admitted, mut first_handshake) = match (admitted, in_handshake) {
             (Ok(a), Ok(h)) => (a, h),
             (Err(limit), _) | (_, Err(limit)) => {
@@ -150,6 +157,7 @@ impl ServerApp for Listener {
         }
         let mut wait = handshake;
         let mut first_request = true;
+        let signed_on = Arc::new(std::sync::Mutex::new(None));
         loop {
             // One read decides the protocol; the bytes are handed on, never read twice.
             let mut buf = BytesMut::with_capacity(2048);
@@ -171,6 +179,7 @@ impl ServerApp for Listener {
                 deadline: started + handshake,
                 handshake: handshake_place,
                 shutdown: shutdown.clone(),
+                signed_on: signed_on.clone(),
             };
             match buf[0] {
                 0x04 if first_request && self.socks => {
@@ -305,6 +314,7 @@ impl Listener {
             deadline,
             handshake: None,
             shutdown: tokio::sync::watch::channel(false).1,
+            signed_on: Default::default(),
         };
         self.refuse(&mut stream, &req, None, &err, answer).await;
     }
@@ -437,36 +447,102 @@ impl Listener {
         });
     }
 
-    /// Checks an HTTP head's `Proxy-Authorization` (when users are configured) and records the
-    /// user; `Err` carries the refusal to log. Without the header the request goes on as
+    /// Checks an HTTP head's `Proxy-Authorization` (Basic against the users file or the
+    /// directory, Negotiate against the keytab) and records the user; `Err` carries the refusal
+    /// to log. Without the header the request goes on as the user this connection already
+    /// authenticated as with Negotiate (browsers send the token once per connection), or as
     /// anonymous: the policy asks for credentials if a rule needs them.
     async fn authenticate(
         &self,
         head: &protocol::http::Head,
-        who: &mut Requester,
-    ) -> Result<(), &'static str> {
-        let Some(value) = head
-            .header("proxy-authorization")
-            .filter(|_| self.proxy.auth.enabled())
-        else {
+        req: &mut Request,
+    ) -> Result<(), String> {
+        let who = &mut req.who;
+        let Some(value) = head.header("proxy-authorization") else {
+            who.user = req.signed_on.lock().ok().and_then(|u| u.clone());
             return Ok(());
         };
-        let Some((user, pass)) = parse_basic(value) else {
-            metrics::metrics().auth_failures.inc();
-            return Err("credentials are not Basic user:password");
+        let identity = self.proxy.identity.load_full();
+        if !self.proxy.auth.enabled() && identity.kerberos.is_none() {
+            // Nothing to check credentials against: they are ignored (the policy decides).
+            return Ok(());
+        }
+        let parsed = negotiate::parse(value);
+        let count = |scheme: &str, result: &str| {
+            metrics::metrics()
+                .auth
+                .with_label_values(&[scheme, result])
+                .inc();
         };
-        match self.proxy.auth.check(who.client, &user, &pass).await {
-            Check::Valid => {
-                who.user = Some(user);
-                Ok(())
+        match parsed {
+            Ok(negotiate::Credentials::Basic(user, pass)) if self.proxy.auth.enabled() => {
+                match self.proxy.auth.check(who.client, &user, &pass).await {
+                    Check::Valid => {
+                        count("basic", "ok");
+                        who.user = Some(user);
+                        Ok(())
+                    }
+                    Check::Invalid => {
+                        count("basic", "invalid");
+                        Err("invalid credentials".into())
+                    }
+                    Check::Throttled => {
+                        count("basic", "throttled");
+                        Err("too many failed logins from this client; try again later".into())
+                    }
+                    Check::Unavailable => {
+                        count("basic", "unavailable");
+                        Err("the directory cannot check passwords now".into())
+                    }
+                }
             }
-            Check::Invalid => Err("invalid credentials"),
-            Check::Throttled => Err("too many failed logins from this client; try again later"),
+            Ok(negotiate::Credentials::Negotiate(token)) => {
+                let Some(acceptor) = identity.kerberos.clone() else {
+                    count("negotiate", "malformed");
+                    return Err("Negotiate is not configured here".into());
+                };
+                if !self.proxy.auth.take_token_attempt(who.client) {
+                    count("negotiate", "throttled");
+                    return Err("too many failed logins from this client; try again later".into());
+                }
+                let accepted = tokio::task::spawn_blocking(move || acceptor.accept(&token))
+                    .await
+                    .unwrap_or(Err(crate::identity::KerberosError::Incomplete));
+                match accepted {
+                    Ok((principal, _mutual)) => {
+                        count("negotiate", "ok");
+                        self.proxy.auth.token_valid(who.client);
+                        if let Ok(mut s) = req.signed_on.lock() {
+                            *s = Some(principal.clone());
+                        }
+                        who.user = Some(principal);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        count("negotiate", "invalid");
+                        metrics::metrics().auth_failures.inc();
+                        Err(e.to_string())
+                    }
+                }
+            }
+            // Basic without any way to check it: ignored, as before (the policy decides).
+            Ok(negotiate::Credentials::Basic(..)) => Ok(()),
+            Err(e) => {
+                let scheme = if matches!(e, negotiate::Malformed::Token) {
+                    "negotiate"
+                } else {
+                    "basic"
+                };
+                count(scheme, "malformed");
+                metrics::metrics().auth_failures.inc();
+                Err(e.to_string())
+            }
         }
     }
 
-    /// The realm of 407 answers.
+    /// The `Proxy-Authenticate` lines of 407 answers: the configured schemes, in order.
     fn realm(&self) -> String {
-        self.proxy.runtime().config.access.realm.clone()
+        let config = self.proxy.config();
+        negotiate::challenge(&config.access.offered_schemes(), &config.access.realm)
     }
 }

@@ -52,6 +52,8 @@ pub struct Proxy {
     /// How carousel reaches each cluster of parent proxies: credentials, TLS (replaced by a
     /// reload).
     pub parents: ArcSwap<HashMap<String, Arc<crate::parent::Link>>>,
+    /// Kerberos and the directory (replaced by a reload).
+    pub identity: ArcSwap<crate::identity::Sources>,
     draining: std::sync::atomic::AtomicBool,
 }
 
@@ -67,15 +69,20 @@ impl Proxy {
         }
         let users = resources.users;
         let parents = ArcSwap::from_pointee(resources.parents);
+        let auth = Authenticator::new(
+            users,
+            config.access.auth_cache,
+            config.access.max_auth_failures_per_minute,
+        );
+        if config.access.basic == crate::config::BasicSource::Ldap {
+            auth.set_directory(resources.identity.directory.clone());
+        }
         Ok(Arc::new(Self {
             parents,
+            identity: ArcSwap::from_pointee(resources.identity),
             failures: Arc::new(FailureMemory::new(config.dial.failure_memory)),
             clusters: Arc::new(ArcSwap::from_pointee(ClusterTable::new(clusters))),
-            auth: Authenticator::new(
-                users,
-                config.access.auth_cache,
-                config.access.max_auth_failures_per_minute,
-            ),
+            auth,
             limits: Limits::new(&config.limits),
             resolver,
             tls,
@@ -150,6 +157,14 @@ impl Proxy {
         self.runtime.load().policy.wants_users
     }
 
+    /// The directory groups of `user` (unknown without a directory).
+    async fn groups_of(&self, user: &str) -> crate::identity::Membership {
+        match self.identity.load_full().directory.clone() {
+            Some(dir) => dir.groups(user).await,
+            None => crate::identity::Membership::Unavailable("no [access.ldap] directory".into()),
+        }
+    }
+
     /// Routes `target` for `who` and returns its candidates in this request's order: a configured
     /// cluster's healthy members in rotation; any other name's addresses rotated one step per
     /// request with recently failed ones last; a literal address as given (or, with
@@ -161,18 +176,28 @@ impl Proxy {
         }
         let runtime = self.runtime();
         let client = who.client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        let rule = match runtime.policy.check_target(
-            client,
-            who.user.as_deref(),
-            &target.host,
-            target.port,
-        ) {
-            Verdict::Allow(rule) => rule,
-            // Decided per address (`Plan::allowed` names the rule then).
-            Verdict::ByAddress => String::new(),
-            Verdict::Deny(why) => return Err(OpenError::Denied(why)),
-            Verdict::AuthRequired => return Err(OpenError::AuthRequired),
+        let looked_up;
+        let who = match (&who.user, runtime.policy.wants_groups, &who.groups) {
+            (Some(user), true, None) => {
+                looked_up = Requester {
+                    groups: Some(self.groups_of(user).await),
+                    ..who.clone()
+                };
+                &looked_up
+            }
+            _ => who,
         };
+        let rule =
+            match runtime
+                .policy
+                .check_target(client, who.as_who(), &target.host, target.port)
+            {
+                Verdict::Allow(rule) => rule,
+                // Decided per address (`Plan::allowed` names the rule then).
+                Verdict::ByAddress => String::new(),
+                Verdict::Deny(why) => return Err(OpenError::Denied(why)),
+                Verdict::AuthRequired => return Err(OpenError::AuthRequired),
+            };
         let name = match &target.host {
             TargetHost::Name(n) => Some(n.clone()),
             TargetHost::Ip(_) => None,
@@ -341,7 +366,7 @@ impl Proxy {
         let client = who.client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         match runtime
             .policy
-            .check_address(client, who.user.as_deref(), Some(name), addr)
+            .check_address(client, who.as_who(), Some(name), addr)
         {
             Verdict::Allow(_) => Ok(Target {
                 host: TargetHost::Ip(addr.ip()),

@@ -67,6 +67,18 @@ pub struct Requester {
     pub client: Option<IpAddr>,
     /// The authenticated user, if any.
     pub user: Option<String>,
+    /// The user's directory groups, once looked up (only where rules name groups).
+    pub groups: Option<crate::identity::Membership>,
+}
+
+impl Requester {
+    /// What the policy sees of this requester.
+    pub fn as_who(&self) -> crate::policy::Who<'_> {
+        crate::policy::Who {
+            user: self.user.as_deref(),
+            groups: self.groups.as_ref(),
+        }
+    }
 }
 
 /// The ordered candidates of one request and where to report what happened to each.
@@ -204,7 +216,7 @@ impl Plan {
         let client = self.who.client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
         match self.runtime.policy.check_address(
             client,
-            self.who.user.as_deref(),
+            self.who.as_who(),
             self.name.as_deref(),
             addr,
         ) {
