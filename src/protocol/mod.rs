@@ -23,6 +23,7 @@ pub mod http;
 pub mod proxy_header;
 pub mod socks4;
 pub mod socks5;
+pub mod socks5_gssapi;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};

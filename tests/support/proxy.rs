@@ -67,10 +67,19 @@ pub struct Carousel {
     pub log: Log,
     /// Keys added to every `[[listener]]` (for example the PROXY protocol).
     pub listener_keys: String,
+    /// Environment variables the process gets on top of the test's (e.g. `KRB5_CONFIG`).
+    pub env: Vec<(String, String)>,
 }
 
-fn spawn(config: &Path, extra_args: &[&str], log: &Log, nofile: Option<u64>) -> Child {
+fn spawn(
+    config: &Path,
+    extra_args: &[&str],
+    log: &Log,
+    nofile: Option<u64>,
+    env: &[(String, String)],
+) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_carousel"));
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     if let Some(n) = nofile {
         // SAFETY: setrlimit is async-signal-safe and touches only the struct passed to it.
         unsafe {
@@ -214,6 +223,18 @@ address = "{admin}"
         extra: &str,
         nofile: Option<u64>,
     ) -> Carousel {
+        Self::start_env(dns, access, listener_keys, extra, nofile, &[]).await
+    }
+
+    /// Like `start_full`, with `env` set for the process.
+    pub async fn start_env(
+        dns: SocketAddr,
+        access: &str,
+        listener_keys: &str,
+        extra: &str,
+        nofile: Option<u64>,
+        env: &[(String, String)],
+    ) -> Carousel {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!("carousel-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
@@ -232,9 +253,10 @@ address = "{admin}"
             log,
             listener_keys: listener_keys.to_string(),
             nofile,
+            env: env.to_vec(),
         };
         std::fs::write(&c.config, c.config_text(access, extra)).expect("write config");
-        c.child = spawn(&c.config, &[], &c.log, c.nofile);
+        c.child = spawn(&c.config, &[], &c.log, c.nofile, &c.env);
         for addr in [c.http, c.socks, c.mixed, c.admin] {
             c.wait_listening(addr).await;
         }
@@ -251,7 +273,7 @@ address = "{admin}"
     pub async fn spawn_upgrade(&self) -> Child {
         let sock = self.dir.join("upgrade.sock");
         let _ = std::fs::remove_file(&sock);
-        let child = spawn(&self.config, &["-u"], &self.log, self.nofile);
+        let child = spawn(&self.config, &["-u"], &self.log, self.nofile, &self.env);
         for _ in 0..200 {
             if sock.exists() {
                 return child;
