@@ -535,6 +535,10 @@ impl Listener {
                 };
                 count(scheme, "malformed");
                 metrics::metrics().auth_failures.inc();
+                // Garbage is a failed attempt too: it spends the budget like a wrong password.
+                if !self.proxy.auth.take_token_attempt(who.client) {
+                    return Err("too many failed logins from this client; try again later".into());
+                }
                 Err(e.to_string())
             }
         }

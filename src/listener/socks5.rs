@@ -7,9 +7,9 @@ use pingora::protocols::Stream;
 use super::io::{read_until, write_reply};
 use super::{Listener, Request};
 use crate::auth::Check;
-use crate::outcome::Outcome;
 use crate::identity::kerberos::{Context, Step};
 use crate::identity::Acceptor;
+use crate::outcome::Outcome;
 use crate::protocol::socks5;
 use crate::protocol::socks5_gssapi as gssapi;
 use crate::reply::Answer;
@@ -188,10 +188,12 @@ impl Listener {
                 Ok(Step::Continue(token)) => {
                     write_reply(stream, &gssapi::encode(gssapi::AUTHENTICATION, &token)?).await;
                 }
-                Ok(Step::Done { principal: p, reply }) => {
+                Ok(Step::Done {
+                    principal: p,
+                    reply,
+                }) => {
                     if let Some(token) = reply {
-                        write_reply(stream, &gssapi::encode(gssapi::AUTHENTICATION, &token)?)
-                            .await;
+                        write_reply(stream, &gssapi::encode(gssapi::AUTHENTICATION, &token)?).await;
                     }
                     principal = Some(p);
                     break;
