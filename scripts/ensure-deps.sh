@@ -4,16 +4,23 @@
 # (a real Prometheus and promtool for the metrics tests), dig and dnsmasq (the DNS responder's
 # real resolvers: dnsmasq-base is the binary without a service that would start on install),
 # haproxy (the load balancer in front of two replicas), chromium (the status page, headless), squid
-# (real parent proxies; openssl makes their test password).
+# (real parent proxies; openssl makes their test password), MIT Kerberos (krb5-kdc, kadmin.local,
+# kinit; libkrb5-dev and libclang-dev build the GSSAPI binding), OpenLDAP (slapd, ldap-utils) and
+# python3-gssapi (the identity tests' KDC, directory and SOCKS5 GSS-API client).
 # Extra tools can be named as arguments
 # ("tool" or "tool:package"). Idempotent: does nothing when all are present.
 set -euo pipefail
 need=()
-for spec in cmake curl prometheus promtool:prometheus dig:bind9-dnsutils dnsmasq:dnsmasq-base unshare:util-linux haproxy chromium squid openssl "$@"; do
+for spec in cmake curl prometheus promtool:prometheus dig:bind9-dnsutils dnsmasq:dnsmasq-base unshare:util-linux haproxy chromium squid openssl \
+    krb5kdc:krb5-kdc kadmin.local:krb5-admin-server kinit:krb5-user krb5-config:libkrb5-dev \
+    slapd ldapadd:ldap-utils "$@"; do
   tool=${spec%%:*}
   pkg=${spec#*:}
   command -v "$tool" >/dev/null 2>&1 || need+=("$pkg")
 done
+# Libraries, not tools: looked for by their files.
+compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null || need+=(libclang-dev)
+/usr/bin/python3 -c 'import gssapi' 2>/dev/null || need+=(python3-gssapi)
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u | sed '/^$/d')
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "ensure-deps: installing ${need[*]}" >&2

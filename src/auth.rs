@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use base64::Engine;
 use dashmap::DashMap;
 use tokio::sync::Semaphore;
 
@@ -444,21 +443,6 @@ impl Authenticator {
     }
 }
 
-/// Decodes `Basic base64(user:pass)`; `None` if it is not that.
-pub fn parse_basic(value: &[u8]) -> Option<(String, String)> {
-    let text = std::str::from_utf8(value).ok()?.trim();
-    let (scheme, rest) = text.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim())
-        .ok()?;
-    let raw = String::from_utf8(raw).ok()?;
-    let (u, p) = raw.split_once(':')?;
-    Some((u.to_string(), p.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,10 +578,10 @@ mod tests {
     #[test]
     fn basic_header() {
         assert_eq!(
-            parse_basic(b"Basic YWxpY2U6czNjcmV0"),
+            crate::identity::negotiate::parse_basic(b"Basic YWxpY2U6czNjcmV0"),
             Some(("alice".into(), "s3cret".into()))
         );
-        assert_eq!(parse_basic(b"Bearer x"), None);
-        assert_eq!(parse_basic(b"Basic !!!"), None);
+        assert_eq!(crate::identity::negotiate::parse_basic(b"Bearer x"), None);
+        assert_eq!(crate::identity::negotiate::parse_basic(b"Basic !!!"), None);
     }
 }

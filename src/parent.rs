@@ -18,8 +18,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use pingora::utils::tls::WrappedX509;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::ParentProtocol;
@@ -110,22 +109,12 @@ impl Tls {
     pub fn load(ca_file: Option<&Path>, sni: &str) -> Result<Self, String> {
         let name = ServerName::try_from(sni.to_string())
             .map_err(|e| format!("server name {sni:?}: {e}"))?;
-        let mut roots = rustls::RootCertStore::empty();
-        let ca = match ca_file {
-            Some(path) => {
+        let (roots, certs) = crate::tls::client_roots(ca_file)?;
+        let ca = match (ca_file, certs) {
+            (Some(path), certs) => {
                 let shown = path.display();
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| format!("{shown}: {e}"))?
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| format!("{shown}: {e}"))?;
-                if certs.is_empty() {
-                    return Err(format!("{shown}: no PEM certificate in it"));
-                }
                 let mut wrapped = Vec::new();
                 for c in certs {
-                    roots
-                        .add(c.clone())
-                        .map_err(|e| format!("{shown}: a certificate is not a usable CA: {e}"))?;
                     // pingora's wrapper panics on what its X.509 parser refuses: refused here,
                     // at load, instead.
                     let der = c.to_vec();
@@ -137,32 +126,14 @@ impl Tls {
                 }
                 Some(Arc::from(wrapped))
             }
-            None => {
-                let found = rustls_native_certs::load_native_certs()
-                    .map_err(|e| format!("the system's CA certificates: {e}"))?;
-                for c in found {
-                    let _ = roots.add(c);
-                }
-                None
-            }
+            (None, _) => None,
         };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         Ok(Self {
-            config: Arc::new(config),
+            config: crate::tls::client_config(roots)?,
             name,
             sni: sni.to_string(),
             ca,
         })
-    }
-
-    /// The client configuration (its roots), for other TLS clients with the same trust.
-    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        self.config.clone()
     }
 
     /// The TLS session to a parent over a plain connection to it.

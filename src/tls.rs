@@ -200,3 +200,52 @@ impl Peek for TlsClient {
         Ok(true)
     }
 }
+
+/// The CA roots a TLS client trusts: the PEM certificates of `ca_file` (returned too, for
+/// callers that wrap them), or the system's roots without one.
+pub fn client_roots(
+    ca_file: Option<&std::path::Path>,
+) -> Result<
+    (
+        rustls::RootCertStore,
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+    ),
+    String,
+> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let Some(path) = ca_file else {
+        let found = rustls_native_certs::load_native_certs()
+            .map_err(|e| format!("the system's CA certificates: {e}"))?;
+        for c in found {
+            let _ = roots.add(c);
+        }
+        return Ok((roots, Vec::new()));
+    };
+    let shown = path.display();
+    let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
+        rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("{shown}: {e}"))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{shown}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{shown}: no PEM certificate in it"));
+    }
+    for c in &certs {
+        roots
+            .add(c.clone())
+            .map_err(|e| format!("{shown}: a certificate is not a usable CA: {e}"))?;
+    }
+    Ok((roots, certs))
+}
+
+/// A TLS client configuration (ring, TLS 1.2 and 1.3) trusting `roots`: parents, the directory.
+pub fn client_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}

@@ -119,10 +119,9 @@ impl Directory {
         }
         let url = section.url.to_ascii_lowercase();
         let tls = if url.starts_with("ldaps://") || section.start_tls {
-            let host = host_of(&section.url);
-            let t = crate::parent::Tls::load(section.ca_file.as_deref(), &host)
-                .map_err(|e| DirectoryError::Tls(format!("access.ldap.ca_file: {e}")))?;
-            Some(t.client_config())
+            let fail = |e: String| DirectoryError::Tls(format!("access.ldap.ca_file: {e}"));
+            let (roots, _) = crate::tls::client_roots(section.ca_file.as_deref()).map_err(fail)?;
+            Some(crate::tls::client_config(roots).map_err(fail)?)
         } else {
             None
         };
@@ -346,16 +345,6 @@ pub fn group_filter(template: &str, dn: &str, nested: bool) -> String {
     t.replace("{dn}", &ldap3::ldap_escape(dn))
 }
 
-/// The host of an LDAP URL (for TLS's server name).
-fn host_of(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    if let Some(v6) = authority.strip_prefix('[') {
-        return v6.split(']').next().unwrap_or(v6).to_string();
-    }
-    authority.split(':').next().unwrap_or(authority).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,8 +361,6 @@ mod tests {
             f,
             "(&(objectClass=group)(member:1.2.840.113556.1.4.1941:=cn=a,dc=x))"
         );
-        assert_eq!(host_of("ldaps://dc.example.com:636"), "dc.example.com");
-        assert_eq!(host_of("ldap://[::1]:389/"), "::1");
     }
 
     #[test]

@@ -32,6 +32,21 @@ pub enum Malformed {
     Token,
 }
 
+/// Decodes `Basic base64(user:pass)`; `None` if it is not that.
+pub fn parse_basic(value: &[u8]) -> Option<(String, String)> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, rest) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let raw = String::from_utf8(raw).ok()?;
+    let (u, p) = raw.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
 /// Parses a `Proxy-Authorization` value (scheme names are case-insensitive, RFC 9110 §11.1).
 pub fn parse(value: &[u8]) -> Result<Credentials, Malformed> {
     let text = std::str::from_utf8(value)
@@ -39,7 +54,7 @@ pub fn parse(value: &[u8]) -> Result<Credentials, Malformed> {
         .trim();
     let (scheme, rest) = text.split_once(' ').unwrap_or((text, ""));
     if scheme.eq_ignore_ascii_case("basic") {
-        return crate::auth::parse_basic(value)
+        return parse_basic(value)
             .map(|(u, p)| Credentials::Basic(u, p))
             .ok_or(Malformed::Basic);
     }
