@@ -103,6 +103,7 @@ impl Drop for Kdc {
 struct Slapd {
     dir: PathBuf,
     port: u16,
+    ldaps: u16,
 }
 
 impl Slapd {
@@ -110,6 +111,7 @@ impl Slapd {
         let s = Slapd {
             dir: scratch(&format!("ldap-{tag}")),
             port: free_port(),
+            ldaps: free_port(),
         };
         s.run();
         s
@@ -118,7 +120,11 @@ impl Slapd {
     fn run(&self) {
         let out = run_script(
             "start-slapd.sh",
-            &[&self.dir.display().to_string(), &self.port.to_string()],
+            &[
+                &self.dir.display().to_string(),
+                &self.port.to_string(),
+                &self.ldaps.to_string(),
+            ],
         );
         assert!(
             out.status.success(),
@@ -145,14 +151,25 @@ impl Slapd {
         assert!(out.status.success(), "add {user} to {group}: {out:?}");
     }
 
-    fn section(&self, ttl: u64, stale: u64) -> String {
+    /// `[access.ldap]` over `tls`: "starttls" (ldap:// upgraded), "ldaps", or anything else for
+    /// plain LDAP; the CA is the one slapd's certificate chains to.
+    fn section(&self, ttl: u64, stale: u64, tls: &str) -> String {
+        let (url, extra) = match tls {
+            "starttls" => (format!("ldap://127.0.0.1:{}", self.port), "start_tls = true\n"),
+            "ldaps" => (format!("ldaps://127.0.0.1:{}", self.ldaps), ""),
+            _ => (format!("ldap://127.0.0.1:{}", self.port), ""),
+        };
+        let ca = if extra.is_empty() && tls != "ldaps" {
+            String::new()
+        } else {
+            format!("ca_file = \"{}/ca.pem\"\n", self.dir.display())
+        };
         format!(
-            "[access.ldap]\nurl = \"ldap://127.0.0.1:{port}\"\n\
+            "[access.ldap]\nurl = \"{url}\"\n{extra}{ca}\
              bind_dn = \"cn=carousel,dc=carousel,dc=test\"\n\
              bind_password_file = \"{dir}/bind.pw\"\n\
              base_dn = \"dc=carousel,dc=test\"\n\
              ttl_seconds = {ttl}\nstale_seconds = {stale}\ntimeout_ms = 1000\n",
-            port = self.port,
             dir = self.dir.display()
         )
     }
@@ -586,7 +603,7 @@ async fn directory_groups_decide_and_outlive_an_outage() {
         "[access]\nallow_clients = [\"127.0.0.0/8\"]\nusers_file = \"{}\"\n{}\
          [[access.rule]]\nname = \"chat\"\naction = \"allow\"\ngroups = [\"chat-users\"]\ndestinations = [\"127.0.0.0/8\"]\n",
         users.display(),
-        ldap.section(1, 60)
+        ldap.section(1, 60, "starttls")
     );
     let dns = DnsServer::start().await;
     let (port, _b) = Backend::start_set(&[ip4(1)], &["b1"]).await;
@@ -707,7 +724,7 @@ async fn basic_checked_by_an_ldap_bind_and_wrong_passwords_are_throttled() {
     let access = format!(
         "[access]\nallow_clients = [\"127.0.0.0/8\"]\nbasic = \"ldap\"\nmax_auth_failures_per_minute = 3\n{}\
          [[access.rule]]\naction = \"allow\"\nusers = [\"*\"]\ndestinations = [\"127.0.0.0/8\"]\n",
-        ldap.section(60, 60)
+        ldap.section(60, 60, "ldaps")
     );
     let dns = DnsServer::start().await;
     let (port, _b) = Backend::start_set(&[ip4(1)], &["b1"]).await;
