@@ -155,7 +155,10 @@ impl Slapd {
     /// plain LDAP; the CA is the one slapd's certificate chains to.
     fn section(&self, ttl: u64, stale: u64, tls: &str) -> String {
         let (url, extra) = match tls {
-            "starttls" => (format!("ldap://127.0.0.1:{}", self.port), "start_tls = true\n"),
+            "starttls" => (
+                format!("ldap://127.0.0.1:{}", self.port),
+                "start_tls = true\n",
+            ),
             "ldaps" => (format!("ldaps://127.0.0.1:{}", self.ldaps), ""),
             _ => (format!("ldap://127.0.0.1:{}", self.port), ""),
         };
@@ -389,7 +392,7 @@ async fn kerberos_signs_on_over_forward_connect_tls_and_socks5() {
         .args([
             "127.0.0.1",
             &proxy.socks.port().to_string(),
-            &format!("HTTP@other.carousel.test"),
+            "HTTP@other.carousel.test",
             "127.0.0.1",
             &port.to_string(),
         ])
@@ -616,33 +619,18 @@ async fn directory_groups_decide_and_outlive_an_outage() {
         let url = url.clone();
         async move {
             let creds = format!("{user}:{user}-pw");
-            let out = if via.starts_with("socks") {
-                curl(&[
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "-x",
-                    &via,
-                    "-U",
-                    &creds,
-                    &url,
-                ])
-                .await
-            } else {
-                curl(&[
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "-x",
-                    &via,
-                    "-U",
-                    &creds,
-                    &url,
-                ])
-                .await
-            };
+            let out = curl(&[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-x",
+                &via,
+                "-U",
+                &creds,
+                &url,
+            ])
+            .await;
             (out.status, out.stdout_str())
         }
     };

@@ -59,10 +59,10 @@ pub fn parse(buf: &[u8], expected: u8) -> Result<Option<(Message, usize)>, Error
     if kind != expected {
         return Err(Error::Kind(kind));
     }
-    let Some(len) = buf.get(2..4) else {
+    let (Some(&hi), Some(&lo)) = (buf.get(2), buf.get(3)) else {
         return Ok(None);
     };
-    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    let len = usize::from(u16::from_be_bytes([hi, lo]));
     if len == 0 {
         return Err(Error::Empty);
     }
@@ -95,6 +95,7 @@ pub fn abort() -> [u8; 2] {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
     use super::*;
 
     #[test]

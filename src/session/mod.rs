@@ -471,6 +471,7 @@ mod tests {
         Requester {
             client: Some("127.0.0.1".parse().unwrap()),
             user: None,
+            groups: None,
         }
     }
 
