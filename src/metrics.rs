@@ -212,8 +212,23 @@ impl Metrics {
             reloads: counter(&r, "carousel_config_reloads_total", "Configuration reloads by result.", &["result"]),
             last_reload_success: plain_gauge(&r, "carousel_config_last_reload_success_timestamp_seconds", "Unix time of the last successful configuration load."),
             auth_failures: plain_counter(&r, "carousel_auth_failures_total", "Failed proxy authentications."),
-            auth: counter(&r, "carousel_auth_total", "Proxy authentications by scheme and result.", &["scheme", "result"]),
-            directory_lookups: counter(&r, "carousel_directory_lookups_total", "Directory group lookups by result: ok (asked), cached (fresh), stale (the directory was unreachable; cached groups served), unavailable (nothing recent enough: rules needing a group deny).", &["result"]),
+            auth: {
+                let c = counter(&r, "carousel_auth_total", "Proxy authentications by scheme and result.", &["scheme", "result"]);
+                // Every series from start-up, so rates and alerts see zero rather than nothing.
+                for scheme in ["basic", "negotiate", "socks5-userpass", "socks5-gssapi"] {
+                    for result in ["ok", "invalid", "malformed", "throttled", "unavailable"] {
+                        c.with_label_values(&[scheme, result]);
+                    }
+                }
+                c
+            },
+            directory_lookups: {
+                let c = counter(&r, "carousel_directory_lookups_total", "Directory group lookups by result: ok (asked), cached (fresh), stale (the directory was unreachable; cached groups served), unavailable (nothing recent enough: rules needing a group deny).", &["result"]);
+                for result in ["ok", "cached", "stale", "unavailable"] {
+                    c.with_label_values(&[result]);
+                }
+                c
+            },
             auth_throttled: plain_counter(&r, "carousel_auth_throttled_total", "Proxy authentications refused unchecked because the client spent its budget of failed attempts (access.max_auth_failures_per_minute)."),
             overload: counter(&r, "carousel_overload_rejections_total", "Requests refused by a limit.", &["limit"]),
             access_log_dropped: plain_counter(&r, "carousel_access_log_dropped_total", "Access-log lines dropped because the writer's queue was full (the disk or stdout could not keep up)."),

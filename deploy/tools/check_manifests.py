@@ -75,6 +75,8 @@ COUNTERS_GAUGES = {
     "carousel_config_last_reload_success_timestamp_seconds",
     "carousel_auth_failures_total",
     "carousel_auth_throttled_total",
+    "carousel_auth_total",
+    "carousel_directory_lookups_total",
     "carousel_overload_rejections_total",
     "carousel_dial_watched_attempts_total",
     "carousel_access_log_dropped_total",
