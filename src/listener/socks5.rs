@@ -157,11 +157,6 @@ impl Listener {
         req: &Request,
         acceptor: std::sync::Arc<Acceptor>,
     ) -> Option<String> {
-        let fail = |why: String| {
-            count("socks5-gssapi", "invalid");
-            crate::metrics::metrics().auth_failures.inc();
-            self.finish_refused(req, None, Outcome::AuthFailed, why, 0);
-        };
         if !self.proxy.auth.take_token_attempt(req.who.client) {
             count("socks5-gssapi", "throttled");
             let why = "too many failed logins from this client; try again later".to_string();
@@ -172,16 +167,10 @@ impl Listener {
         let mut ctx = Some(acceptor.context());
         let mut principal = None;
         for _ in 0..MAX_LEGS {
-            let parse = |b: &[u8]| gssapi::parse(b, gssapi::AUTHENTICATION);
-            let (msg, used) = match read_until(stream, buf, req.deadline, parse).await.ok()? {
-                Ok(done) => done,
-                Err(e) => {
-                    fail(e.to_string());
-                    write_reply(stream, &gssapi::abort()).await;
-                    return None;
-                }
+            let msg = match read_gss(stream, buf, req, gssapi::AUTHENTICATION).await? {
+                Ok(msg) => msg,
+                Err(why) => return self.gss_refused(stream, req, why).await,
             };
-            let _ = buf.split_to(used);
             let (back, step) = blocking(ctx.take()?, move |c| c.step(&msg.token)).await?;
             ctx = Some(back);
             match step {
@@ -198,31 +187,20 @@ impl Listener {
                     principal = Some(p);
                     break;
                 }
-                Err(e) => {
-                    fail(e.to_string());
-                    write_reply(stream, &gssapi::abort()).await;
-                    return None;
-                }
+                Err(e) => return self.gss_refused(stream, req, e.to_string()).await,
             }
         }
         let Some(principal) = principal else {
-            fail("the GSS-API exchange took too many legs".into());
-            write_reply(stream, &gssapi::abort()).await;
-            return None;
+            let why = "the GSS-API exchange took too many legs".to_string();
+            return self.gss_refused(stream, req, why).await;
         };
         // The protection level: wrapped (RFC 1961 §4.3), or a bare byte (NEC's reference
         // implementation, curl's --socks5-gssapi-nec). Either way the answer is "none", in the
         // same form.
-        let parse = |b: &[u8]| gssapi::parse(b, gssapi::PROTECTION);
-        let (msg, used) = match read_until(stream, buf, req.deadline, parse).await.ok()? {
-            Ok(done) => done,
-            Err(e) => {
-                fail(e.to_string());
-                write_reply(stream, &gssapi::abort()).await;
-                return None;
-            }
+        let msg = match read_gss(stream, buf, req, gssapi::PROTECTION).await? {
+            Ok(msg) => msg,
+            Err(why) => return self.gss_refused(stream, req, why).await,
         };
-        let _ = buf.split_to(used);
         let answer = if msg.token.len() == 1 {
             Ok(vec![gssapi::LEVEL_NONE])
         } else {
@@ -241,15 +219,41 @@ impl Listener {
         match answer.map(|t| gssapi::encode(gssapi::PROTECTION, &t)) {
             Ok(Some(reply)) => write_reply(stream, &reply).await,
             Ok(None) => return None,
-            Err(e) => {
-                fail(e.to_string());
-                write_reply(stream, &gssapi::abort()).await;
-                return None;
-            }
+            Err(e) => return self.gss_refused(stream, req, e.to_string()).await,
         }
         count("socks5-gssapi", "ok");
         self.proxy.auth.token_valid(req.who.client);
         Some(principal)
+    }
+}
+
+impl Listener {
+    /// Ends a failed GSS-API exchange: counted and logged as a failed login, then RFC 1961's
+    /// abort; always `None` (no principal).
+    async fn gss_refused(&self, stream: &mut Stream, req: &Request, why: String) -> Option<String> {
+        count("socks5-gssapi", "invalid");
+        crate::metrics::metrics().auth_failures.inc();
+        self.finish_refused(req, None, Outcome::AuthFailed, why, 0);
+        write_reply(stream, &gssapi::abort()).await;
+        None
+    }
+}
+
+/// Reads one GSS-API message of `kind` under the request's deadline: `None` when the client went
+/// away, `Err` with the reason when what it sent is not one.
+async fn read_gss(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    req: &Request,
+    kind: u8,
+) -> Option<Result<gssapi::Message, String>> {
+    let parse = |b: &[u8]| gssapi::parse(b, kind);
+    match read_until(stream, buf, req.deadline, parse).await.ok()? {
+        Ok((msg, used)) => {
+            let _ = buf.split_to(used);
+            Some(Ok(msg))
+        }
+        Err(e) => Some(Err(e.to_string())),
     }
 }
 
