@@ -4,6 +4,7 @@
 //! and a host name is checked again against every address it resolves to.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::LazyLock;
 
 use ipnet::IpNet;
 
@@ -152,15 +153,16 @@ pub struct Policy {
     pub wants_groups: bool,
 }
 
-/// Ranges denied unless a rule names them explicitly.
-fn guarded_ranges() -> [IpNet; 4] {
+/// Ranges denied unless a rule names them explicitly. Parsed once: every destination check
+/// reads them, and parsing them per connection showed up in the connection-rate profile.
+static GUARDED_RANGES: LazyLock<[IpNet; 4]> = LazyLock::new(|| {
     [
         "127.0.0.0/8".parse().expect("literal"),
         "::1/128".parse().expect("literal"),
         "169.254.0.0/16".parse().expect("literal"),
         "fe80::/10".parse().expect("literal"),
     ]
-}
+});
 
 impl Policy {
     /// Builds the rules from the configuration.
@@ -306,7 +308,7 @@ impl Policy {
         let ip = address::destination(addr.ip());
         let addr = SocketAddr::new(ip, addr.port());
         let own = self.is_own(addr);
-        let guarded = own || guarded_ranges().iter().any(|g| g.contains(&ip));
+        let guarded = own || GUARDED_RANGES.iter().any(|g| g.contains(&ip));
         let mut auth_would_help = false;
         for r in &self.rules {
             if !r.matches_client(client) || !r.matches_port(addr.port()) {
@@ -341,7 +343,7 @@ impl Policy {
                     if own {
                         n.prefix_len() == n.max_prefix_len() && r.port_named(addr.port())
                     } else {
-                        guarded_ranges()
+                        GUARDED_RANGES
                             .iter()
                             .any(|g| g.contains(&n.network()) && n.prefix_len() >= g.prefix_len())
                     }
