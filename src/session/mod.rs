@@ -227,21 +227,10 @@ impl Proxy {
                         Some(cluster.clone()),
                         self.cluster_source(cluster, &runtime, target).await?,
                     ),
-                    None => {
-                        let resolved = self.resolver.resolve(name).await?;
-                        let all: Vec<SocketAddr> = resolved
-                            .addrs
-                            .iter()
-                            .map(|ip| SocketAddr::new(*ip, target.port))
-                            .collect();
-                        let order = self.failures.plan(
-                            &all,
-                            resolved.start,
-                            runtime.config.dial.prefer_family,
-                            resolved.failovers.clone(),
-                        );
-                        (None, Source::Name(order))
-                    }
+                    None => (
+                        None,
+                        Source::Name(self.name_order(name, target.port, &runtime).await?),
+                    ),
                 }
             }
             TargetHost::Ip(ip) => {
@@ -279,6 +268,29 @@ impl Proxy {
         plan.pinned = pinned;
         plan.name = name;
         Ok(plan)
+    }
+
+    /// A name that is not a cluster: its resolved addresses on `port`, rotated one step per
+    /// request with recently failed ones last. One place, so a direct request and a
+    /// `resolve_destination` rule rotate the same way.
+    async fn name_order(
+        &self,
+        name: &str,
+        port: u16,
+        runtime: &Runtime,
+    ) -> Result<crate::dial::NameOrder, OpenError> {
+        let resolved = self.resolver.resolve(name).await?;
+        let all: Vec<SocketAddr> = resolved
+            .addrs
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, port))
+            .collect();
+        Ok(self.failures.plan(
+            &all,
+            resolved.start,
+            runtime.config.dial.prefer_family,
+            resolved.failovers.clone(),
+        ))
     }
 
     /// The parents a `via` rule names, as candidates, and what to ask them for.
@@ -340,22 +352,7 @@ impl Proxy {
                 Source::Cluster(mut picks) => picks.next().map(|m| m.addr),
                 _ => None,
             },
-            None => {
-                let resolved = self.resolver.resolve(name).await?;
-                let all: Vec<SocketAddr> = resolved
-                    .addrs
-                    .iter()
-                    .map(|ip| SocketAddr::new(*ip, target.port))
-                    .collect();
-                self.failures
-                    .plan(
-                        &all,
-                        resolved.start,
-                        runtime.config.dial.prefer_family,
-                        resolved.failovers.clone(),
-                    )
-                    .next()
-            }
+            None => self.name_order(name, target.port, runtime).await?.next(),
         };
         let Some(addr) = picked else {
             return Err(OpenError::NoMembers {
